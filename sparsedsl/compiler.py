@@ -1,0 +1,85 @@
+"""The pipeline: source -> syntax tree -> IR -> checks -> CompiledPattern.
+
+    parse (language/parser.py)  ->  lower (language/lower.py)
+    -> check_dynamic_placement (ir/check.py) -> verify (ir/graph.py)
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from .errors import PatternError
+from .ir import nodes as ir
+from .ir.check import check_dynamic_placement
+from .ir.graph import verify
+from .language.lower import Loader, Lowerer, ModuleInfo, suggest
+from .resources import data_dir, library_path
+from .runtime.pattern import CompiledPattern
+
+
+def _looks_like_source(text: str) -> bool:
+    return "\n" in text or "{" in text
+
+
+def load(source, loader: Loader | None = None) -> ModuleInfo:
+    """Parse a path or source text (with its imports) into a module."""
+    loader = loader or Loader()
+    if isinstance(source, Path) or (isinstance(source, str) and not _looks_like_source(source)):
+        path = Path(source)
+        if not path.exists() and not path.is_absolute():
+            shipped = library_path(path.name)
+            if shipped.exists() and (len(path.parts) == 1 or path.parts[-2] == "patterns"):
+                path = shipped
+        if not path.exists():
+            names = ", ".join(sorted(p.stem for p in data_dir("patterns").glob("*.attn")))
+            raise PatternError(f"file not found: {source}", None, (f"shipped patterns: {names}",))
+        return loader.load_file(path)
+    if isinstance(source, str):
+        return loader.load_text(source, "<string>", Path.cwd())
+    raise PatternError(f"expected a path, source text or a builder mask, got {type(source).__name__}")
+
+
+def pattern_names(info: ModuleInfo) -> list[str]:
+    return list(info.own)
+
+
+def compile_pattern(source, pattern: str | None = None, **params) -> CompiledPattern:
+    """Compile a pattern from a .attn path, .attn source text or a builder mask.
+
+    `pattern` picks one when the file defines several; keyword arguments bind
+    the pattern's parameters."""
+    from .builder import Mask
+
+    if isinstance(source, Mask):
+        if params:
+            raise PatternError(f"a builder mask takes no parameters, got {', '.join(params)}")
+        root = ir.Pattern(pattern or "pattern", source.node)
+        return _finish(root, {}, {})
+    try:
+        info = load(source)
+        names = pattern_names(info)
+        if pattern is None:
+            if not names:
+                raise PatternError(f"no pattern is defined in {info.module.source.name}")
+            if len(names) > 1:
+                raise PatternError(f"{info.module.source.name} defines several patterns "
+                                   f"({', '.join(names)}); pass pattern=NAME")
+            pattern = names[0]
+        if pattern in info.own:
+            pdef, home = info.own[pattern], info
+        elif pattern in info.imported:
+            pdef, home = info.imported[pattern]
+        else:
+            raise PatternError(f"no pattern named {pattern!r} in {info.module.source.name}", None,
+                               suggest(pattern, names) + (f"patterns: {', '.join(names) or 'none'}",))
+        lowerer = Lowerer()
+        body = lowerer.instantiate(pdef, home, params, None, from_python=True)
+        root = ir.Pattern(pdef.name, body)
+        return _finish(root, params, lowerer.spans)
+    except RecursionError:
+        raise PatternError("the pattern is nested too deeply to compile") from None
+
+
+def _finish(root: ir.Pattern, params: dict, spans: dict) -> CompiledPattern:
+    check_dynamic_placement(root, spans)
+    verify(root)
+    return CompiledPattern(root, params, spans)

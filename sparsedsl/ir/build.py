@@ -1,0 +1,82 @@
+"""Smart constructors shared by the language and the Python builder, so both
+make the identical IR: constants fold, unions and intersections flatten.
+No other rewriting happens here (that is the optimizer's job)."""
+from __future__ import annotations
+
+from .nodes import Atom, Bool, Cmp, Compl, Const, Diff, Inter, IntOp, Logic, Node, Union
+
+_FOLD_INT = {
+    "+": lambda a, b: a + b,
+    "-": lambda a, b: a - b,
+    "*": lambda a, b: a * b,
+    "//": lambda a, b: a // b,
+    "%": lambda a, b: a % b,
+    "min": min,
+    "max": max,
+    "neg": lambda a: -a,
+    "abs": abs,
+}
+_FOLD_CMP = {
+    "<": lambda a, b: a < b,
+    "<=": lambda a, b: a <= b,
+    ">": lambda a, b: a > b,
+    ">=": lambda a, b: a >= b,
+    "==": lambda a, b: a == b,
+    "!=": lambda a, b: a != b,
+}
+
+
+def int_op(op: str, *args: Node) -> Node:
+    """An integer operation; folds when every operand is a constant.
+
+    Raises ZeroDivisionError for a constant zero divisor."""
+    if all(isinstance(a, Const) for a in args):
+        if op in ("//", "%") and args[1].value == 0:
+            raise ZeroDivisionError("integer division or modulo by zero")
+        return Const(_FOLD_INT[op](*(a.value for a in args)))
+    return IntOp(op, tuple(args))
+
+
+def cmp(op: str, a: Node, b: Node) -> Node:
+    if isinstance(a, Const) and isinstance(b, Const):
+        return Bool(_FOLD_CMP[op](a.value, b.value))
+    return Cmp(op, a, b)
+
+
+def logic(op: str, *args: Node) -> Node:
+    if op == "not":
+        (a,) = args
+        return Bool(not a.value) if isinstance(a, Bool) else Logic("not", (a,))
+    flat: list[Node] = []
+    for a in args:
+        flat.extend(a.args if isinstance(a, Logic) and a.op == op else (a,))
+    if all(isinstance(a, Bool) for a in flat):
+        values = [a.value for a in flat]
+        return Bool(all(values) if op == "and" else any(values))
+    return Logic(op, tuple(flat))
+
+
+def union(*masks: Node) -> Node:
+    flat: list[Node] = []
+    for m in masks:
+        flat.extend(m.args if isinstance(m, Union) else (m,))
+    return flat[0] if len(flat) == 1 else Union(tuple(flat))
+
+
+def inter(*masks: Node) -> Node:
+    flat: list[Node] = []
+    for m in masks:
+        flat.extend(m.args if isinstance(m, Inter) else (m,))
+    return flat[0] if len(flat) == 1 else Inter(tuple(flat))
+
+
+def diff(a: Node, b: Node) -> Node:
+    return Diff(a, b)
+
+
+def compl(a: Node) -> Node:
+    return Compl(a)
+
+
+def atom(kind: str, *args) -> Atom:
+    return Atom(kind, tuple(args))

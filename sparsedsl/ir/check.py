@@ -1,0 +1,49 @@
+"""Checks of an instantiated pattern that need the whole tree: where dynamic
+atoms may stand. (Checks that need the head count are in reference/heads.py.)"""
+from __future__ import annotations
+
+from ..errors import PatternError, Span
+from . import nodes as ir
+from .atoms import is_dynamic
+
+# Where a node stands, seen from the root: at the top, an operand of the top
+# intersection, an operand of the top union, or anywhere else.
+TOP, TOP_INTER, TOP_UNION, NESTED = "top", "inter", "union", "nested"
+
+def dynamic_positions(root: ir.Node):
+    """Yield (atom, position, context) for each dynamic atom in the mask tree."""
+    stack = [(root, TOP, "")]
+    while stack:
+        node, pos, ctx = stack.pop()
+        if isinstance(node, ir.Pattern):
+            stack.append((node.body, TOP, ""))
+        elif isinstance(node, ir.Heads):
+            stack.extend((b.body, pos, ctx) for b in node.branches)
+        elif isinstance(node, ir.Union):
+            child = TOP_UNION if pos in (TOP, TOP_INTER, TOP_UNION) else NESTED
+            stack.extend((a, child, ctx or ("inside a union nested in another operator" if child == NESTED else ""))
+                         for a in node.args)
+        elif isinstance(node, ir.Inter):
+            child = TOP_INTER if pos in (TOP, TOP_INTER) else NESTED
+            stack.extend((a, child, ctx or ("inside an intersection within a union" if child == NESTED else ""))
+                         for a in node.args)
+        elif isinstance(node, ir.Diff):
+            stack.append((node.a, NESTED, ctx or "on the left of '-'"))
+            stack.append((node.b, NESTED, ctx or "on the right of '-'"))
+        elif isinstance(node, ir.Compl):
+            stack.append((node.a, NESTED, ctx or "under '~'"))
+        elif is_dynamic(node):
+            yield node, pos, ctx
+
+def check_dynamic_placement(root: ir.Node, spans: dict | None = None) -> None:
+    """Dynamic atoms may only be operands of the top-level union, optionally under
+    one enclosing intersection with static masks; raise PatternError otherwise."""
+    for atom, pos, ctx in dynamic_positions(root):
+        if pos == NESTED:
+            span: Span | None = (spans or {}).get(atom)
+            raise PatternError(
+                f"{atom.kind}(...) {ctx}: a data-dependent atom may only be an operand of the "
+                "top-level union, optionally under one enclosing intersection with static masks",
+                span,
+                ("for example: causal & (window(512) | topk(8, block=64))",),
+            )

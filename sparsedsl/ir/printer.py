@@ -1,0 +1,97 @@
+"""IR -> text in the .attn language. Parsing the text gives back the same IR."""
+from __future__ import annotations
+
+from . import nodes as ir
+from .atoms import ATOMS
+
+# Binding strength, loosest first; matches grammar/attn.lark.
+_PREC = {"or": 1, "and": 2, "not": 3, "cmp": 4, "|": 5, "-": 6, "+": 6, "&": 7, "*": 8, "//": 8, "%": 8,
+         "unary": 9, "atom": 10}
+
+
+def to_text(root: ir.Node) -> str:
+    """A Pattern as a complete .attn definition; any other node as an expression."""
+    if isinstance(root, ir.Pattern):
+        if isinstance(root.body, ir.Heads):
+            lines = [f"    {_branch(b)}" for b in root.body.branches]
+        else:
+            lines = [f"    {expr(root.body)}"]
+        return f"pattern {root.name}() {{\n" + "\n".join(lines) + "\n}\n"
+    return expr(root)
+
+
+def expr(node: ir.Node) -> str:
+    return _expr(node)[0]
+
+
+def _wrap(node: ir.Node, min_prec: int) -> str:
+    text, prec = _expr(node)
+    return f"({text})" if prec < min_prec else text
+
+
+def _binary(op: str, left: ir.Node, right: ir.Node) -> tuple[str, int]:
+    p = _PREC[op]
+    return f"{_wrap(left, p)} {op} {_wrap(right, p + 1)}", p
+
+
+def _chain(op: str, args) -> tuple[str, int]:
+    p = _PREC[op]
+    return f" {op} ".join(_wrap(a, p + 1) if i else _wrap(a, p) for i, a in enumerate(args)), p
+
+
+def _expr(n: ir.Node) -> tuple[str, int]:
+    if isinstance(n, ir.Const):
+        return str(n.value), (_PREC["unary"] if n.value < 0 else _PREC["atom"])
+    if isinstance(n, ir.Sym):
+        return n.name, _PREC["atom"]
+    if isinstance(n, ir.Bool):
+        return ("true" if n.value else "false"), _PREC["atom"]
+    if isinstance(n, ir.IntOp):
+        if n.op == "neg":
+            return f"-{_wrap(n.args[0], _PREC['unary'])}", _PREC["unary"]
+        if n.op in ("min", "max", "abs"):
+            return f"{n.op}({', '.join(expr(a) for a in n.args)})", _PREC["atom"]
+        return _binary(n.op, *n.args)
+    if isinstance(n, ir.Cmp):
+        p = _PREC["cmp"]
+        return f"{_wrap(n.a, p + 1)} {n.op} {_wrap(n.b, p + 1)}", p
+    if isinstance(n, ir.Logic):
+        if n.op == "not":
+            return f"not {_wrap(n.args[0], _PREC['not'])}", _PREC["not"]
+        return _chain(n.op, n.args)
+    if isinstance(n, ir.Union):
+        return _chain("|", n.args)
+    if isinstance(n, ir.Inter):
+        return _chain("&", n.args)
+    if isinstance(n, ir.Diff):
+        return _binary("-", n.a, n.b)
+    if isinstance(n, ir.Compl):
+        return f"~{_wrap(n.a, _PREC['unary'])}", _PREC["unary"]
+    if isinstance(n, ir.Atom):
+        return _atom(n), _PREC["atom"]
+    if isinstance(n, ir.Heads):
+        return "(" + ", ".join(_branch(b) for b in n.branches) + ")", _PREC["atom"]
+    raise TypeError(f"cannot print {n!r}")
+
+
+def _branch(b: ir.Branch) -> str:
+    if b.kind == "all":
+        sel = "*"
+    elif b.kind == "index":
+        sel = expr(b.start)
+    else:
+        sel = f"{expr(b.start) if b.start is not None else ''}:{expr(b.stop) if b.stop is not None else ''}"
+    return f"heads[{sel}] => {expr(b.body)}"
+
+
+def _atom(n: ir.Atom) -> str:
+    sig = ATOMS[n.kind]
+    if not sig.params:
+        return n.kind
+    parts = []
+    for p, v in zip(sig.params, n.args):
+        if p.default is not None and v == p.default:
+            continue
+        text = v if isinstance(v, str) else expr(v)
+        parts.append(text if p.default is None else f"{p.name}={text}")
+    return f"{n.kind}({', '.join(parts)})" if parts else n.kind

@@ -1,0 +1,116 @@
+"""Reference attention: exact, chunked over queries so memory stays bounded
+(a 32K-token call never holds an L x L matrix), in float32 or float64."""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ..ir import nodes as ir
+from ..ir.atoms import atom_arg
+from .evaluate import eval_mask, grid_env
+from .heads import active_heads, dynamic_atoms
+from .select import group_of_rows, landmark_keys, select_topk, selected_block_mask
+
+# Logit elements per chunk (B * H * rows * Lk); 2**25 float32 = 128 MiB.
+CHUNK_ELEMENTS = 1 << 25
+
+
+def compute_selection(root: ir.Node, q: torch.Tensor, k: torch.Tensor, dtype=None) -> dict:
+    """{topk atom: int32 [B, H, R, n]} for every topk atom of the pattern."""
+    dtype = dtype or (torch.float64 if q.dtype == torch.float64 else torch.float32)
+    out = {}
+    for atom in dynamic_atoms(root):
+        if atom.kind == "topk":
+            out[atom] = select_topk(q.to(dtype), k.to(dtype), atom_arg(atom, "n").value,
+                                    atom_arg(atom, "block").value, atom_arg(atom, "score"),
+                                    atom_arg(atom, "causal").value)
+    return out
+
+
+class _TopkMasks:
+    """Turns selections into key visibility for the query rows being evaluated."""
+
+    def __init__(self, selection: dict, q_len: int, kv_len: int):
+        self.q_len, self.kv_len = q_len, kv_len
+        self.blocks = {}
+        for atom, sel in selection.items():
+            block = atom_arg(atom, "block").value
+            self.blocks[atom] = (block, selected_block_mask(sel, -(-kv_len // block)))
+        self.rows = None
+
+    def __call__(self, atom: ir.Atom, env: dict) -> torch.Tensor:
+        block, hit = self.blocks[atom]
+        grp = group_of_rows(self.q_len, self.kv_len, block, self.rows)
+        kblk = torch.arange(self.kv_len) // block
+        per_row = hit[:, env["head_ids"]][:, :, grp.to(hit.device)]  # [B, Hs, C, nb]
+        return per_row[..., kblk.to(hit.device)].cpu()  # [B, Hs, C, Lk]
+
+
+def visible(root: ir.Node, q_len: int, kv_len: int, num_heads: int, num_kv_heads: int,
+            rows: torch.Tensor, selection: dict | None = None) -> torch.Tensor:
+    """Ordinary-key visibility for the given query rows: bool broadcastable to [B, H, C, Lk]."""
+    q_pos = kv_len - q_len + rows
+    env = grid_env(num_heads, num_kv_heads, q_pos, torch.arange(kv_len))
+    dynamic = None
+    if selection:
+        dynamic = _TopkMasks(selection, q_len, kv_len)
+        dynamic.rows = rows
+    return eval_mask(root, env, dynamic)
+
+
+def reference_attention(root: ir.Node, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
+                        scale: float | None = None, selection: dict | None = None,
+                        compute_dtype: torch.dtype | None = None, chunk_elements: int = CHUNK_ELEMENTS):
+    """Attention of q [B, H, Lq, D] over k, v [B, Hk, Lk, D/Dv] under the pattern `root`.
+
+    Returns (out [B, H, Lq, Dv] in q's dtype, lse [B, H, Lq] in the compute dtype).
+    A query row that sees nothing gets output 0 and lse -inf."""
+    b, h, lq, d = q.shape
+    hk, lk, dv = k.shape[1], k.shape[2], v.shape[-1]
+    g = h // hk
+    cd = compute_dtype or (torch.float64 if q.dtype == torch.float64 else torch.float32)
+    scale = 1.0 / math.sqrt(d) if scale is None else float(scale)
+    qf, kf, vf = q.to(cd), k.to(cd), v.to(cd)
+    if selection is None:
+        selection = compute_selection(root, q, k, cd)
+    landmarks = []
+    for atom in dynamic_atoms(root):
+        if atom.kind == "landmarks":
+            block = atom_arg(atom, "block").value
+            kl, vl = landmark_keys(kf, vf, block)
+            landmarks.append((block, kl, vl, active_heads(root, atom, h, hk).to(q.device)))
+    out = torch.empty((b, h, lq, dv), dtype=cd, device=q.device)
+    lse = torch.empty((b, h, lq), dtype=cd, device=q.device)
+    rows_per_chunk = max(1, chunk_elements // max(1, b * h * max(lk, 1)))
+    for r0 in range(0, lq, rows_per_chunk):
+        rows = torch.arange(r0, min(lq, r0 + rows_per_chunk))
+        c = len(rows)
+        mask = visible(root, lq, lk, h, hk, rows, selection).to(q.device)
+        qc = qf[:, :, r0:r0 + c].reshape(b, hk, g, c, d)
+        logits = torch.einsum("bgxcd,bgkd->bgxck", qc, kf).reshape(b, h, c, lk) * scale
+        logits = logits.masked_fill(~mask, float("-inf"))
+        values = [vf]
+        q_pos = (lk - lq + rows).to(q.device)
+        for block, kl, vl, active in landmarks:
+            lg = torch.einsum("bgxcd,bgkd->bgxck", qc, kl).reshape(b, h, c, kl.shape[2]) * scale
+            seen = (torch.arange(kl.shape[2], device=q.device).view(1, -1)
+                    < torch.div(q_pos, block, rounding_mode="floor").view(-1, 1))
+            seen = seen.view(1, 1, c, -1) & active.view(1, h, 1, 1)
+            logits = torch.cat([logits, lg.masked_fill(~seen, float("-inf"))], dim=-1)
+            values.append(vl)
+        m = logits.amax(dim=-1, keepdim=True) if logits.shape[-1] else torch.full((b, h, c, 1), float("-inf"), dtype=cd)
+        m_safe = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
+        p = torch.exp(logits - m_safe)
+        s = p.sum(dim=-1, keepdim=True)
+        o = torch.zeros((b, h, c, dv), dtype=cd, device=q.device)
+        offset = 0
+        for vals in values:
+            n = vals.shape[2]
+            pv = p[..., offset:offset + n].reshape(b, hk, g, c, n)
+            o += torch.einsum("bgxck,bgkd->bgxcd", pv, vals).reshape(b, h, c, dv)
+            offset += n
+        empty = s == 0
+        out[:, :, r0:r0 + c] = torch.where(empty, torch.zeros_like(o), o / torch.where(empty, torch.ones_like(s), s))
+        lse[:, :, r0:r0 + c] = torch.where(empty, torch.full_like(s, float("-inf")), torch.log(s) + m_safe).squeeze(-1)
+    return out.to(q.dtype), lse

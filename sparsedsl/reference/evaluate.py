@@ -1,0 +1,231 @@
+"""The exact meaning of the IR, evaluated with torch on (batch, head, query, key)
+grids. Integer arithmetic is 64-bit with Python's floor semantics for // and %.
+
+env holds: h, hk (int64 [1, Hs, 1, 1]: the head ids evaluated), H, Hk (ints),
+q ([1, 1, C, 1] query positions), k ([1, 1, 1, Lk] key positions) and
+head_ids (the 1-D ids behind h). `dynamic` supplies the mask of a topk atom
+for the current heads and queries (reference/select.py builds it).
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+from ..ir import nodes as ir
+
+Value = "int | bool | torch.Tensor"
+
+
+def _t(x) -> torch.Tensor:
+    return x if isinstance(x, torch.Tensor) else torch.tensor(x)
+
+
+def _floordiv(a, b):
+    if isinstance(a, int) and isinstance(b, int):
+        return a // b
+    return torch.div(_t(a), _t(b), rounding_mode="floor")
+
+
+def _mod(a, b):
+    if isinstance(a, int) and isinstance(b, int):
+        return a % b
+    return torch.remainder(_t(a), _t(b))
+
+
+def _minmax(fn_int, fn_t):
+    def op(a, b):
+        if isinstance(a, int) and isinstance(b, int):
+            return fn_int(a, b)
+        return fn_t(_t(a), _t(b))
+
+    return op
+
+
+_INT = {
+    "+": lambda a, b: a + b,
+    "-": lambda a, b: a - b,
+    "*": lambda a, b: a * b,
+    "//": _floordiv,
+    "%": _mod,
+    "min": _minmax(min, torch.minimum),
+    "max": _minmax(max, torch.maximum),
+    "neg": lambda a: -a,
+    "abs": lambda a: abs(a),
+}
+_CMP = {
+    "<": lambda a, b: a < b,
+    "<=": lambda a, b: a <= b,
+    ">": lambda a, b: a > b,
+    ">=": lambda a, b: a >= b,
+    "==": lambda a, b: a == b,
+    "!=": lambda a, b: a != b,
+}
+
+
+def eval_int(node: ir.Node, env: dict):
+    if isinstance(node, ir.Const):
+        return node.value
+    if isinstance(node, ir.Sym):
+        return env[node.name]
+    return _INT[node.op](*(eval_int(a, env) for a in node.args))
+
+
+def eval_cond(node: ir.Node, env: dict):
+    if isinstance(node, ir.Bool):
+        return node.value
+    if isinstance(node, ir.Cmp):
+        return _CMP[node.op](eval_int(node.a, env), eval_int(node.b, env))
+    values = [eval_cond(a, env) for a in node.args]
+    if node.op == "not":
+        v = values[0]
+        return (not v) if isinstance(v, bool) else torch.logical_not(v)
+    out = values[0]
+    for v in values[1:]:
+        if isinstance(out, bool) and isinstance(v, bool):
+            out = (out and v) if node.op == "and" else (out or v)
+        else:
+            fn = torch.logical_and if node.op == "and" else torch.logical_or
+            out = fn(_t(out), _t(v))
+    return out
+
+
+_TRUE = torch.ones((1, 1, 1, 1), dtype=torch.bool)
+_FALSE = torch.zeros((1, 1, 1, 1), dtype=torch.bool)
+
+
+def _bool(x) -> torch.Tensor:
+    if isinstance(x, bool):
+        return _TRUE if x else _FALSE
+    return x
+
+
+def atom_mask(a: ir.Atom, env: dict, dynamic: Callable | None) -> torch.Tensor:
+    """The visibility of ordinary keys under one atom (broadcastable to [B, Hs, C, Lk])."""
+    q, k = env["q"], env["k"]
+    kind = a.kind
+    if kind == "where":
+        return _bool(eval_cond(a.args[0], env))
+    if kind == "landmarks":  # landmarks add virtual keys; no ordinary key
+        return _FALSE
+    if kind == "topk":
+        if dynamic is None:
+            raise ValueError("topk needs a block selection (pass q and k)")
+        return dynamic(a, env)
+    x = [eval_int(v, env) if isinstance(v, ir.Node) else v for v in a.args]
+    if kind == "full":
+        return _TRUE
+    if kind == "none":
+        return _FALSE
+    if kind == "causal":
+        return k <= q
+    if kind == "window":
+        return (q - x[0] < k) & (k <= q)
+    if kind == "band":
+        return (q - x[0] <= k) & (k <= q + x[1])
+    if kind == "sink":
+        return k < x[0]
+    if kind == "global":
+        return (q < x[0]) | (k < x[0])
+    if kind == "dilated":
+        d = q - k
+        return (d >= 0) & (d < x[0] * x[1]) & (_mod(d, x[1]) == 0)
+    if kind == "local_blocks":
+        d = _floordiv(q, x[1]) - _floordiv(k, x[1])
+        return (d >= 0) & (d < x[0])
+    if kind == "strided":
+        return _mod(_floordiv(k, x[1]) + x[2], x[0]) == 0
+    raise ValueError(f"no semantics for atom {kind!r}")  # pragma: no cover
+
+
+def branch_heads(b: ir.Branch, num_heads: int, num_kv_heads: int) -> range:
+    """The heads a branch selection names (before first-match resolution)."""
+    env = {"H": num_heads, "Hk": num_kv_heads}
+    if b.kind == "all":
+        return range(num_heads)
+    if b.kind == "index":
+        i = eval_int(b.start, env)
+        i = i + num_heads if i < 0 else i
+        return range(i, i + 1) if 0 <= i < num_heads else range(0)
+    start = None if b.start is None else eval_int(b.start, env)
+    stop = None if b.stop is None else eval_int(b.stop, env)
+    return range(num_heads)[slice(start, stop)]
+
+
+def head_assignment(node: ir.Heads, num_heads: int, num_kv_heads: int) -> list[int]:
+    """For each head, the index of the branch it takes (-1: no branch covers it)."""
+    owner = [-1] * num_heads
+    for i, b in enumerate(node.branches):
+        for h in branch_heads(b, num_heads, num_kv_heads):
+            if owner[h] < 0:
+                owner[h] = i
+    return owner
+
+
+def restrict(env: dict, idx: torch.Tensor) -> dict:
+    """env for a subset (positions idx) of the heads it covers."""
+    out = dict(env)
+    ids = env["head_ids"][idx]
+    out["head_ids"] = ids
+    out["h"] = ids.view(1, -1, 1, 1)
+    out["hk"] = out["h"] // (env["H"] // env["Hk"])
+    return out
+
+
+def eval_mask(node: ir.Node, env: dict, dynamic: Callable | None = None) -> torch.Tensor:
+    """Visibility of ordinary keys, broadcastable to [B, Hs, C, Lk]."""
+    if isinstance(node, ir.Pattern):
+        return eval_mask(node.body, env, dynamic)
+    if isinstance(node, ir.Atom):
+        return atom_mask(node, env, dynamic)
+    if isinstance(node, ir.Union):
+        out = eval_mask(node.args[0], env, dynamic)
+        for a in node.args[1:]:
+            out = out | eval_mask(a, env, dynamic)
+        return out
+    if isinstance(node, ir.Inter):
+        out = eval_mask(node.args[0], env, dynamic)
+        for a in node.args[1:]:
+            out = out & eval_mask(a, env, dynamic)
+        return out
+    if isinstance(node, ir.Diff):
+        return eval_mask(node.a, env, dynamic) & ~eval_mask(node.b, env, dynamic)
+    if isinstance(node, ir.Compl):
+        return ~eval_mask(node.a, env, dynamic)
+    if isinstance(node, ir.Heads):
+        return _eval_heads(node, env, dynamic)
+    raise TypeError(f"not a mask: {node!r}")
+
+
+def _eval_heads(node: ir.Heads, env: dict, dynamic) -> torch.Tensor:
+    owner = torch.tensor(head_assignment(node, env["H"], env["Hk"]), dtype=torch.long)[env["head_ids"]]
+    parts = []
+    for i, b in enumerate(node.branches):
+        idx = (owner == i).nonzero().flatten()
+        if idx.numel():
+            parts.append((idx, eval_mask(b.body, restrict(env, idx), dynamic)))
+    if not parts:
+        return _FALSE.expand(1, len(owner), 1, 1)
+    batch = max(m.shape[0] for _, m in parts)
+    q_len = env["q"].shape[2]
+    k_len = env["k"].shape[3]
+    out = torch.zeros((batch, len(owner), q_len, k_len), dtype=torch.bool)
+    for idx, m in parts:
+        out[:, idx] = m.expand(batch, len(idx), q_len, k_len)
+    return out
+
+
+def grid_env(num_heads: int, num_kv_heads: int, q_pos: torch.Tensor, k_pos: torch.Tensor,
+             head_ids: torch.Tensor | None = None) -> dict:
+    """The environment for evaluating a mask over the given positions and heads."""
+    ids = torch.arange(num_heads) if head_ids is None else head_ids
+    h = ids.view(1, -1, 1, 1)
+    return {
+        "H": num_heads,
+        "Hk": num_kv_heads,
+        "head_ids": ids,
+        "h": h,
+        "hk": h // (num_heads // num_kv_heads),
+        "q": q_pos.view(1, 1, -1, 1),
+        "k": k_pos.view(1, 1, 1, -1),
+    }

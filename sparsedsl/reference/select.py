@@ -1,0 +1,114 @@
+"""Data-dependent parts of the semantics: top-k key-block selection and landmark
+keys. Everything is computed in the caller's compute dtype (float32/float64).
+
+Query rows are grouped by absolute query block: row i of a call with Lq
+queries and Lk keys sits at q = Lk - Lq + i and belongs to group q // block.
+Selections are indexed by group - first_group, first_group = (Lk - Lq) // block.
+"""
+from __future__ import annotations
+
+import torch
+
+
+def first_group(q_len: int, kv_len: int, block: int) -> int:
+    return (kv_len - q_len) // block
+
+
+def num_groups(q_len: int, kv_len: int, block: int) -> int:
+    if q_len == 0:
+        return 0
+    return (kv_len - 1) // block - first_group(q_len, kv_len, block) + 1
+
+
+def group_of_rows(q_len: int, kv_len: int, block: int, rows: torch.Tensor | None = None) -> torch.Tensor:
+    """The selection row (group - first group) of each query row."""
+    rows = torch.arange(q_len) if rows is None else rows
+    return torch.div(kv_len - q_len + rows, block, rounding_mode="floor") - first_group(q_len, kv_len, block)
+
+
+def key_block_stats(k: torch.Tensor, block: int):
+    """Per key block: mean, min and max over the keys present. k [B, Hk, Lk, D] ->
+    three [B, Hk, nb, D] tensors; nb = ceil(Lk / block), the last block may be partial."""
+    b, hk, lk, d = k.shape
+    nb = -(-lk // block)
+    pad = nb * block - lk
+    kp = torch.nn.functional.pad(k, (0, 0, 0, pad)).view(b, hk, nb, block, d)
+    present = (torch.arange(nb * block, device=k.device) < lk).view(1, 1, nb, block, 1)
+    count = present.sum(3).clamp(min=1).to(k.dtype)
+    mean = (kp * present).sum(3) / count
+    kmin = kp.masked_fill(~present, float("inf")).amin(3)
+    kmax = kp.masked_fill(~present, float("-inf")).amax(3)
+    return mean, kmin, kmax
+
+
+def query_group_means(q: torch.Tensor, kv_len: int, block: int) -> torch.Tensor:
+    """Mean of each query group's rows: q [B, H, Lq, D] -> [B, H, R, D]."""
+    b, h, lq, d = q.shape
+    r = num_groups(lq, kv_len, block)
+    grp = group_of_rows(lq, kv_len, block).to(q.device)
+    sums = torch.zeros((b, h, r, d), dtype=q.dtype, device=q.device).index_add_(2, grp, q)
+    count = torch.bincount(grp, minlength=r).to(q.dtype).clamp(min=1)
+    return sums / count.view(1, 1, r, 1)
+
+
+def select_topk(q: torch.Tensor, k: torch.Tensor, n: int, block: int, score: str = "mean",
+                causal: bool = True) -> torch.Tensor:
+    """The topk atom's selection: int32 [B, H, R, n], block ids ascending, -1 for empty slots.
+
+    Candidates of group i are key blocks j <= i (causal) or all blocks; each is
+    scored against the group's mean query; the n best win, ties to the lower j."""
+    b, h, lq, d = q.shape
+    hk, lk = k.shape[1], k.shape[2]
+    r = num_groups(lq, lk, block)
+    nb = -(-lk // block)
+    out = torch.full((b, h, r, n), -1, dtype=torch.int32, device=q.device)
+    if r == 0 or nb == 0 or b == 0 or h == 0:
+        return out
+    qbar = query_group_means(q, lk, block).view(b, hk, h // hk, r, d)
+    mean, kmin, kmax = key_block_stats(k, block)
+    if score == "mean":
+        scores = torch.einsum("bgxrd,bgjd->bgxrj", qbar, mean)
+    else:
+        scores = torch.empty((b, hk, h // hk, r, nb), dtype=q.dtype, device=q.device)
+        step = max(1, (1 << 24) // max(1, b * h * nb * d))
+        for r0 in range(0, r, step):
+            qs = qbar[:, :, :, r0:r0 + step, None, :]
+            lo = qs * kmin[:, :, None, None]
+            hi = qs * kmax[:, :, None, None]
+            scores[:, :, :, r0:r0 + step] = torch.maximum(lo, hi).sum(-1)
+    scores = scores.reshape(b, h, r, nb)
+    j = torch.arange(nb, device=q.device)
+    group = first_group(lq, lk, block) + torch.arange(r, device=q.device)
+    cand = (j.view(1, -1) <= group.view(-1, 1)) if causal else torch.ones((r, nb), dtype=torch.bool, device=q.device)
+    cand = cand.expand(b, h, r, nb)
+    # Best first, ties to the lower block: a stable sort by score, then a stable
+    # sort that moves non-candidates behind the candidates.
+    order = torch.sort(scores.masked_fill(~cand, float("-inf")), dim=-1, descending=True, stable=True).indices
+    flags = torch.gather(cand, -1, order)
+    order = torch.gather(order, -1, torch.sort(flags.to(torch.int8), dim=-1, descending=True, stable=True).indices)
+    take = min(n, nb)
+    chosen = order[..., :take]
+    valid = torch.gather(cand, -1, chosen)
+    big = torch.iinfo(torch.int32).max
+    chosen = torch.where(valid, chosen, torch.full_like(chosen, big)).sort(dim=-1).values
+    out[..., :take] = torch.where(chosen == big, -1, chosen).to(torch.int32)
+    return out
+
+
+def selected_block_mask(selection: torch.Tensor, num_key_blocks: int) -> torch.Tensor:
+    """bool [B, H, R, nb]: True where the selection names the block."""
+    b, h, r, n = selection.shape
+    idx = selection.long().clamp(min=-1)
+    idx = torch.where((idx < 0) | (idx >= num_key_blocks), num_key_blocks, idx)
+    hit = torch.zeros((b, h, r, num_key_blocks + 1), dtype=torch.bool, device=selection.device)
+    hit.scatter_(-1, idx, True)
+    return hit[..., :num_key_blocks]
+
+
+def landmark_keys(k: torch.Tensor, v: torch.Tensor, block: int):
+    """Mean key and value of every complete key block: [B, Hk, Lk // block, D]."""
+    b, hk, lk, d = k.shape
+    nl = lk // block
+    kl = k[:, :, : nl * block].reshape(b, hk, nl, block, d).mean(3)
+    vl = v[:, :, : nl * block].reshape(b, hk, nl, block, v.shape[-1]).mean(3)
+    return kl, vl

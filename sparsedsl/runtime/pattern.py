@@ -1,0 +1,198 @@
+"""CompiledPattern: what compile_pattern returns, and the public API on it."""
+from __future__ import annotations
+
+import torch
+
+from ..errors import InputError
+from ..ir import nodes as ir
+from ..ir.atoms import atom_arg
+from ..ir.graph import to_graph
+from ..ir.printer import to_text
+from ..reference.attention import compute_selection, reference_attention, visible
+from ..reference.heads import check_heads as check_head_args
+from ..reference.heads import dynamic_atoms
+from ..reference.select import num_groups
+from . import inputs
+
+BACKENDS = ("auto", "reference", "triton")
+
+
+class CompiledPattern:
+    """A pattern instantiated with its parameters; immutable and reusable for
+    every sequence length and head count."""
+
+    def __init__(self, root: ir.Pattern, params: dict, spans: dict):
+        self.root = root
+        self.params = dict(params)
+        self._spans = spans
+        self._checked: set[tuple[int, int]] = set()
+        self.dynamic_atoms = tuple(dynamic_atoms(root))
+
+    # -- description -------------------------------------------------------------------
+
+    @property
+    def name(self) -> str:
+        return self.root.name
+
+    @property
+    def is_dynamic(self) -> bool:
+        """True when the pattern depends on the data (landmarks or topk)."""
+        return bool(self.dynamic_atoms)
+
+    def ir(self) -> str:
+        """The IR as .attn text (parameters bound); it parses back to the same IR."""
+        return to_text(self.root)
+
+    def graph(self):
+        """The IR as a networkx DiGraph (shared sub-patterns are one node)."""
+        return to_graph(self.root)
+
+    def __repr__(self) -> str:
+        return f"<CompiledPattern {self.name}: {to_text(self.root.body) if not isinstance(self.root.body, ir.Heads) else 'per-head'}>"
+
+    # -- static structure --------------------------------------------------------------
+
+    def _heads(self, num_heads, num_kv_heads) -> tuple[int, int]:
+        h, hk = inputs.check_heads(num_heads, num_kv_heads)
+        if (h, hk) not in self._checked:
+            check_head_args(self.root, h, hk, self._spans)
+            self._checked.add((h, hk))
+        return h, hk
+
+    def _lengths(self, q_len, kv_len) -> tuple[int, int]:
+        q_len = inputs.check_size("q_len", q_len)
+        kv_len = q_len if kv_len is None else inputs.check_size("kv_len", kv_len)
+        return q_len, kv_len
+
+    def _static_only(self, what: str) -> None:
+        if self.is_dynamic:
+            kinds = ", ".join(sorted({a.kind for a in self.dynamic_atoms}))
+            raise InputError(f"{what}: pattern {self.name!r} depends on the data ({kinds}); "
+                             "pass q= and k= to mask(), or use select_blocks(q, k)")
+
+    def _row_chunks(self, q_len, kv_len, num_heads, batch=1):
+        step = max(1, (1 << 24) // max(1, batch * num_heads * max(kv_len, 1)))
+        for r0 in range(0, q_len, step):
+            yield torch.arange(r0, min(q_len, r0 + step))
+
+    def mask(self, q_len, kv_len=None, num_heads=1, num_kv_heads=None, *, q=None, k=None) -> torch.Tensor:
+        """Visibility of every (query, key) pair: bool [num_heads, q_len, kv_len].
+
+        A dynamic pattern needs q [B, H, Lq, D] and k [B, Hk, Lk, D] and returns
+        [B, H, Lq, Lk] (ordinary keys only; landmark entries are not keys)."""
+        q_len, kv_len = self._lengths(q_len, kv_len)
+        h, hk = self._heads(num_heads, num_kv_heads)
+        selection, batch = None, None
+        if q is not None or k is not None:
+            if q is None or k is None:
+                raise InputError("mask: pass both q and k, or neither")
+            inputs.check_qk(q, k, "mask")
+            if tuple(q.shape[1:3]) != (h, q_len) or tuple(k.shape[1:3]) != (hk, kv_len):
+                raise InputError(f"mask: q must be [B, {h}, {q_len}, D] and k [B, {hk}, {kv_len}, D], got "
+                                 f"{tuple(q.shape)} and {tuple(k.shape)}")
+            selection, batch = compute_selection(self.root, q, k), q.shape[0]
+        else:
+            self._static_only("mask")
+        shape = (h, q_len, kv_len) if batch is None else (batch, h, q_len, kv_len)
+        out = torch.empty(shape, dtype=torch.bool)
+        for rows in self._row_chunks(q_len, kv_len, h, batch or 1):
+            m = visible(self.root, q_len, kv_len, h, hk, rows, selection).cpu()
+            m = m.expand(batch or 1, h, len(rows), kv_len)
+            if batch is None:
+                out[:, rows[0]:rows[-1] + 1] = m[0]
+            else:
+                out[:, :, rows[0]:rows[-1] + 1] = m
+        return out
+
+    def block_layout(self, q_len, kv_len=None, block=128, num_heads=1, num_kv_heads=None) -> torch.Tensor:
+        """int8 [num_heads, q_blocks, kv_blocks]: 0 empty, 1 partial, 2 full.
+
+        A block is classified over the (query, key) pairs inside the sequence
+        (the last block of each axis may be shorter than `block`)."""
+        q_len, kv_len = self._lengths(q_len, kv_len)
+        block = inputs.check_size("block", block, 1)
+        h, hk = self._heads(num_heads, num_kv_heads)
+        self._static_only("block_layout")
+        nq, nk = -(-q_len // block), -(-kv_len // block)
+        out = torch.zeros((h, nq, nk), dtype=torch.int8)
+        kpad = nk * block - kv_len
+        rows_per = max(block, ((1 << 24) // max(1, h * max(kv_len, 1))) // block * block)
+        for r0 in range(0, q_len, rows_per):
+            rows = torch.arange(r0, min(q_len, r0 + rows_per))
+            m = visible(self.root, q_len, kv_len, h, hk, rows).cpu().expand(1, h, len(rows), kv_len)[0]
+            c = len(rows)
+            qpad = -c % block
+            # Padding pairs count as visible for "all" and invisible for "any".
+            vis = torch.nn.functional.pad(m, (0, kpad, 0, qpad), value=False).view(h, -1, block, nk, block)
+            pad_true = torch.ones((h, c, kv_len), dtype=torch.bool)
+            inside = torch.nn.functional.pad(pad_true, (0, kpad, 0, qpad), value=False).view(h, -1, block, nk, block)
+            any_ = vis.any(dim=(2, 4))
+            all_ = (vis | ~inside).all(dim=(2, 4))
+            b0 = r0 // block
+            out[:, b0:b0 + any_.shape[1]] = torch.where(all_ & any_, 2, any_.to(torch.int8)).to(torch.int8)
+        return out
+
+    def density(self, q_len, kv_len=None, num_heads=1, num_kv_heads=None) -> float:
+        """The fraction of (head, query, key) pairs that are visible."""
+        q_len, kv_len = self._lengths(q_len, kv_len)
+        h, hk = self._heads(num_heads, num_kv_heads)
+        self._static_only("density")
+        if q_len == 0 or kv_len == 0:
+            return 0.0
+        total = 0
+        for rows in self._row_chunks(q_len, kv_len, h):
+            m = visible(self.root, q_len, kv_len, h, hk, rows)
+            total += int(m.expand(1, h, len(rows), kv_len).sum())
+        return total / (h * q_len * kv_len)
+
+    # -- data-dependent ----------------------------------------------------------------
+
+    def select_blocks(self, q, k):
+        """The key blocks each topk atom selects: int32 [B, H, R, n], ids ascending, -1 = empty.
+
+        Row r is the absolute query block (Lk - Lq) // block + r. A tuple, in
+        source order, when the pattern has several topk atoms."""
+        inputs.check_qk(q, k)
+        self._heads(q.shape[1], k.shape[1])
+        atoms = [a for a in self.dynamic_atoms if a.kind == "topk"]
+        if not atoms:
+            raise InputError(f"select_blocks: pattern {self.name!r} has no topk(...) atom")
+        selection = compute_selection(self.root, q, k)
+        out = tuple(selection[a] for a in atoms)
+        return out[0] if len(out) == 1 else out
+
+    def __call__(self, q, k, v, *, scale=None, return_lse=False, backend="auto", selection=None):
+        """Attention under the pattern. q [B, H, Lq, D], k/v [B, Hk, Lk, D/Dv].
+
+        Returns out [B, H, Lq, Dv] (q's dtype), and lse [B, H, Lq] (natural log,
+        float32, float64 for float64 inputs) with return_lse=True."""
+        if backend not in BACKENDS:
+            raise InputError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+        scale = inputs.check_qkv(q, k, v, scale)
+        self._heads(q.shape[1], k.shape[1])
+        if backend == "triton":
+            raise InputError("backend='triton': the Triton kernels are not part of this release yet; "
+                             "use backend='reference'")
+        sel = None
+        if selection is not None:
+            sel = self._selection_dict(selection, q, k)
+        out, lse = reference_attention(self.root, q, k, v, scale=scale, selection=sel)
+        if return_lse:
+            return out, (lse if q.dtype == torch.float64 else lse.float())
+        return out
+
+    def _selection_dict(self, selection, q, k) -> dict:
+        atoms = [a for a in self.dynamic_atoms if a.kind == "topk"]
+        given = selection if isinstance(selection, (tuple, list)) else (selection,)
+        if len(given) != len(atoms):
+            raise InputError(f"selection: expected {len(atoms)} tensor(s), one per topk atom, got {len(given)}")
+        out = {}
+        for atom, sel in zip(atoms, given):
+            block, n = atom_arg(atom, "block").value, atom_arg(atom, "n").value
+            r = num_groups(q.shape[2], k.shape[2], block)
+            want = (q.shape[0], q.shape[1], r, n)
+            if not isinstance(sel, torch.Tensor) or tuple(sel.shape) != want or sel.dtype.is_floating_point:
+                raise InputError(f"selection for {atom.kind}(n={n}, block={block}) must be an integer tensor "
+                                 f"of shape {want}, got {getattr(sel, 'shape', type(sel).__name__)}")
+            out[atom] = sel
+        return out
