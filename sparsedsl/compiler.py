@@ -17,7 +17,7 @@ from .runtime.pattern import CompiledPattern
 
 
 def _looks_like_source(text: str) -> bool:
-    return "\n" in text or "{" in text
+    return "\n" in text or "{" in text or not text.strip()
 
 
 def load(source, loader: Loader | None = None) -> ModuleInfo:
@@ -29,9 +29,10 @@ def load(source, loader: Loader | None = None) -> ModuleInfo:
             shipped = library_path(path.name)
             if shipped.exists() and (len(path.parts) == 1 or path.parts[-2] == "patterns"):
                 path = shipped
-        if not path.exists():
+        if not path.is_file():
             names = ", ".join(sorted(p.stem for p in data_dir("patterns").glob("*.attn")))
-            raise PatternError(f"file not found: {source}", None, (f"shipped patterns: {names}",))
+            what = "is a directory, not a file" if path.is_dir() else "file not found"
+            raise PatternError(f"{what}: {source}", None, (f"shipped patterns: {names}",))
         return loader.load_file(path)
     if isinstance(source, str):
         return loader.load_text(source, "<string>", Path.cwd())

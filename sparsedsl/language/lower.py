@@ -192,7 +192,10 @@ class Lowerer:
             if ir.is_bool(a) or ir.is_bool(b):
                 word = "or" if op == "|" else "and"
                 raise PatternError(f"'{op}' combines masks; for conditions use '{word}'", e.span)
-            a, b = self._want_mask(a, e.left, f"'{op}'"), self._want_mask(b, e.right, f"'{op}'")
+            if ir.is_int(a) or ir.is_int(b):
+                word = "or" if op == "|" else "and"
+                raise PatternError(f"'{op}' combines masks, got an integer; it binds tighter than comparisons, "
+                                   f"so combine conditions with '{word}'", e.span)
             return build.union(a, b) if op == "|" else build.inter(a, b)
         if op == "-" and (ir.is_mask(a) or ir.is_mask(b)):
             return build.diff(self._want_mask(a, e.left, "'-'"), self._want_mask(b, e.right, "'-'"))

@@ -52,6 +52,11 @@ class CompiledPattern:
 
     # -- static structure --------------------------------------------------------------
 
+    def check(self, num_heads: int = 1, num_kv_heads: int | None = None) -> None:
+        """Raise PatternError if the pattern is invalid for this head count (an
+        uncovered head, an argument out of range or a zero divisor for some head)."""
+        self._heads(num_heads, num_kv_heads)
+
     def _heads(self, num_heads, num_kv_heads) -> tuple[int, int]:
         h, hk = inputs.check_heads(num_heads, num_kv_heads)
         if (h, hk) not in self._checked:

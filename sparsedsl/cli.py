@@ -1,0 +1,180 @@
+"""The sparsedsl command line: check, show, ir, demo."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+import torch
+
+from .compiler import compile_pattern, load
+from .errors import SparseDSLError
+from .render import block_picture, write_png
+
+
+def _params(items: list[str]) -> dict:
+    out = {}
+    for item in items or ():
+        name, sep, value = item.partition("=")
+        if not sep or not name.isidentifier():
+            raise SystemExit(f"sparsedsl: --param takes NAME=VALUE, got {item!r}")
+        low = value.strip().lower()
+        if low in ("true", "false"):
+            out[name] = low == "true"
+        else:
+            try:
+                out[name] = int(value.replace("_", ""))
+            except ValueError:
+                raise SystemExit(f"sparsedsl: --param {name}: expected an integer or true/false, got {value!r}")
+    return out
+
+
+def cmd_check(args) -> int:
+    bad = 0
+    for path in args.files:
+        try:
+            info = load(path)
+            names = list(info.own)
+            for name in names:
+                pdef = info.own[name]
+                missing = [p.name for p in pdef.params if p.default is None]
+                if missing:
+                    print(f"{path}: {name}: needs {', '.join(missing)} (not instantiated)")
+                    continue
+                p = compile_pattern(path, pattern=name)
+                if args.heads:
+                    p.check(args.heads, args.kv_heads)
+            print(f"{path}: ok ({len(names)} pattern{'s' if len(names) != 1 else ''}: {', '.join(names)})")
+        except SparseDSLError as e:
+            bad += 1
+            print(e, file=sys.stderr)
+    return 1 if bad else 0
+
+
+def _pick(args):
+    return compile_pattern(args.file, pattern=args.pattern, **_params(args.param))
+
+
+def cmd_ir(args) -> int:
+    p = _pick(args)
+    print(p.ir(), end="")
+    if args.graph:
+        g = p.graph()
+        print(f"# {g.number_of_nodes()} nodes, {g.number_of_edges()} edges")
+    return 0
+
+
+def _sample_mask(p, lq, lk, h, hk, seed=0):
+    if not p.is_dynamic:
+        return p.mask(lq, lk, h, hk)
+    gen = torch.Generator().manual_seed(seed)
+    q = torch.randn(1, h, lq, 64, generator=gen)
+    k = torch.randn(1, hk, lk, 64, generator=gen)
+    return p.mask(lq, lk, h, hk, q=q, k=k)[0]
+
+
+def cmd_show(args) -> int:
+    p = _pick(args)
+    lq = args.len
+    lk = args.kv_len or lq
+    h, hk = args.heads, args.kv_heads or args.heads
+    mask = _sample_mask(p, lq, lk, h, hk)
+    head = args.head
+    if not 0 <= head < h:
+        raise SystemExit(f"sparsedsl: --head must be in [0, {h}), got {head}")
+    print(p.ir(), end="")
+    print(f"# Lq={lq} Lk={lk} H={h} Hk={hk}"
+          + ("   (data-dependent: drawn for random q, k with seed 0)" if p.is_dynamic else ""))
+    for atom in p.dynamic_atoms:
+        if atom.kind == "landmarks":
+            print(f"# + landmarks: one mean key per complete block of {atom.args[0].value} keys")
+    per_head = mask.flatten(1).float().mean(1)
+    print(f"density {float(per_head.mean()):.4f}   per head: "
+          + " ".join(f"{float(d):.3f}" for d in per_head[:32]) + (" ..." if h > 32 else ""))
+    cells = min(args.cells, max(lq, lk, 1))
+    print(f"head {head}: each character is a tile of about {-(-lq // min(cells, max(lq, 1)))} x "
+          f"{-(-lk // min(cells, max(lk, 1)))} pairs ('{'.' if args.ascii else ' '}' none visible, "
+          f"'{'+' if args.ascii else '░'}' some, '{'#' if args.ascii else '█'}' all)")
+    picture = block_picture(mask[head], cells, "ascii" if args.ascii else "unicode")
+    print("\n".join("|" + line + "|" for line in picture.splitlines()))
+    if args.png:
+        write_png(args.png, [mask[i] for i in range(min(h, 8))])
+        print(f"wrote {args.png} (heads 0..{min(h, 8) - 1})")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    path = "patterns/streaming_llm.attn"
+    p = compile_pattern(path, sink=4, window=256)
+    lq = 1024
+    h, hk, d = 8, 2, 64
+    print(f"compiled {path} with sink=4, window=256:\n{p.ir()}")
+    mask = p.mask(lq, lq, h, hk)
+    print(f"density at L={lq}: {p.density(lq, lq, h, hk):.4f}")
+    print("\n".join("|" + line + "|" for line in block_picture(mask[0], 32).splitlines()))
+    gen = torch.Generator().manual_seed(0)
+    q = torch.randn(2, h, lq, d, generator=gen)
+    k = torch.randn(2, hk, lq, d, generator=gen)
+    v = torch.randn(2, hk, lq, d, generator=gen)
+    out, lse = p(q, k, v, return_lse=True)
+    # Dense check: the same attention through torch SDPA with the full boolean mask.
+    rep = h // hk
+    dense = torch.nn.functional.scaled_dot_product_attention(
+        q.double(), k.double().repeat_interleave(rep, 1), v.double().repeat_interleave(rep, 1),
+        attn_mask=mask.unsqueeze(0))
+    err = float((out.double() - dense).abs().max())
+    ok = err < 1e-4 and bool(torch.isfinite(lse).all())
+    print(f"attention [B=2, H={h}, Hk={hk}, L={lq}, D={d}] vs dense SDPA: max abs error {err:.2e} "
+          f"-> {'OK' if ok else 'MISMATCH'}")
+    return 0 if ok else 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="sparsedsl", description="A compiler for attention sparsity patterns.")
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    c = sub.add_parser("check", help="parse and check .attn files (exit 1 on errors)")
+    c.add_argument("files", nargs="+")
+    c.add_argument("--heads", type=int, default=0, help="also check for this many query heads")
+    c.add_argument("--kv-heads", type=int, default=None)
+    c.set_defaults(run=cmd_check)
+
+    def pattern_args(s):
+        s.add_argument("file")
+        s.add_argument("--pattern", default=None, help="which pattern, when the file has several")
+        s.add_argument("--param", "-p", action="append", default=[], metavar="NAME=VALUE")
+
+    s = sub.add_parser("show", help="draw a pattern and print its density")
+    pattern_args(s)
+    s.add_argument("--len", type=int, default=2048, help="query length (default 2048)")
+    s.add_argument("--kv-len", type=int, default=None, help="key length (default: --len)")
+    s.add_argument("--heads", type=int, default=1)
+    s.add_argument("--kv-heads", type=int, default=None)
+    s.add_argument("--head", type=int, default=0, help="which head to draw")
+    s.add_argument("--cells", type=int, default=64, help="picture width in characters")
+    s.add_argument("--ascii", action="store_true", help="draw with . + # only")
+    s.add_argument("--png", default=None, help="also write a PNG of the first heads")
+    s.set_defaults(run=cmd_show)
+
+    i = sub.add_parser("ir", help="print the IR (as .attn text)")
+    pattern_args(i)
+    i.add_argument("--graph", action="store_true", help="also print the graph size")
+    i.set_defaults(run=cmd_ir)
+
+    d = sub.add_parser("demo", help="compile a shipped pattern, draw it and check attention against SDPA")
+    d.set_defaults(run=cmd_demo)
+    return ap
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except SparseDSLError as e:
+        print(e, file=sys.stderr)
+        return 1
+    except BrokenPipeError:  # e.g. `sparsedsl show ... | head`
+        return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
