@@ -34,6 +34,12 @@ def int_op(op: str, *args: Node) -> Node:
         if op in ("//", "%") and args[1].value == 0:
             raise ZeroDivisionError("integer division or modulo by zero")
         return Const(_FOLD_INT[op](*(a.value for a in args)))
+    if len(args) == 2:  # identities: x + 0, 0 + x, x - 0, x * 1, 1 * x, x // 1
+        a, b = args
+        if (op in ("+", "-") and b == Const(0)) or (op in ("*", "//") and b == Const(1)):
+            return a
+        if (op == "+" and a == Const(0)) or (op == "*" and a == Const(1)):
+            return b
     return IntOp(op, tuple(args))
 
 
@@ -50,10 +56,13 @@ def logic(op: str, *args: Node) -> Node:
     flat: list[Node] = []
     for a in args:
         flat.extend(a.args if isinstance(a, Logic) and a.op == op else (a,))
-    if all(isinstance(a, Bool) for a in flat):
-        values = [a.value for a in flat]
-        return Bool(all(values) if op == "and" else any(values))
-    return Logic(op, tuple(flat))
+    unit, zero = Bool(op == "and"), Bool(op != "and")  # true and x = x; false and x = false
+    if zero in flat:
+        return zero
+    flat = [a for a in flat if a is not unit]
+    if not flat:
+        return unit
+    return flat[0] if len(flat) == 1 else Logic(op, tuple(flat))
 
 
 def union(*masks: Node) -> Node:

@@ -12,6 +12,9 @@ INT_OPS = ("+", "-", "*", "//", "%", "neg", "min", "max", "abs")
 CMP_OPS = ("<", "<=", ">", ">=", "==", "!=")
 LOGIC_OPS = ("and", "or", "not")
 SYMBOLS = ("h", "H", "hk", "Hk", "q", "k")
+# Symbols of kernel plans only (never written by users): the bounding box of a
+# tile, q0 <= q < q1 and k0 <= k < k1, and the number of keys Lk.
+PLAN_SYMBOLS = ("q0", "q1", "k0", "k1", "Lk")
 BRANCH_KINDS = ("all", "index", "slice")
 
 
@@ -91,7 +94,7 @@ class Sym(Node):
 
     @classmethod
     def _check(cls, args):
-        _need(args[0] in SYMBOLS, f"unknown symbol {args[0]!r}")
+        _need(args[0] in SYMBOLS or args[0] in PLAN_SYMBOLS, f"unknown symbol {args[0]!r}")
 
 
 class IntOp(Node):

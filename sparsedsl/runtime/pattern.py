@@ -166,7 +166,7 @@ class CompiledPattern:
         out = tuple(selection[a] for a in atoms)
         return out[0] if len(out) == 1 else out
 
-    def __call__(self, q, k, v, *, scale=None, return_lse=False, backend="auto", selection=None):
+    def __call__(self, q, k, v, *, scale=None, return_lse=False, backend="auto", selection=None, _config=None):
         """Attention under the pattern. q [B, H, Lq, D], k/v [B, Hk, Lk, D/Dv].
 
         Returns out [B, H, Lq, Dv] (q's dtype), and lse [B, H, Lq] (natural log,
@@ -175,9 +175,21 @@ class CompiledPattern:
             raise InputError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
         scale = inputs.check_qkv(q, k, v, scale)
         self._heads(q.shape[1], k.shape[1])
-        if backend == "triton":
-            raise InputError("backend='triton': the Triton kernels are not part of this release yet; "
-                             "use backend='reference'")
+        use_triton = backend == "triton" or (backend == "auto" and q.is_cuda and not self.is_dynamic
+                                             and q.dtype != torch.float64)
+        if use_triton:
+            if self.is_dynamic:
+                raise InputError("backend='triton': kernels for landmarks/topk patterns are not generated yet; "
+                                 "use backend='reference'")
+            if q.dtype == torch.float64:
+                raise InputError("backend='triton' takes float16, bfloat16 or float32; float64 runs on "
+                                 "backend='reference'")
+            from ..kernels.launch import forward
+
+            d = q.shape[-1]
+            out, lse = forward(self.root, q, k, v, d ** -0.5 if scale is None else scale,
+                               interpret=not q.is_cuda, config=_config)
+            return (out, lse) if return_lse else out
         sel = None
         if selection is not None:
             sel = self._selection_dict(selection, q, k)

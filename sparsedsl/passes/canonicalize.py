@@ -1,0 +1,77 @@
+"""canonicalize: flatten and order unions/intersections, drop duplicates, fold
+full/none, remove double complements and unreachable head branches."""
+from __future__ import annotations
+
+from ..ir import nodes as ir
+from ..ir.printer import expr
+from .base import Pass, rewrite
+
+FULL = ir.Atom("full", ())
+NONE = ir.Atom("none", ())
+
+
+def _order(args) -> tuple:
+    unique = list(dict.fromkeys(args))
+    return tuple(sorted(unique, key=lambda n: (type(n).__name__ != "Atom", expr(n))))
+
+
+def rule(n: ir.Node):
+    if isinstance(n, ir.Atom) and n.kind == "where" and isinstance(n.args[0], ir.Bool):
+        return FULL if n.args[0].value else NONE
+    if isinstance(n, ir.Union):
+        if FULL in n.args:
+            return FULL
+        args = _order(a for a in n.args if a is not NONE)
+        return _collapse(ir.Union, args, NONE)
+    if isinstance(n, ir.Inter):
+        if NONE in n.args:
+            return NONE
+        args = _order(a for a in n.args if a is not FULL)
+        return _collapse(ir.Inter, args, FULL)
+    if isinstance(n, ir.Diff):
+        if n.b is NONE:
+            return n.a
+        if n.a is NONE or n.b is FULL or n.a is n.b:
+            return NONE
+        if n.a is FULL:
+            return ir.Compl(n.b)
+    if isinstance(n, ir.Compl):
+        if n.a is FULL:
+            return NONE
+        if n.a is NONE:
+            return FULL
+        if isinstance(n.a, ir.Compl):
+            return n.a.a
+    if isinstance(n, ir.Heads):
+        return _heads(n)
+    return None
+
+
+def _collapse(cls, args, empty):
+    if not args:
+        return empty
+    if len(args) == 1:
+        return args[0]
+    return cls(args)
+
+
+def _heads(n: ir.Heads):
+    branches = []
+    for b in n.branches:
+        branches.append(b)
+        if b.kind == "all":
+            break
+    if len(branches) == 1 and branches[0].kind == "all":
+        return branches[0].body
+    if len({b.body for b in branches}) == 1 and branches[-1].kind == "all":
+        return branches[0].body
+    if len(branches) != len(n.branches):
+        return ir.Heads(tuple(branches))
+    return None
+
+
+def run(root: ir.Pattern) -> ir.Pattern:
+    return rewrite(root, rule)
+
+
+CANONICALIZE = Pass("canonicalize", __doc__.split(":", 1)[1].strip().replace("\n", " "), run)

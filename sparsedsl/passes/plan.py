@@ -1,0 +1,102 @@
+"""head grouping, layout and planning: the last passes, which turn the optimized
+IR into a KernelPlan, the input of code generation.
+
+- head grouping: the top-level per-head branches become kernel branches;
+  branches with the same body share one (their conditions are or-ed), and a
+  head-dependent argument stays a per-head value computed in the kernel, not a
+  per-head kernel.
+- layout: when every visible pair has q = k (mod r) (the pattern lies inside
+  dilated(w, r)), the kernel walks one residue class of queries and keys at a
+  time, so it does dense work (rate = r).
+- plan: per branch, the key segments to iterate (bounds.hull) and the tile
+  tests for "every pair visible" (no mask evaluated) and "none visible" (skip).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..ir import build
+from ..ir import nodes as ir
+from ..ir.atoms import atom_arg, is_dynamic
+from . import bounds
+
+
+@dataclass(frozen=True)
+class BranchPlan:
+    cond: ir.Node  # over h, H, Hk: the heads of this branch (first match wins)
+    mask: ir.Node  # the element mask
+    segments: tuple[bounds.Segment, ...]
+    all_visible: ir.Node  # over q0, q1, k0, k1 and heads
+    none_visible: ir.Node
+
+
+@dataclass(frozen=True)
+class KernelPlan:
+    name: str
+    branches: tuple[BranchPlan, ...]
+    rate: int  # residue layout step (1: plain)
+    wide: bool  # 64-bit index arithmetic in masks and bounds
+    blocks: tuple[int, ...]  # block sizes of strided segments (the key tile must divide them)
+
+
+def group_heads(body: ir.Node) -> list[tuple[ir.Node, ir.Node]]:
+    """[(condition over the heads, body)] in first-match order."""
+    if not isinstance(body, ir.Heads):
+        return [(ir.Bool(True), body)]
+    out: list[tuple[ir.Node, ir.Node]] = []
+    for b in body.branches:
+        cond = bounds.branch_condition(b)
+        for i, (c, m) in enumerate(out):
+            if m is b.body and i == len(out) - 1:  # adjacent same body: merge, keeping the order
+                out[i] = (build.logic("or", c, cond), m)
+                break
+        else:
+            out.append((cond, b.body))
+    return out
+
+
+def residue_rate(body: ir.Node) -> int:
+    """r when every visible pair is congruent modulo r, else 1."""
+    rates = set()
+    for _, m in group_heads(body):
+        parts = m.args if isinstance(m, ir.Inter) else (m,)
+        found = [atom_arg(a, "rate") for a in parts if isinstance(a, ir.Atom) and a.kind == "dilated"]
+        consts = [r.value for r in found if isinstance(r, ir.Const) and r.value > 1]
+        rates.add(consts[0] if consts else 1)
+    return rates.pop() if len(rates) == 1 else 1
+
+
+def _needs_wide(root: ir.Node) -> bool:
+    stack = [root]
+    while stack:
+        n = stack.pop()
+        if isinstance(n, ir.Const) and abs(n.value) >= 1 << 20:
+            return True
+        if isinstance(n, ir.IntOp) and n.op == "*" and ir.symbols(n) & {"q", "k"}:
+            return True
+        stack.extend(n.children())
+    return False
+
+
+def make_plan(root: ir.Pattern) -> KernelPlan:
+    if any(is_dynamic(n) for n in _walk(root)):
+        raise NotImplementedError("kernels for landmarks/topk are not generated yet")
+    rate = residue_rate(root.body)
+    branches = []
+    blocks = set()
+    for cond, mask in group_heads(root.body):
+        segs = bounds.hull(mask)  # the kernel clips them to [0, Lk)
+        for s in segs:
+            if s.strided and isinstance(s.block, ir.Const):
+                blocks.add(s.block.value)
+        branches.append(BranchPlan(cond, mask, segs, bounds.all_visible(mask, rate),
+                                   bounds.none_visible(mask, rate)))
+    return KernelPlan(root.name, tuple(branches), rate, _needs_wide(root), tuple(sorted(blocks)))
+
+
+def _walk(node):
+    stack = [node]
+    while stack:
+        n = stack.pop()
+        yield n
+        stack.extend(n.children())
