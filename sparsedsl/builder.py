@@ -241,7 +241,7 @@ def heads(branches) -> Mask:
     (of ints or H/Hk expressions) or "*". The first branch holding a head wins."""
     out = []
     for sel, mask in branches:
-        if sel == "*" or sel is Ellipsis:
+        if (isinstance(sel, str) and sel == "*") or sel is Ellipsis:
             kind, start, stop = "all", None, None
         elif isinstance(sel, slice):
             if sel.step not in (None, 1):

@@ -5,6 +5,7 @@
 """
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from .errors import PatternError
@@ -17,7 +18,8 @@ from .runtime.pattern import CompiledPattern
 
 
 def _looks_like_source(text: str) -> bool:
-    return "\n" in text or "{" in text or not text.strip()
+    """A path or a shipped pattern's name is one short token without brackets."""
+    return not re.fullmatch(r"[\w./\\~:-]{1,1024}", text.strip()) or "\n" in text
 
 
 def load(source, loader: Loader | None = None) -> ModuleInfo:
@@ -53,7 +55,11 @@ def compile_pattern(source, pattern: str | None = None, **params) -> CompiledPat
     if isinstance(source, Mask):
         if params:
             raise PatternError(f"a builder mask takes no parameters, got {', '.join(params)}")
-        root = ir.Pattern(pattern or "pattern", source.node)
+        name = pattern or "built"
+        if not _valid_name(name):
+            raise PatternError(f"pattern name {name!r} is not a valid name (a letter or _, then letters, digits, "
+                               "_; not a keyword or built-in)")
+        root = ir.Pattern(name, source.node)
         return _finish(root, {}, {})
     try:
         info = load(source)
@@ -78,6 +84,15 @@ def compile_pattern(source, pattern: str | None = None, **params) -> CompiledPat
         return _finish(root, params, lowerer.spans)
     except RecursionError:
         raise PatternError("the pattern is nested too deeply to compile") from None
+
+
+def _valid_name(name: str) -> bool:
+    from .language.lower import BUILTIN_SYMBOLS, INT_FUNCS
+    from .ir.atoms import ATOMS
+
+    keywords = {"pattern", "import", "let", "heads", "true", "false", "and", "or", "not"}
+    return (isinstance(name, str) and re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name) is not None
+            and name not in keywords and name not in ATOMS and name not in INT_FUNCS and name not in BUILTIN_SYMBOLS)
 
 
 def _finish(root: ir.Pattern, params: dict, spans: dict) -> CompiledPattern:

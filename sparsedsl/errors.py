@@ -16,8 +16,8 @@ class Source:
     text: str
 
     def line(self, lineno: int) -> str:
-        lines = self.text.splitlines()
-        return lines[lineno - 1] if 1 <= lineno <= len(lines) else ""
+        lines = self.text.split("\n")  # as the lexer counts lines
+        return lines[lineno - 1].removesuffix("\r") if 1 <= lineno <= len(lines) else ""
 
 
 @dataclass(frozen=True)
@@ -35,13 +35,19 @@ class Span:
 
     def excerpt(self) -> str:
         """The source line and a caret (with tildes) under the span."""
-        text = self.source.line(self.line).replace("\t", " ")
+        text = self.source.line(self.line).replace("\t", " ").replace("\r", " ").replace("\f", " ")
         if self.end_line == self.line and self.end_col > self.col:
             width = self.end_col - self.col
         else:
             width = max(1, len(text.rstrip()) - self.col + 1)
         width = max(1, min(width, len(text) - self.col + 2))
-        return f"    {text}\n    {' ' * (self.col - 1)}^{'~' * (width - 1)}"
+        col = self.col
+        if len(text) > 100:  # show a window of a long line around the caret
+            start = max(0, col - 50)
+            text = ("..." if start else "") + text[start:start + 100] + ("..." if start + 100 < len(text) else "")
+            col = col - start + (3 if start else 0)
+            width = min(width, 100)
+        return f"    {text}\n    {' ' * (col - 1)}^{'~' * (width - 1)}"
 
 
 class SparseDSLError(ValueError):

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-sparsedsl = pytest.importorskip("sparsedsl")
+import sparsedsl
 
 PATTERNS = Path(__file__).resolve().parent.parent / "patterns"
 
@@ -26,6 +26,9 @@ SHAPES = [(1, 1), (63, 63), (64, 64), (65, 65), (200, 200), (257, 257),
           (1, 257), (65, 200), (37, 257)]
 # (num_heads, num_kv_heads): MHA and GQA.
 HEADS = [(1, 1), (4, 4), (8, 2), (12, 4), (12, 12)]
+# Every shape with two head layouts, plus every head layout on two shapes.
+RUNS = ([(s, hh) for s in SHAPES for hh in [(1, 1), (12, 4)]]
+        + [(s, hh) for s in [(65, 65), (37, 257)] for hh in [(4, 4), (8, 2), (12, 12)]])
 
 _compiled: dict = {}
 
@@ -144,7 +147,8 @@ def ref_longgen(lq, lk, H, Hk, layer=0, num_layers=32, **sparse):
 def ref_duo(lq, lk, H, Hk, retrieval=8, sink=64, recent=256):
     Q, K, h, hk = grid(lq, lk, H, Hk)
     streaming = (K <= Q) & ((K < sink) | (K > Q - recent))
-    return full_shape(np.where(h < retrieval, K <= Q, streaming), lq, lk, H)
+    is_retrieval = np.isin(h, list(range(H))[0:retrieval])   # heads[0:retrieval], Python slicing
+    return full_shape(np.where(is_retrieval, K <= Q, streaming), lq, lk, H)
 
 
 def ref_duo_gqa(lq, lk, H, Hk, retrieval_kv=2, sink=64, recent=256):
@@ -172,7 +176,8 @@ def ref_longformer_lm(lq, lk, H, Hk, window=512, dilation=2, dilated_heads=2):
     d = Q - K
     dil = (d >= 0) & (d < window * dilation) & (d % dilation == 0)
     plain = (d >= 0) & (d < window)
-    return full_shape(np.where(h < dilated_heads, dil, plain), lq, lk, H)
+    is_dilated = np.isin(h, list(range(H))[:dilated_heads])  # heads[:dilated_heads]
+    return full_shape(np.where(is_dilated, dil, plain), lq, lk, H)
 
 
 def bigbird_hash_keep(qb: int, kb: int, seed: int, rand_num: int, rand_den: int) -> bool:
@@ -274,17 +279,16 @@ def _static_cases():
 @pytest.mark.parametrize("file,pat,ref,params", list(_static_cases()))
 def test_static_pattern_matches_reference(file, pat, ref, params):
     p = compile_pattern(file, pat, **params)
-    for lq, lk in SHAPES:
-        for H, Hk in HEADS:
-            got = p.mask(lq, lk, num_heads=H, num_kv_heads=Hk)
-            assert got.dtype == torch.bool and tuple(got.shape) == (H, lq, lk)
-            want = ref(lq, lk, H, Hk, **params)
-            if not np.array_equal(got.numpy(), want):
-                bad = np.argwhere(got.numpy() != want)[0]
-                hh, i, kk = (int(x) for x in bad)
-                pytest.fail(f"{pat or file} {params} Lq={lq} Lk={lk} H={H} Hk={Hk}: first mismatch at "
-                            f"head {hh}, q={lk - lq + i}, k={kk}: got {bool(got[hh, i, kk])}, "
-                            f"want {bool(want[hh, i, kk])}")
+    for (lq, lk), (H, Hk) in RUNS:
+        got = p.mask(lq, lk, num_heads=H, num_kv_heads=Hk)
+        assert got.dtype == torch.bool and tuple(got.shape) == (H, lq, lk)
+        want = ref(lq, lk, H, Hk, **params)
+        if not np.array_equal(got.numpy(), want):
+            bad = np.argwhere(got.numpy() != want)[0]
+            hh, i, kk = (int(x) for x in bad)
+            pytest.fail(f"{pat or file} {params} Lq={lq} Lk={lk} H={H} Hk={Hk}: first mismatch at "
+                        f"head {hh}, q={lk - lq + i}, k={kk}: got {bool(got[hh, i, kk])}, "
+                        f"want {bool(want[hh, i, kk])}")
 
 
 def test_static_mask_default_kv_len_and_heads():
@@ -306,9 +310,13 @@ S2_CONFIGS = [dict(local=2, stride=3, block=16), dict(local=1, stride=4, block=1
 def test_s2_matches_dkernel_layout(cfg, head_offset, dense_heads):
     p = compile_pattern("s2_attention.attn", "s2_attention", head_offset=head_offset,
                         dense_heads=dense_heads, **cfg)
-    runs = [(s, hh) for s in SHAPES for hh in HEADS + [(2, 2)]]
-    runs += [(s, hh) for s in [(300, 1000), (1, 1000)] for hh in [(4, 4), (8, 2)]]
-    runs += [(s, hh) for s in [(65, 200), (257, 257)] for hh in [(32, 8), (32, 32)]]
+    if (head_offset, dense_heads) == (0, 0):
+        runs = RUNS + [(s, (2, 2)) for s in [(64, 64), (200, 200)]]
+        runs += [(s, hh) for s in [(300, 1000), (1, 1000)] for hh in [(4, 4), (8, 2)]]
+        runs += [(s, hh) for s in [(65, 200), (257, 257)] for hh in [(32, 8), (32, 32)]]
+    else:
+        runs = [(s, hh) for s in [(1, 1), (65, 65), (257, 257), (1, 257), (37, 257)]
+                for hh in [(1, 1), (8, 2), (12, 4)]]
     for (lq, lk), (H, Hk) in runs:
         if dense_heads > Hk:
             continue
@@ -321,7 +329,8 @@ def test_s2_matches_dkernel_layout(cfg, head_offset, dense_heads):
 @pytest.mark.parametrize("cfg", S2_CONFIGS, ids=lambda c: "l{local}s{stride}b{block}".format(**c))
 def test_s2_vllm_matches_vllm_layout(cfg):
     p = compile_pattern("s2_attention.attn", "s2_attention_vllm", **cfg)
-    runs = [(s, H) for s in SHAPES for H in (1, 4, 8, 12)] + [((300, 1000), 4), ((257, 257), 32)]
+    runs = [(s, H) for s in SHAPES for H in (1, 12)] + [((65, 65), 4), ((37, 257), 8),
+                                                         ((300, 1000), 4), ((257, 257), 32)]
     for (lq, lk), H in runs:
         want = vllm_layout(lq, lk, H, cfg["local"], cfg["stride"], cfg["block"])
         got = p.mask(lq, lk, num_heads=H, num_kv_heads=H).numpy()
@@ -423,29 +432,31 @@ def blocks_to_mask(sel: np.ndarray, lq: int, lk: int, block: int) -> np.ndarray:
 
 def naive_forward(q, k, v, visible, landmark_block=None):
     """Per-row float64 softmax over the visible ordinary keys plus, when
-    landmark_block is set, one landmark per complete key block j < q // block."""
+    landmark_block is set, one landmark per complete key block j < q // block
+    (its key/value: the mean of the block's keys/values)."""
     B, H, Lq, D = q.shape
     Hk, Lk = k.shape[1], k.shape[2]
     q0 = Lk - Lq
     scale = 1.0 / math.sqrt(D)
     out = np.zeros((B, H, Lq, v.shape[-1]))
     lse = np.full((B, H, Lq), -math.inf)
+    L = landmark_block
+    n_complete = Lk // L if L else 0
     for b in range(B):
         for h in range(H):
             g = h // (H // Hk)
+            lm_k = [k[b, g, j * L:(j + 1) * L].mean(0) for j in range(n_complete)]
+            lm_v = [v[b, g, j * L:(j + 1) * L].mean(0) for j in range(n_complete)]
             for t in range(Lq):
                 pos = q0 + t
-                ks = [k[b, g, j] for j in range(Lk) if visible[b, h, t, j]]
-                vs = [v[b, g, j] for j in range(Lk) if visible[b, h, t, j]]
-                if landmark_block:
-                    L = landmark_block
-                    for j in range(pos // L):
-                        if (j + 1) * L <= Lk:
-                            ks.append(k[b, g, j * L:(j + 1) * L].mean(0))
-                            vs.append(v[b, g, j * L:(j + 1) * L].mean(0))
+                ks = list(k[b, g][visible[b, h, t]])
+                vs = list(v[b, g][visible[b, h, t]])
+                if L:
+                    ks += lm_k[:min(pos // L, n_complete)]
+                    vs += lm_v[:min(pos // L, n_complete)]
                 if not ks:
                     continue
-                logits = np.array([float(np.dot(q[b, h, t], kk)) * scale for kk in ks])
+                logits = np.stack(ks) @ q[b, h, t] * scale
                 m = logits.max()
                 w = np.exp(logits - m)
                 lse[b, h, t] = m + math.log(w.sum())
@@ -496,7 +507,7 @@ DYNAMIC = [
     ("quest.attn", None, dict(budget=40, page=8), (5, 8, "minmax", True), _quest_static, None),
     ("reattention.attn", None, dict(sink=3, local=10, budget=32, chunk=16),
      (2, 16, "mean", True), _reatt_static, None),
-    ("reattention.attn", None, dict(sink=1, local=1, budget=4, chunk=1),
+    ("reattention.attn", None, dict(sink=1, local=1, budget=4, chunk=1),   # token-level
      (4, 1, "mean", True), _reatt_static, None),
     ("nsa.attn", None, dict(window=12, selected=5, sel_block=16, cmp_block=8),
      (2, 16, "mean", True), _nsa_static, 8),
@@ -509,6 +520,7 @@ DYNAMIC = [
 ]
 
 DYN_SHAPES = [(1, 1), (16, 16), (65, 65), (70, 70), (1, 70), (23, 70), (40, 103)]
+DYN_SHAPES_TOKEN = [(1, 1), (16, 16), (1, 45), (23, 45)]   # block 1: one group per query
 DYN_HEADS = [(1, 1), (4, 2), (4, 4)]
 
 
@@ -522,10 +534,11 @@ def test_dynamic_pattern(case):
     p = compile_pattern(file, pat, **params)
     B, D = 2, 8
     compared = total = 0
-    for si, (lq, lk) in enumerate(DYN_SHAPES):
+    shapes = DYN_SHAPES if spec is None or spec[1] > 1 else DYN_SHAPES_TOKEN
+    for si, (lq, lk) in enumerate(shapes):
         for H, Hk in DYN_HEADS:
             block = spec[1] if spec else 16
-            q, k, planted = planted_qk(B, H, Hk, lq, lk, D, block, seed=17 * si + H + Hk)
+            q, k, _ = planted_qk(B, H, Hk, lq, lk, D, block, seed=17 * si + H + Hk)
             v = np.random.default_rng(si).standard_normal((B, Hk, lk, D)).astype(np.float32)
             v = v.astype(np.float64)
             where = f"{file}:{pat} {params} Lq={lq} Lk={lk} H={H} Hk={Hk}"

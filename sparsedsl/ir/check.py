@@ -25,8 +25,13 @@ def dynamic_positions(root: ir.Node):
                          for a in node.args)
         elif isinstance(node, ir.Inter):
             child = TOP_INTER if pos in (TOP, TOP_INTER) else NESTED
-            stack.extend((a, child, ctx or ("inside an intersection within a union" if child == NESTED else ""))
-                         for a in node.args)
+            dynamic_args = [a for a in node.args if has_dynamic(a)]
+            for a in node.args:
+                why = ctx or ("inside an intersection within a union" if child == NESTED else "")
+                if child != NESTED and len(dynamic_args) > 1 and a in dynamic_args:
+                    stack.append((a, NESTED, "intersected with another data-dependent mask"))
+                else:
+                    stack.append((a, child, why))
         elif isinstance(node, ir.Diff):
             stack.append((node.a, NESTED, ctx or "on the left of '-'"))
             stack.append((node.b, NESTED, ctx or "on the right of '-'"))
@@ -34,6 +39,16 @@ def dynamic_positions(root: ir.Node):
             stack.append((node.a, NESTED, ctx or "under '~'"))
         elif is_dynamic(node):
             yield node, pos, ctx
+
+def has_dynamic(node: ir.Node) -> bool:
+    stack = [node]
+    while stack:
+        n = stack.pop()
+        if is_dynamic(n):
+            return True
+        stack.extend(c for c in n.children() if ir.is_mask(c) or isinstance(c, ir.Branch))
+    return False
+
 
 def check_dynamic_placement(root: ir.Node, spans: dict | None = None) -> None:
     """Dynamic atoms may only be operands of the top-level union, optionally under

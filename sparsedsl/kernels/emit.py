@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from ..ir import nodes as ir
 from ..ir.atoms import atom_arg
+from ..ir.heads import branch_condition
 
 # How each symbol is spelled in the kernel.
 NAMES = {"h": "h", "H": "H", "hk": "hk", "Hk": "Hk", "q": "q_pos", "k": "k_pos",
@@ -79,8 +80,6 @@ def mask_expr(n: ir.Node) -> str:
     if isinstance(n, ir.Compl):
         return f"({mask_expr(n.a)} == 0)"
     if isinstance(n, ir.Heads):
-        from ..passes.bounds import branch_condition
-
         out = "(q_pos < k_pos) & (q_pos > k_pos)"  # all false: uncovered heads are rejected before
         for b in reversed(n.branches):
             out = f"tl.where({cond_expr(branch_condition(b))}, {mask_expr(b.body)}, {out})"

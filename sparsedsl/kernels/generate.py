@@ -48,61 +48,83 @@ def _strided_here(seg: Segment, plan: KernelPlan) -> bool:
     return seg.strided and plan.rate == 1 and isinstance(seg.block, ir.Const)
 
 
-def _covered(j: int, seg: Segment, plan: KernelPlan) -> str:
-    rng = f"(u0 >= ulo_{j}) & (u0 < uhi_{j})"
-    if _strided_here(seg, plan):
-        return f"({rng} & (_fmod(u0 // {seg.block.value} + off_{j}, s_{j}) == 0))"
-    return f"({rng})"
-
-
 def _attend_call(i: int, masked: bool) -> str:
     return (f"acc, l_i, m_i = _attend(acc, l_i, m_i, q, q_pos, k_base, v_base, offs_d, offs_dv, "
             f"stride_kn, stride_kd, stride_vn, stride_vd, u0, c, num_u, h, hk, H, Hk, qk_scale, "
             f"RATE, BLOCK_N, HEAD_DIM, HEAD_DIM_V, {i}, {masked}, DOT_PRECISION, WIDE)")
 
 
+def _tile_loop(i: int, lo: str, hi: str, masked: bool, check: str = "") -> list[str]:
+    body = [_attend_call(i, masked)]
+    if check:
+        body = [f"if ({check}) == 0:", "    " + body[0]]
+    return [f"for u0 in range({lo}, {hi}, BLOCK_N):"] + ["    " + b for b in body]
+
+
+def _has_full(seg: Segment) -> bool:
+    return not (seg.full_lo == ir.Const(0) and seg.full_hi == ir.Const(0))
+
+
 def _segment(i: int, j: int, seg: Segment, br, plan: KernelPlan) -> list[str]:
+    """Loops over the key tiles of segment j: the tiles of earlier plain ranges
+    are cut out in closed form, and the tiles inside the full interval run
+    without the element mask."""
     desc = f"keys [{to_text(seg.lo)}, {to_text(seg.hi)})"
     if seg.strided:
         desc += f" in blocks j with (j + {to_text(seg.offset)}) % {to_text(seg.stride)} == 0"
     if seg.guard != ir.Bool(True):
         desc += f" if {to_text(seg.guard)}"
+    if _has_full(seg):
+        desc += f"; no mask in [{to_text(seg.full_lo)}, {to_text(seg.full_hi)})"
     lines = [f"# segment {j}: {desc}",
-             f"lo_{j} = tl.maximum({int_expr(seg.lo)}, 0)",
-             f"hi_{j} = tl.minimum({int_expr(seg.hi)}, Lk)"]
+             f"lo = tl.maximum({int_expr(seg.lo)}, 0)",
+             f"hi = tl.minimum({int_expr(seg.hi)}, Lk)"]
     if seg.guard != ir.Bool(True):
-        lines.append(f"hi_{j} = tl.where({cond_expr(seg.guard)}, hi_{j}, lo_{j})")
-    lines += [f"ulo_{j} = (-_fdiv(c - lo_{j}, RATE)) // BLOCK_N * BLOCK_N",
-              f"uhi_{j} = -_fdiv(c - hi_{j}, RATE)",
-              f"uhi_{j} = tl.where(hi_{j} > lo_{j}, uhi_{j}, ulo_{j})"]
-    skip = [_covered(m, s, plan) for m, s in enumerate(br.segments[:j])]
-    none = cond_expr(br.none_visible)
-    if none != "False":
-        skip.append(none)
-    tile = ["k0 = c + RATE * u0",
-            "k1 = c + RATE * (tl.minimum(u0 + BLOCK_N, num_u) - 1) + 1"]
-    body = [f"if {cond_expr(br.all_visible)} & (u0 + BLOCK_N <= num_u):",
-            f"    {_attend_call(i, False)}",
-            "else:",
-            f"    {_attend_call(i, True)}"]
-    if skip:
-        tile.append(f"if ({' | '.join(skip)}) == 0:")
-        tile += ["    " + line for line in body]
-    else:
-        tile += body
-    if _strided_here(seg, plan):
+        lines.append(f"hi = tl.where({cond_expr(seg.guard)}, hi, lo)")
+    lines += [f"ua_{j} = _first_u(lo, c, RATE) // BLOCK_N * BLOCK_N",
+              f"ub_{j} = tl.where(hi > lo, (_first_u(hi, c, RATE) + BLOCK_N - 1) // BLOCK_N * BLOCK_N, ua_{j})"]
+    if _has_full(seg):
+        lines += [f"fa = (_first_u(tl.maximum({int_expr(seg.full_lo)}, 0), c, RATE) + BLOCK_N - 1) // BLOCK_N * BLOCK_N",
+                  f"fb = tl.minimum(_first_u(tl.minimum({int_expr(seg.full_hi)}, Lk), c, RATE), num_u) // BLOCK_N * BLOCK_N"]
+    # the pieces of this segment outside every earlier plain range
+    earlier = [m for m, s in enumerate(br.segments[:j]) if not _strided_here(s, plan)]
+    pieces = [(f"ua_{j}", f"ub_{j}")]
+    for m in earlier:
+        cut = []
+        for a, b in pieces:
+            cut += [(a, f"tl.minimum({b}, ua_{m})"), (f"tl.maximum({a}, ub_{m})", b)]
+        pieces = cut
+    check = " | ".join(
+        f"((u0 >= ua_{m}) & (u0 < ub_{m}) & (_fmod(u0 // {s.block.value} + off_{m}, s_{m}) == 0))"
+        for m, s in enumerate(br.segments[:j]) if _strided_here(s, plan))
+    strided = _strided_here(seg, plan)
+    if strided:
         b = seg.block.value
-        lines += [f"s_{j} = {int_expr(seg.stride)}",
-                  f"off_{j} = {int_expr(seg.offset)}",
-                  f"jlo_{j} = lo_{j} // {b}",
-                  f"jhi_{j} = (hi_{j} + {b - 1}) // {b}",
-                  f"first_{j} = jlo_{j} + _fmod(-(jlo_{j} + off_{j}), s_{j})",
-                  f"for jb in range(first_{j}, jhi_{j}, s_{j}):",
-                  f"    for u0 in range(tl.maximum(jb * {b}, ulo_{j}), tl.minimum(jb * {b} + {b}, uhi_{j}), BLOCK_N):"]
-        lines += ["        " + line for line in tile]
-    else:
-        lines.append(f"for u0 in range(ulo_{j}, uhi_{j}, BLOCK_N):")
-        lines += ["    " + line for line in tile]
+        lines += [f"s_{j} = {int_expr(seg.stride)}", f"off_{j} = {int_expr(seg.offset)}"]
+    for n, (a, bnd) in enumerate(pieces):
+        lines += [f"pa = {a}", f"pb = {bnd}"]
+        if not strided:
+            if _has_full(seg):
+                lines += ["m1 = tl.minimum(tl.maximum(fa, pa), pb)", "m2 = tl.minimum(tl.maximum(fb, m1), pb)"]
+                lines += _tile_loop(i, "pa", "m1", True, check) + _tile_loop(i, "m1", "m2", False, check)
+                lines += _tile_loop(i, "m2", "pb", True, check)
+            else:
+                lines += _tile_loop(i, "pa", "pb", True, check)
+            continue
+        # strided: blocks jb on the lattice first + s_j * t, inside [pa, pb)
+        lines += [f"jlo = pa // {b}", f"jhi = (pb + {b - 1}) // {b}",
+                  f"first = jlo + _fmod(-(jlo + off_{j}), s_{j})"]
+        runs = [("first", "jhi", True)]
+        if _has_full(seg):
+            lines += [f"j1 = tl.minimum(tl.maximum((fa + {b - 1}) // {b}, first), jhi)",
+                      f"j1 = j1 + _fmod(first - j1, s_{j})",
+                      f"j2 = tl.minimum(tl.maximum(fb // {b}, j1), jhi)",
+                      f"j2 = j2 + _fmod(first - j2, s_{j})"]
+            runs = [("first", "j1", True), ("j1", "j2", False), ("j2", "jhi", True)]
+        for lo_j, hi_j, masked in runs:
+            lines.append(f"for jb in range({lo_j}, {hi_j}, s_{j}):")
+            inner = _tile_loop(i, f"tl.maximum(jb * {b}, pa)", f"tl.minimum(jb * {b} + {b}, pb)", masked, check)
+            lines += ["    " + x for x in inner]
     return lines
 
 

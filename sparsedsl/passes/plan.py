@@ -8,8 +8,8 @@ IR into a KernelPlan, the input of code generation.
 - layout: when every visible pair has q = k (mod r) (the pattern lies inside
   dilated(w, r)), the kernel walks one residue class of queries and keys at a
   time, so it does dense work (rate = r).
-- plan: per branch, the key segments to iterate (bounds.hull) and the tile
-  tests for "every pair visible" (no mask evaluated) and "none visible" (skip).
+- plan: per branch, the key segments to iterate (bounds.segments), plain
+  ranges first, each with the interval where no element mask is needed.
 """
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from ..ir import build
 from ..ir import nodes as ir
 from ..ir.atoms import atom_arg, is_dynamic
+from ..ir.heads import branch_condition
 from . import bounds
 
 
@@ -25,9 +26,7 @@ from . import bounds
 class BranchPlan:
     cond: ir.Node  # over h, H, Hk: the heads of this branch (first match wins)
     mask: ir.Node  # the element mask
-    segments: tuple[bounds.Segment, ...]
-    all_visible: ir.Node  # over q0, q1, k0, k1 and heads
-    none_visible: ir.Node
+    segments: tuple[bounds.Segment, ...]  # ranges first, then strided
 
 
 @dataclass(frozen=True)
@@ -45,7 +44,7 @@ def group_heads(body: ir.Node) -> list[tuple[ir.Node, ir.Node]]:
         return [(ir.Bool(True), body)]
     out: list[tuple[ir.Node, ir.Node]] = []
     for b in body.branches:
-        cond = bounds.branch_condition(b)
+        cond = branch_condition(b)
         for i, (c, m) in enumerate(out):
             if m is b.body and i == len(out) - 1:  # adjacent same body: merge, keeping the order
                 out[i] = (build.logic("or", c, cond), m)
@@ -85,12 +84,12 @@ def make_plan(root: ir.Pattern) -> KernelPlan:
     branches = []
     blocks = set()
     for cond, mask in group_heads(root.body):
-        segs = bounds.hull(mask)  # the kernel clips them to [0, Lk)
+        segs = bounds.segments(mask, rate)  # the kernel clips them to [0, Lk)
+        segs = tuple(s for s in segs if not s.strided) + tuple(s for s in segs if s.strided)
         for s in segs:
             if s.strided and isinstance(s.block, ir.Const):
                 blocks.add(s.block.value)
-        branches.append(BranchPlan(cond, mask, segs, bounds.all_visible(mask, rate),
-                                   bounds.none_visible(mask, rate)))
+        branches.append(BranchPlan(cond, mask, segs))
     return KernelPlan(root.name, tuple(branches), rate, _needs_wide(root), tuple(sorted(blocks)))
 
 

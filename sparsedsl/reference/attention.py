@@ -41,17 +41,18 @@ class _TopkMasks:
 
     def __call__(self, atom: ir.Atom, env: dict) -> torch.Tensor:
         block, hit = self.blocks[atom]
-        grp = group_of_rows(self.q_len, self.kv_len, block, self.rows)
-        kblk = torch.arange(self.kv_len) // block
-        per_row = hit[:, env["head_ids"]][:, :, grp.to(hit.device)]  # [B, Hs, C, nb]
-        return per_row[..., kblk.to(hit.device)].cpu()  # [B, Hs, C, Lk]
+        grp = group_of_rows(self.q_len, self.kv_len, block, self.rows).to(hit.device)
+        kblk = torch.arange(self.kv_len, device=hit.device) // block
+        per_row = hit[:, env["head_ids"].to(hit.device)][:, :, grp]  # [B, Hs, C, nb]
+        return per_row[..., kblk].to(env["q"].device)  # [B, Hs, C, Lk]
 
 
 def visible(root: ir.Node, q_len: int, kv_len: int, num_heads: int, num_kv_heads: int,
             rows: torch.Tensor, selection: dict | None = None) -> torch.Tensor:
-    """Ordinary-key visibility for the given query rows: bool broadcastable to [B, H, C, Lk]."""
+    """Ordinary-key visibility for the given query rows (on rows' device):
+    bool broadcastable to [B, H, C, Lk]."""
     q_pos = kv_len - q_len + rows
-    env = grid_env(num_heads, num_kv_heads, q_pos, torch.arange(kv_len))
+    env = grid_env(num_heads, num_kv_heads, q_pos, torch.arange(kv_len, device=rows.device))
     dynamic = None
     if selection:
         dynamic = _TopkMasks(selection, q_len, kv_len)
@@ -61,7 +62,7 @@ def visible(root: ir.Node, q_len: int, kv_len: int, num_heads: int, num_kv_heads
 
 def reference_attention(root: ir.Node, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
                         scale: float | None = None, selection: dict | None = None,
-                        compute_dtype: torch.dtype | None = None, chunk_elements: int = CHUNK_ELEMENTS):
+                        compute_dtype: torch.dtype | None = None, chunk_elements: int | None = None):
     """Attention of q [B, H, Lq, D] over k, v [B, Hk, Lk, D/Dv] under the pattern `root`.
 
     Returns (out [B, H, Lq, Dv] in q's dtype, lse [B, H, Lq] in the compute dtype).
@@ -82,16 +83,18 @@ def reference_attention(root: ir.Node, q: torch.Tensor, k: torch.Tensor, v: torc
             landmarks.append((block, kl, vl, active_heads(root, atom, h, hk).to(q.device)))
     out = torch.empty((b, h, lq, dv), dtype=cd, device=q.device)
     lse = torch.empty((b, h, lq), dtype=cd, device=q.device)
+    if chunk_elements is None:  # read at call time, so the module setting can be changed
+        chunk_elements = CHUNK_ELEMENTS
     rows_per_chunk = max(1, chunk_elements // max(1, b * h * max(lk, 1)))
     for r0 in range(0, lq, rows_per_chunk):
-        rows = torch.arange(r0, min(lq, r0 + rows_per_chunk))
+        rows = torch.arange(r0, min(lq, r0 + rows_per_chunk), device=q.device)
         c = len(rows)
-        mask = visible(root, lq, lk, h, hk, rows, selection).to(q.device)
+        mask = visible(root, lq, lk, h, hk, rows, selection)
         qc = qf[:, :, r0:r0 + c].reshape(b, hk, g, c, d)
         logits = torch.einsum("bgxcd,bgkd->bgxck", qc, kf).reshape(b, h, c, lk) * scale
         logits = logits.masked_fill(~mask, float("-inf"))
         values = [vf]
-        q_pos = (lk - lq + rows).to(q.device)
+        q_pos = lk - lq + rows
         for block, kl, vl, active in landmarks:
             lg = torch.einsum("bgxcd,bgkd->bgxck", qc, kl).reshape(b, h, c, kl.shape[2]) * scale
             seen = (torch.arange(kl.shape[2], device=q.device).view(1, -1)

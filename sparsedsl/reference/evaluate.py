@@ -13,6 +13,7 @@ from typing import Callable
 import torch
 
 from ..ir import nodes as ir
+from ..ir.heads import branch_condition
 
 Value = "int | bool | torch.Tensor"
 
@@ -90,13 +91,18 @@ def eval_cond(node: ir.Node, env: dict):
     return out
 
 
-_TRUE = torch.ones((1, 1, 1, 1), dtype=torch.bool)
-_FALSE = torch.zeros((1, 1, 1, 1), dtype=torch.bool)
+def _true(env) -> torch.Tensor:
+    """All-true of the grid's shape and device (also under vmap)."""
+    return (env["k"] >= 0) | (env["q"] == env["q"])
 
 
-def _bool(x) -> torch.Tensor:
+def _false(env) -> torch.Tensor:
+    return (env["k"] < 0) & (env["q"] != env["q"])
+
+
+def _bool(x, env) -> torch.Tensor:
     if isinstance(x, bool):
-        return _TRUE if x else _FALSE
+        return _true(env) if x else _false(env)
     return x
 
 
@@ -105,18 +111,18 @@ def atom_mask(a: ir.Atom, env: dict, dynamic: Callable | None) -> torch.Tensor:
     q, k = env["q"], env["k"]
     kind = a.kind
     if kind == "where":
-        return _bool(eval_cond(a.args[0], env))
+        return _bool(eval_cond(a.args[0], env), env) & _true(env)
     if kind == "landmarks":  # landmarks add virtual keys; no ordinary key
-        return _FALSE
+        return _false(env)
     if kind == "topk":
         if dynamic is None:
             raise ValueError("topk needs a block selection (pass q and k)")
         return dynamic(a, env)
     x = [eval_int(v, env) if isinstance(v, ir.Node) else v for v in a.args]
     if kind == "full":
-        return _TRUE
+        return _true(env)
     if kind == "none":
-        return _FALSE
+        return _false(env)
     if kind == "causal":
         return k <= q
     if kind == "window":
@@ -193,23 +199,31 @@ def eval_mask(node: ir.Node, env: dict, dynamic: Callable | None = None) -> torc
     if isinstance(node, ir.Compl):
         return ~eval_mask(node.a, env, dynamic)
     if isinstance(node, ir.Heads):
+        if "head_ids" not in env:  # scalar heads (FlexAttention's mask_mod): choose by condition
+            conditions = env.get("branch_conditions") or {}
+            out = _false(env)
+            for b in reversed(node.branches):
+                cond = conditions.get(b) or branch_condition(b)
+                out = torch.where(_bool(eval_cond(cond, env), env), eval_mask(b.body, env, dynamic), out)
+            return out
         return _eval_heads(node, env, dynamic)
     raise TypeError(f"not a mask: {node!r}")
 
 
 def _eval_heads(node: ir.Heads, env: dict, dynamic) -> torch.Tensor:
-    owner = torch.tensor(head_assignment(node, env["H"], env["Hk"]), dtype=torch.long)[env["head_ids"]]
+    ids = env["head_ids"]
+    owner = torch.tensor(head_assignment(node, env["H"], env["Hk"]), dtype=torch.long, device=ids.device)[ids]
     parts = []
     for i, b in enumerate(node.branches):
         idx = (owner == i).nonzero().flatten()
         if idx.numel():
             parts.append((idx, eval_mask(b.body, restrict(env, idx), dynamic)))
-    if not parts:
-        return _FALSE.expand(1, len(owner), 1, 1)
-    batch = max(m.shape[0] for _, m in parts)
     q_len = env["q"].shape[2]
     k_len = env["k"].shape[3]
-    out = torch.zeros((batch, len(owner), q_len, k_len), dtype=torch.bool)
+    if not parts:
+        return torch.zeros((1, len(owner), q_len, k_len), dtype=torch.bool, device=ids.device)
+    batch = max(m.shape[0] for _, m in parts)
+    out = torch.zeros((batch, len(owner), q_len, k_len), dtype=torch.bool, device=ids.device)
     for idx, m in parts:
         out[:, idx] = m.expand(batch, len(idx), q_len, k_len)
     return out
@@ -218,7 +232,7 @@ def _eval_heads(node: ir.Heads, env: dict, dynamic) -> torch.Tensor:
 def grid_env(num_heads: int, num_kv_heads: int, q_pos: torch.Tensor, k_pos: torch.Tensor,
              head_ids: torch.Tensor | None = None) -> dict:
     """The environment for evaluating a mask over the given positions and heads."""
-    ids = torch.arange(num_heads) if head_ids is None else head_ids
+    ids = torch.arange(num_heads, device=q_pos.device) if head_ids is None else head_ids
     h = ids.view(1, -1, 1, 1)
     return {
         "H": num_heads,

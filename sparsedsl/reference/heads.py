@@ -30,10 +30,22 @@ def check_heads(root: ir.Node, num_heads: int, num_kv_heads: int, spans: dict | 
     """Raise PatternError if, for this head count, an argument is out of range,
     a divisor is zero, or a head is covered by no heads[...] branch."""
     spans = spans or {}
-    stack = [(root, list(range(num_heads)))]
+    # Post-order (children before their parent), so that a zero divisor inside
+    # an argument or an outer divisor is reported before anything evaluates it.
+    stack = [(root, list(range(num_heads)), False)]
     while stack:
-        node, ids = stack.pop()
+        node, ids, done = stack.pop()
         if not ids:
+            continue
+        if done:
+            if isinstance(node, ir.Atom):
+                _check_atom(node, ids, num_heads, num_kv_heads, spans)
+            elif isinstance(node, ir.IntOp) and node.op in ("//", "%"):
+                d = eval_int(node.args[1], _env(ids, num_heads, num_kv_heads))
+                bad = _first_bad(d, ids, lambda v: v == 0)
+                if bad:
+                    raise PatternError(f"division or modulo by zero for head {bad[0]} (H={num_heads})",
+                                       spans.get(node) or spans.get(node.args[1]))
             continue
         if isinstance(node, ir.Heads):
             try:
@@ -49,17 +61,10 @@ def check_heads(root: ir.Node, num_heads: int, num_kv_heads: int, spans: dict | 
                     ("add a branch for the remaining heads, e.g. heads[*] => none",),
                 )
             for i, b in enumerate(node.branches):
-                stack.append((b.body, [h for h in ids if owner[h] == i]))
+                stack.append((b.body, [h for h in ids if owner[h] == i], False))
             continue
-        if isinstance(node, ir.Atom):
-            _check_atom(node, ids, num_heads, num_kv_heads, spans)
-        elif isinstance(node, ir.IntOp) and node.op in ("//", "%"):
-            d = eval_int(node.args[1], _env(ids, num_heads, num_kv_heads))
-            bad = _first_bad(d, ids, lambda v: v == 0)
-            if bad:
-                raise PatternError(f"division or modulo by zero for head {bad[0]} (H={num_heads})",
-                                   spans.get(node) or spans.get(node.args[1]))
-        stack.extend((c, ids) for c in node.children())
+        stack.append((node, ids, True))
+        stack.extend((c, ids, False) for c in node.children())
 
 
 def _check_atom(node: ir.Atom, ids, num_heads, num_kv_heads, spans) -> None:

@@ -75,10 +75,10 @@ class CompiledPattern:
             raise InputError(f"{what}: pattern {self.name!r} depends on the data ({kinds}); "
                              "pass q= and k= to mask(), or use select_blocks(q, k)")
 
-    def _row_chunks(self, q_len, kv_len, num_heads, batch=1):
+    def _row_chunks(self, q_len, kv_len, num_heads, batch=1, device=None):
         step = max(1, (1 << 24) // max(1, batch * num_heads * max(kv_len, 1)))
         for r0 in range(0, q_len, step):
-            yield torch.arange(r0, min(q_len, r0 + step))
+            yield torch.arange(r0, min(q_len, r0 + step), device=device)
 
     def mask(self, q_len, kv_len=None, num_heads=1, num_kv_heads=None, *, q=None, k=None) -> torch.Tensor:
         """Visibility of every (query, key) pair: bool [num_heads, q_len, kv_len].
@@ -120,6 +120,8 @@ class CompiledPattern:
         self._static_only("block_layout")
         nq, nk = -(-q_len // block), -(-kv_len // block)
         out = torch.zeros((h, nq, nk), dtype=torch.int8)
+        if nq == 0 or nk == 0:
+            return out
         kpad = nk * block - kv_len
         rows_per = max(block, ((1 << 24) // max(1, h * max(kv_len, 1))) // block * block)
         for r0 in range(0, q_len, rows_per):
@@ -137,18 +139,40 @@ class CompiledPattern:
             out[:, b0:b0 + any_.shape[1]] = torch.where(all_ & any_, 2, any_.to(torch.int8)).to(torch.int8)
         return out
 
-    def density(self, q_len, kv_len=None, num_heads=1, num_kv_heads=None) -> float:
-        """The fraction of (head, query, key) pairs that are visible."""
+    def density(self, q_len, kv_len=None, num_heads=1, num_kv_heads=None, *, device=None) -> float:
+        """The fraction of (head, query, key) pairs that are visible (evaluated on
+        `device`, e.g. "cuda" for long sequences)."""
         q_len, kv_len = self._lengths(q_len, kv_len)
         h, hk = self._heads(num_heads, num_kv_heads)
         self._static_only("density")
         if q_len == 0 or kv_len == 0:
             return 0.0
         total = 0
-        for rows in self._row_chunks(q_len, kv_len, h):
+        for rows in self._row_chunks(q_len, kv_len, h, device=device):
             m = visible(self.root, q_len, kv_len, h, hk, rows)
             total += int(m.expand(1, h, len(rows), kv_len).sum())
         return total / (h * q_len * kv_len)
+
+    # -- FlexAttention interop ---------------------------------------------------------
+
+    def to_flex_mask_mod(self, q_len, kv_len=None, num_heads=1, num_kv_heads=None):
+        """A FlexAttention mask_mod(b, h, q_idx, kv_idx) for calls of this shape."""
+        q_len, kv_len = self._lengths(q_len, kv_len)
+        h, hk = self._heads(num_heads, num_kv_heads)
+        self._static_only("to_flex_mask_mod")
+        from .flex import mask_mod
+
+        return mask_mod(self.root, q_len, kv_len, h, hk)
+
+    def to_flex_block_mask(self, q_len, kv_len=None, num_heads=1, num_kv_heads=None, *, device="cuda",
+                           block_size=128, compile=False):
+        """FlexAttention's BlockMask for calls of this shape (FlexAttention builds it in O(L^2))."""
+        q_len, kv_len = self._lengths(q_len, kv_len)
+        h, hk = self._heads(num_heads, num_kv_heads)
+        self._static_only("to_flex_block_mask")
+        from .flex import block_mask
+
+        return block_mask(self.root, q_len, kv_len, h, hk, device, block_size, compile)
 
     # -- data-dependent ----------------------------------------------------------------
 
@@ -208,8 +232,14 @@ class CompiledPattern:
             block, n = atom_arg(atom, "block").value, atom_arg(atom, "n").value
             r = num_groups(q.shape[2], k.shape[2], block)
             want = (q.shape[0], q.shape[1], r, n)
-            if not isinstance(sel, torch.Tensor) or tuple(sel.shape) != want or sel.dtype.is_floating_point:
+            ok_dtype = isinstance(sel, torch.Tensor) and sel.dtype in (torch.int8, torch.int16, torch.int32, torch.int64)
+            if not ok_dtype or tuple(sel.shape) != want:
                 raise InputError(f"selection for {atom.kind}(n={n}, block={block}) must be an integer tensor "
-                                 f"of shape {want}, got {getattr(sel, 'shape', type(sel).__name__)}")
+                                 f"of shape {want}, got {getattr(sel, 'dtype', type(sel).__name__)} "
+                                 f"{tuple(getattr(sel, 'shape', ()))}")
+            nb = -(-k.shape[2] // block)
+            if sel.numel() and (int(sel.min()) < -1 or int(sel.max()) >= nb):
+                raise InputError(f"selection for {atom.kind}(n={n}, block={block}) holds block ids outside "
+                                 f"[-1, {nb}) (-1 marks an empty slot; there are {nb} key blocks)")
             out[atom] = sel
         return out

@@ -1,0 +1,560 @@
+"""Hypothesis strategies for property-based tests of sparsedsl and of code that
+uses it.
+
+    from hypothesis import given
+    from sparsedsl.testing import patterns, shapes
+
+    @given(patterns(), shapes())
+    def test_something(p, shape):
+        ...
+
+This module needs `hypothesis` (``pip install sparsedsl[test]``); importing
+``sparsedsl`` itself never imports it.
+
+Everything generated is small (few nodes, small constants, short sequences) so
+that a test can evaluate hundreds of examples on a CPU in seconds.
+
+Strategies
+----------
+int_exprs(symbols)       integer IR expressions (Const, Sym, IntOp)
+conditions(symbols)      condition IR expressions (Bool, Cmp, Logic)
+static_masks(max_depth)  mask IR nodes without data-dependent atoms
+atoms()                  one static atom
+head_switches()          per-head switches (heads[...] => ...)
+dynamic_atoms()          landmarks(...) and topk(...) atoms
+patterns()               ir.Pattern roots
+rendered_patterns()      (source text, the ir.Pattern it must compile to)
+pattern_sources()        .attn source text (printed or hand written)
+shapes()                 dict(q_len, kv_len, num_heads, num_kv_heads)
+
+All IR is built with the smart constructors of ``sparsedsl.ir.build`` and is
+in the form the parser produces for its printed text, so
+``compile_pattern(to_text(p)).root is p`` holds for every generated ``p``.
+"""
+from __future__ import annotations
+
+import functools
+import string
+
+try:
+    from hypothesis import strategies as st
+except ImportError as e:  # pragma: no cover - depends on the environment
+    raise ImportError("sparsedsl.testing needs hypothesis; install it with `pip install hypothesis`") from e
+
+from .ir import build
+from .ir import nodes as ir
+from .ir.atoms import ATOMS
+from .ir.printer import to_text
+
+__all__ = [
+    "HEAD_SYMBOLS", "ALL_SYMBOLS", "ENTRY", "int_exprs", "nonnegative_exprs", "at_least", "conditions",
+    "atoms", "static_masks", "head_switches", "dynamic_atoms", "head_selections", "patterns", "rendered_patterns",
+    "pattern_sources", "lengths", "shapes",
+]
+
+HEAD_SYMBOLS = ("h", "H", "hk", "Hk")
+ALL_SYMBOLS = ("q", "k", "h", "H", "hk", "Hk")
+#: The name of the pattern to compile in the text of `rendered_patterns` and
+#: `pattern_sources` (those files may also define helper patterns).
+ENTRY = "main"
+
+_CMP_OPS = ("<", "<=", ">", ">=", "==", "!=")
+
+
+def _cached(fn):
+    """lru_cache for strategy factories; list arguments are taken as tuples."""
+    cached = functools.lru_cache(maxsize=None)(fn)
+
+    def fix(v):
+        return tuple(v) if isinstance(v, list) else v
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        return cached(*(fix(a) for a in args), **{k: fix(v) for k, v in kwargs.items()})
+
+    return wrapper
+
+
+# ---- integer expressions ---------------------------------------------------------
+
+
+def _binary(op):
+    return lambda ab: build.int_op(op, *ab)
+
+
+def _pick(draw, *options):
+    """Draw from one of `options` (strategies), chosen evenly.
+
+    Used instead of st.one_of, which Hypothesis steers towards the branches
+    with the most distinct values (an even mix matters more here)."""
+    return draw(options[draw(st.sampled_from(range(len(options))))])
+
+
+def _one_of(*options) -> st.SearchStrategy:
+    """Like st.one_of, with the option chosen evenly (see _pick)."""
+    return st.composite(lambda draw: _pick(draw, *options))()
+
+
+_INT_OPS = ("+", "-", "*", "//", "%", "neg", "abs", "min", "max")
+
+
+@st.composite
+def _ints(draw, symbols: tuple[str, ...], depth: int):
+    if depth <= 0 or not draw(st.integers(0, 2)):
+        if symbols and draw(st.booleans()):
+            if "q" in symbols and "k" in symbols and not draw(st.integers(0, 3)):
+                # the distance of the pair, often negative: exercises floor // and %
+                a, b = draw(st.permutations((ir.Sym("q"), ir.Sym("k"))))
+                return build.int_op("-", a, b)
+            return ir.Sym(draw(st.sampled_from(symbols)))
+        return ir.Const(draw(st.integers(-6, 9)))
+    op = draw(st.sampled_from(_INT_OPS))
+    sub = _ints(symbols, depth - 1)
+    if op in ("neg", "abs"):
+        return build.int_op(op, draw(sub))
+    a = draw(sub)
+    b = ir.Const(draw(st.integers(1, 7))) if op in ("//", "%") else draw(sub)
+    return build.int_op(op, a, b)
+
+
+@_cached
+def int_exprs(symbols: tuple[str, ...] = HEAD_SYMBOLS, max_depth: int = 2) -> st.SearchStrategy:
+    """Integer IR expressions over `symbols` (a subset of h, H, hk, Hk, q, k),
+    at most `max_depth` operators deep.
+
+    Operators: + - * // % neg abs min max. The divisor of // and % is always a
+    positive constant, so no expression can divide by zero for any head or
+    position. Constants fold (``build.int_op``), so the result may be a Const."""
+    return _ints(tuple(symbols), max_depth)
+
+
+@_cached
+def nonnegative_exprs(symbols: tuple[str, ...] = HEAD_SYMBOLS) -> st.SearchStrategy:
+    """Head-dependent integer expressions that are >= 0 for every head and head
+    count: a head symbol, ``e % m``, ``abs(e)``, ``e // m`` of a non-negative
+    e, or ``max(0, e)``."""
+    e = int_exprs(tuple(symbols), 1)
+    m = st.integers(1, 5).map(ir.Const)
+    syms = st.sampled_from(tuple(symbols)).map(ir.Sym)
+    return _one_of(
+        syms,
+        st.tuples(e, m).map(_binary("%")),
+        e.map(lambda x: build.int_op("abs", x)),
+        st.tuples(syms, m).map(_binary("//")),
+        e.map(lambda x: build.int_op("max", ir.Const(0), x)),
+    )
+
+
+@_cached
+def at_least(minimum: int, spread: int = 5, symbols: tuple[str, ...] = HEAD_SYMBOLS) -> st.SearchStrategy:
+    """Atom arguments that are >= `minimum` for every head: a constant, or
+    ``minimum + c + e`` / ``max(minimum + c, e)`` with e head-dependent and
+    non-negative (e.g. ``1 + h % 3``)."""
+    c = st.integers(minimum, minimum + spread).map(ir.Const)
+    if not symbols:
+        return c
+    return _one_of(
+        c,
+        st.tuples(c, nonnegative_exprs(tuple(symbols))).map(_binary("+")),
+        st.tuples(c, int_exprs(tuple(symbols), 1)).map(_binary("max")),
+    )
+
+
+# ---- conditions --------------------------------------------------------------------
+
+
+@st.composite
+def _conds(draw, symbols: tuple[str, ...], depth: int):
+    if depth <= 0 or not draw(st.integers(0, 2)):
+        if not draw(st.integers(0, 5)):
+            return ir.Bool(draw(st.booleans()))
+        ints = int_exprs(symbols, 2)
+        return build.cmp(draw(st.sampled_from(_CMP_OPS)), draw(ints), draw(ints))
+    op = draw(st.sampled_from(("and", "or", "not")))
+    sub = _conds(symbols, depth - 1)
+    if op == "not":
+        return build.logic("not", draw(sub))
+    return build.logic(op, draw(sub), draw(sub))
+
+
+@_cached
+def conditions(symbols: tuple[str, ...] = ALL_SYMBOLS, max_depth: int = 2) -> st.SearchStrategy:
+    """Conditions (for where(...)) over q, k and the head symbols: comparisons
+    of integer expressions joined with and / or / not, and true / false, at
+    most `max_depth` logical operators deep. Divisors are positive constants
+    only. (Comparisons of constants fold to true / false.)"""
+    return _conds(tuple(symbols), max_depth)
+
+
+# ---- masks -----------------------------------------------------------------------
+
+_BLOCK_DEFAULT = ATOMS["local_blocks"].param("block").default
+_STATIC_KINDS = ("full", "none", "causal", "window", "band", "sink", "global", "dilated", "local_blocks",
+                 "strided", "where")
+
+
+@st.composite
+def _atoms(draw, head_dependent: bool):
+    syms = HEAD_SYMBOLS if head_dependent else ()
+    kind = draw(st.sampled_from(_STATIC_KINDS))
+    m0 = lambda: draw(at_least(0, 6, syms))  # noqa: E731
+    m1 = lambda: draw(at_least(1, 6, syms))  # noqa: E731
+    # Small blocks so that short sequences cross block boundaries; the default
+    # (64) sometimes, so the printer's "omit the default" path is exercised.
+    block = lambda: _BLOCK_DEFAULT if not draw(st.integers(0, 5)) else draw(at_least(1, 7, syms))  # noqa: E731
+    a = build.atom
+    if kind in ("full", "none", "causal"):
+        return a(kind)
+    if kind == "window":
+        return a(kind, m1())
+    if kind == "band":
+        return a(kind, m0(), m0())
+    if kind in ("sink", "global"):
+        return a(kind, m0())
+    if kind == "dilated":
+        return a(kind, m1(), m1())
+    if kind == "local_blocks":
+        return a(kind, m1(), block())
+    if kind == "strided":
+        stride, blk = m1(), block()
+        offset = ir.Const(0) if draw(st.booleans()) else draw(int_exprs(syms, 1))
+        return a(kind, stride, blk, offset)
+    return a(kind, draw(conditions(("q", "k") + syms)))
+
+
+@_cached
+def atoms(head_dependent: bool = True) -> st.SearchStrategy:
+    """Static atoms with arguments that are legal for every head (including
+    where(...) over q and k); head_dependent=False keeps h, H, hk and Hk out."""
+    return _atoms(head_dependent)
+
+
+@_cached
+def head_selections() -> st.SearchStrategy:
+    """(kind, start, stop) of a heads[...] selection that is not the final
+    heads[*]: an index or a slice; bounds are constants (negative too) or
+    expressions of H and Hk."""
+    bound = _one_of(st.integers(-4, 5).map(ir.Const), int_exprs(("H", "Hk"), 1))
+    opt = _one_of(st.none(), bound)
+    return _one_of(
+        bound.map(lambda b: ("index", b, None)),
+        st.tuples(opt, opt).map(lambda t: ("slice", *t)),
+        st.just(("all", None, None)),
+    )
+
+
+def _heads(pairs, last) -> ir.Node:
+    branches = [ir.Branch(kind, start, stop, body) for (kind, start, stop), body in pairs]
+    branches.append(ir.Branch("all", None, None, last))
+    return ir.Heads(tuple(branches))
+
+
+@_cached
+def head_switches(max_depth: int = 1, head_dependent: bool = True) -> st.SearchStrategy:
+    """Heads nodes: 1 to 3 index / slice / * branches (which may overlap, so the
+    first match matters), then heads[*]; branch bodies from static_masks."""
+    sub = static_masks(max_depth - 1, head_dependent) if max_depth > 1 else atoms(head_dependent)
+    return st.tuples(st.lists(st.tuples(head_selections(), sub), min_size=1, max_size=3), sub) \
+        .map(lambda t: _heads(*t))
+
+
+_MASK_KINDS = ("atom", "union", "inter", "diff", "compl", "heads")
+
+
+@st.composite
+def _masks(draw, depth: int, head_dependent: bool, heads: bool):
+    # A composite rather than one_of: Hypothesis skews one_of towards some
+    # branches (nested complements everywhere); a drawn kind keeps the mix even.
+    kinds = _MASK_KINDS if heads else _MASK_KINDS[:-1]
+    kind = draw(st.sampled_from(kinds)) if depth > 0 and draw(st.integers(0, 2)) else "atom"
+    if kind == "atom":
+        return draw(atoms(head_dependent))
+    sub = _masks(depth - 1, head_dependent, heads)
+    if kind in ("union", "inter"):
+        xs = draw(st.lists(sub, min_size=2, max_size=3))
+        return build.union(*xs) if kind == "union" else build.inter(*xs)
+    if kind == "diff":
+        return build.diff(draw(sub), draw(sub))
+    if kind == "compl":
+        return build.compl(draw(sub))
+    pairs = draw(st.lists(st.tuples(head_selections(), sub), max_size=2))
+    return _heads(pairs, draw(sub))
+
+
+@_cached
+def static_masks(max_depth: int = 3, head_dependent: bool = True, heads: bool = True) -> st.SearchStrategy:
+    """Mask IR nodes made of static atoms (all of them, where(...) included),
+    union, intersection, difference, complement and per-head switches, at
+    most `max_depth` operators deep.
+
+    Every switch ends with ``heads[*]`` so every head is covered, and every
+    head-dependent argument respects its atom's minimum for every head, so a
+    generated mask is valid for any (num_heads, num_kv_heads)."""
+    return _masks(max_depth, head_dependent, heads)
+
+
+@_cached
+def dynamic_atoms() -> st.SearchStrategy:
+    """landmarks(block) and topk(n, block, score, causal) with constant arguments."""
+    block = _one_of(st.integers(1, 16).map(ir.Const), st.just(_BLOCK_DEFAULT))
+    return _one_of(
+        block.map(lambda b: build.atom("landmarks", b)),
+        st.tuples(st.integers(1, 4).map(ir.Const), block, st.sampled_from(("mean", "minmax")),
+                  st.booleans().map(ir.Bool)).map(lambda t: build.atom("topk", *t)),
+    )
+
+
+_NAME_CHARS = string.ascii_letters + string.digits + "_"
+
+
+@_cached
+def _pattern_names() -> st.SearchStrategy:
+    # The "p_" prefix keeps clear of keywords, atoms and built-in names.
+    return _one_of(st.just("p"), st.text(_NAME_CHARS, min_size=1, max_size=8).map(lambda s: "p_" + s))
+
+
+@_cached
+def patterns(max_depth: int = 3, dynamic: bool = False, name: str | None = None) -> st.SearchStrategy:
+    """ir.Pattern roots with a static body; with dynamic=True, some bodies put a
+    data-dependent atom where it is allowed (an operand of the top-level union,
+    optionally under one intersection with static masks)."""
+    names = st.just(name) if name is not None else _pattern_names()
+    body = static_masks(max_depth)
+    if dynamic:
+        small = static_masks(min(max_depth, 1))
+        dyn = _one_of(
+            st.tuples(dynamic_atoms(), small).map(lambda t: build.union(t[1], t[0])),
+            st.tuples(small, dynamic_atoms(), small).map(lambda t: build.inter(t[0], build.union(t[1], t[2]))),
+        )
+        body = _one_of(body, dyn)
+    return st.tuples(names, body).map(lambda t: ir.Pattern(*t))
+
+
+# ---- source text ---------------------------------------------------------------------
+
+
+def _int_text(draw, v: int) -> str:
+    text = str(abs(v))
+    if len(text) > 1 and draw(st.integers(0, 4)) == 0:  # INT allows 1_000
+        i = draw(st.integers(1, len(text) - 1))
+        text = text[:i] + "_" + text[i:]
+    return f"(-{text})" if v < 0 else text
+
+
+class _Module:
+    """Collects helper patterns while a pattern is rendered."""
+
+    def __init__(self):
+        self.helpers: list[str] = []
+        self.count = 0
+
+    def fresh(self, prefix: str) -> str:
+        self.count += 1
+        return f"{prefix}_{self.count}"
+
+
+class _Scope:
+    """One pattern being written: its parameters and let statements."""
+
+    def __init__(self, module: _Module, params_allowed: bool, depth: int):
+        self.module = module
+        self.params: list[str] = []  # "name: type = default" or "name: type"
+        self.args: list[str] = []  # call-site keyword arguments for required params
+        self.lets: list[str] = []
+        self.params_allowed = params_allowed
+        self.depth = depth
+
+
+def _sep(draw) -> str:
+    return draw(st.sampled_from((" ", " ", " ", "\n    ", "  # note\n    ")))
+
+
+def render(draw, node: ir.Node, scope: _Scope, bind: bool = True) -> str:
+    """Fully parenthesised text for `node`, drawn with random choices: lets,
+    parameters, helper patterns, keyword or positional arguments, comments and
+    line breaks. Lowering the text gives `node` back. With bind=False the node
+    itself is written out (its operands may still be bound to names)."""
+    if bind and ir.is_mask(node) and scope.depth < 3:
+        how = draw(st.integers(0, 9))
+        if how == 0:
+            name = scope.module.fresh("m")
+            scope.lets.append(f"let {name} = {render(draw, node, scope, False)}")
+            return name
+        if how == 1:
+            return _helper(draw, node, scope)
+    if isinstance(node, ir.Const):
+        how = draw(st.integers(0, 5)) if scope.params_allowed else 9
+        if how == 0:
+            name = scope.module.fresh("n")
+            scope.params.append(f"{name}: int = {_int_text(draw, node.value)}")
+            return name
+        if how == 1 and scope.args is not None and scope.depth > 0:
+            name = scope.module.fresh("n")
+            scope.params.append(f"{name}: int")
+            a = draw(st.integers(-3, 3))
+            value = f"({_int_text(draw, node.value - a)} + {_int_text(draw, a)})"
+            scope.args.append(f"{name}={value}")
+            return name
+        if how == 2:
+            name = scope.module.fresh("c")
+            scope.lets.append(f"let {name} = {_int_text(draw, node.value)}")
+            return name
+        return _int_text(draw, node.value)
+    if isinstance(node, ir.Bool):
+        text = "true" if node.value else "false"
+        if scope.params_allowed and draw(st.integers(0, 3)) == 0:
+            name = scope.module.fresh("f")
+            scope.params.append(f"{name}: bool = {text}")
+            return name
+        return text
+    if isinstance(node, ir.Sym):
+        return node.name
+    r = lambda n: render(draw, n, scope)  # noqa: E731
+    if isinstance(node, ir.IntOp):
+        if node.op == "neg":
+            return f"(-{r(node.args[0])})"
+        if node.op in ("min", "max", "abs"):
+            return f"{node.op}({', '.join(r(a) for a in node.args)})"
+        return f"({r(node.args[0])} {node.op} {r(node.args[1])})"
+    if isinstance(node, ir.Cmp):
+        return f"({r(node.a)} {node.op} {r(node.b)})"
+    if isinstance(node, ir.Logic):
+        if node.op == "not":
+            return f"(not {r(node.args[0])})"
+        return "(" + f"{_sep(draw)}{node.op} ".join(r(a) for a in node.args) + ")"
+    if isinstance(node, ir.Union):
+        return "(" + f"{_sep(draw)}| ".join(r(a) for a in node.args) + ")"
+    if isinstance(node, ir.Inter):
+        return "(" + f"{_sep(draw)}& ".join(r(a) for a in node.args) + ")"
+    if isinstance(node, ir.Diff):
+        return f"({r(node.a)} - {r(node.b)})"
+    if isinstance(node, ir.Compl):
+        return f"(~{r(node.a)})"
+    if isinstance(node, ir.Heads):
+        parts = [_branch_text(draw, b, scope) for b in node.branches]
+        trailing = "," if draw(st.booleans()) else ""
+        return "(" + f",{_sep(draw)}".join(parts) + trailing + ")"
+    if isinstance(node, ir.Atom):
+        return _atom_text(draw, node, scope)
+    raise TypeError(f"cannot render {node!r}")  # pragma: no cover
+
+
+def _branch_text(draw, b: ir.Branch, scope: _Scope) -> str:
+    if b.kind == "all":
+        sel = "*"
+    elif b.kind == "index":
+        sel = render(draw, b.start, scope)
+    else:
+        start = "" if b.start is None else render(draw, b.start, scope)
+        stop = "" if b.stop is None else render(draw, b.stop, scope)
+        sel = f"{start}:{stop}"
+    return f"heads[{sel}] => {render(draw, b.body, scope)}"
+
+
+def _atom_text(draw, node: ir.Atom, scope: _Scope) -> str:
+    sig = ATOMS[node.kind]
+    if not sig.params:
+        return draw(st.sampled_from((node.kind, node.kind + "()")))
+    items = []
+    for p, v in zip(sig.params, node.args):
+        if p.default is not None and v == p.default and draw(st.booleans()):
+            continue  # leave the default out
+        if p.kind == "choice":
+            text = v
+        else:
+            text = render(draw, v, scope)
+        items.append((p, text))
+    # A positional prefix (in order), then keywords in any order.
+    npos = draw(st.integers(0, len(items)))
+    # Positional arguments must be the leading parameters, without gaps.
+    leading = 0
+    for i, (p, _) in enumerate(items):
+        if p is sig.params[i]:
+            leading = i + 1
+        else:
+            break
+    npos = min(npos, leading)
+    kw = items[npos:]
+    kw = draw(st.permutations(kw)) if kw else kw
+    parts = [t for _, t in items[:npos]] + [f"{p.name}={t}" for p, t in kw]
+    if not parts:
+        return node.kind
+    return f"{node.kind}({', '.join(parts)})"
+
+
+def _helper(draw, node: ir.Node, scope: _Scope) -> str:
+    module = scope.module
+    name = module.fresh("helper")
+    inner = _Scope(module, True, scope.depth + 1)
+    body = _body_text(draw, node, inner)
+    module.helpers.append(_pattern_text(name, inner, body))
+    if inner.args:
+        return f"{name}({', '.join(inner.args)})"
+    return draw(st.sampled_from((name, name + "()")))
+
+
+def _body_text(draw, node: ir.Node, scope: _Scope) -> str:
+    if isinstance(node, ir.Heads) and draw(st.booleans()):
+        sep = draw(st.sampled_from(("\n    ", ";", "\n\n    # branch\n    ")))
+        return sep.join(_branch_text(draw, b, scope) for b in node.branches)
+    return render(draw, node, scope, False)
+
+
+def _pattern_text(name: str, scope: _Scope, body: str) -> str:
+    lets = "".join(f"    {let}\n" for let in scope.lets)
+    return f"pattern {name}({', '.join(scope.params)}) {{\n{lets}    {body}\n}}\n"
+
+
+@st.composite
+def rendered_patterns(draw, max_depth: int = 3, dynamic: bool = False):
+    """(source text, ir.Pattern): hand-written style .attn text (parameters with
+    defaults, let statements, helper patterns called with and without keyword
+    arguments, comments, line breaks in brackets) defining the pattern `ENTRY`
+    (``compile_pattern(text, pattern=ENTRY)``), and the IR it must lower to."""
+    p = draw(patterns(max_depth, dynamic, ENTRY))
+    module = _Module()
+    scope = _Scope(module, True, 0)
+    scope.args = None  # the entry pattern's parameters all have defaults
+    body = _body_text(draw, p.body, scope)
+    parts = [f"# generated\n{h}" for h in module.helpers] + [_pattern_text(ENTRY, scope, body)]
+    return "\n".join(parts), p
+
+
+@_cached
+def pattern_sources(max_depth: int = 3, dynamic: bool = False) -> st.SearchStrategy:
+    """.attn source text that compiles, defining the pattern `ENTRY`: either a
+    generated pattern printed by the IR printer, or hand-written style text
+    (see `rendered_patterns`)."""
+    printed = patterns(max_depth, dynamic, ENTRY).map(to_text)
+    return _one_of(printed, rendered_patterns(max_depth, dynamic).map(lambda t: t[0]))
+
+
+# ---- shapes ---------------------------------------------------------------------------
+
+
+@_cached
+def lengths(max_len: int = 40, blocks: tuple[int, ...] = (4, 8, 16)) -> st.SearchStrategy:
+    """Sequence lengths: 0, 1, around multiples of the block sizes (B-1, B, B+1,
+    2B-1, ...), odd lengths and anything up to max_len."""
+    near = sorted({n for b in blocks for m in (1, 2) for n in (m * b - 1, m * b, m * b + 1) if 0 <= n <= max_len})
+    odd = [n for n in range(1, max_len + 1, 2)]
+    return _one_of(st.sampled_from(near or [1]), st.sampled_from(odd or [1]), st.integers(1, max(1, max_len)),
+                   st.sampled_from((0, 1, 2)))
+
+
+@st.composite
+def _shapes(draw, max_len, blocks, max_heads):
+    kv_len = draw(lengths(max_len, blocks))
+    q_len = draw(_one_of(st.just(kv_len), st.just(min(1, kv_len)), lengths(max_len, blocks)))
+    num_kv_heads = draw(st.integers(1, max(1, min(3, max_heads))))
+    ratios = [r for r in (1, 2, 3, 4) if num_kv_heads * r <= max_heads] or [1]
+    num_heads = num_kv_heads * draw(st.sampled_from(ratios))
+    return {"q_len": q_len, "kv_len": kv_len, "num_heads": num_heads, "num_kv_heads": num_kv_heads}
+
+
+def shapes(max_len: int = 40, blocks: tuple[int, ...] = (4, 8, 16), max_heads: int = 8) -> st.SearchStrategy:
+    """dict(q_len, kv_len, num_heads, num_kv_heads): lengths around block
+    boundaries (q_len == kv_len, decoding with q_len 1, q_len < kv_len and
+    q_len > kv_len), and MHA or GQA head counts (num_kv_heads 1..3, groups of
+    1..4 query heads) with num_heads <= max_heads."""
+    return _shapes(max_len, tuple(blocks), max_heads)
