@@ -1,7 +1,8 @@
-"""The sparsedsl command line: check, show, ir, demo."""
+"""The sparsedsl command line: check, show, ir, kernel, demo, fuzz."""
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 import torch
@@ -60,6 +61,44 @@ def cmd_ir(args) -> int:
     if args.graph:
         g = p.graph()
         print(f"# {g.number_of_nodes()} nodes, {g.number_of_edges()} edges")
+    if args.passes:
+        from .ir.printer import to_text
+        from .passes import optimize
+        from .passes.plan import make_plan
+
+        trace: list = []
+        root = optimize(p.root, trace)
+        for step, after in trace:
+            print(f"\n# after {step.name}: {step.purpose}")
+            print(to_text(after), end="")
+        if not p.is_dynamic:
+            print("\n# kernel plan" + (f" (residue layout, rate {make_plan(root).rate})" if make_plan(root).rate > 1
+                                       else ""))
+            for i, br in enumerate(make_plan(root).branches):
+                print(f"branch {i}: heads where {to_text(br.cond)}")
+                for seg in br.segments:
+                    line = f"  keys [{to_text(seg.lo)}, {to_text(seg.hi)})"
+                    if seg.strided:
+                        line += f" in blocks j of {to_text(seg.block)} with (j + {to_text(seg.offset)}) % " \
+                                f"{to_text(seg.stride)} == 0"
+                    if seg.guard != seg.__class__.__dataclass_fields__["guard"].default:
+                        line += f" if {to_text(seg.guard)}"
+                    line += f"; no mask in [{to_text(seg.full_lo)}, {to_text(seg.full_hi)})"
+                    print(line)
+    return 0
+
+
+def cmd_kernel(args) -> int:
+    from .ir.printer import to_text
+    from .kernels.generate import kernel_source
+    from .kernels.launch import plan_for
+
+    p = _pick(args)
+    if p.is_dynamic:
+        print("sparsedsl: kernels for landmarks/topk patterns are not generated yet", file=sys.stderr)
+        return 1
+    src, _ = kernel_source(plan_for(p.root), to_text(p.root), False, args.head_dim)
+    print(src, end="")
     return 0
 
 
@@ -158,15 +197,43 @@ def build_parser() -> argparse.ArgumentParser:
     i = sub.add_parser("ir", help="print the IR (as .attn text)")
     pattern_args(i)
     i.add_argument("--graph", action="store_true", help="also print the graph size")
+    i.add_argument("--passes", action="store_true", help="also print the IR after each optimizer pass and the plan")
     i.set_defaults(run=cmd_ir)
+
+    kern = sub.add_parser("kernel", help="print the generated Triton forward kernel")
+    pattern_args(kern)
+    kern.add_argument("--head-dim", type=int, default=128, help="head dim the tile configs are chosen for")
+    kern.set_defaults(run=cmd_kernel)
 
     d = sub.add_parser("demo", help="compile a shipped pattern, draw it and check attention against SDPA")
     d.set_defaults(run=cmd_demo)
+
+    f = sub.add_parser("fuzz", help="run the pattern's kernel on random shapes against the reference "
+                                    "(needs hypothesis); print a pytest test for a failure")
+    pattern_args(f)
+    f.add_argument("--examples", type=int, default=50, help="how many random cases (default 50)")
+    f.add_argument("--backend", choices=("triton", "reference"), default="triton")
+    f.add_argument("--seed", type=int, default=0, help="Hypothesis seed (default 0)")
+    f.set_defaults(run=cmd_fuzz)
     return ap
+
+
+def cmd_fuzz(args) -> int:
+    from .fuzz import main as fuzz_main
+
+    return fuzz_main(args)
+
+
+def _interpreter_without_cuda() -> None:
+    """Kernels on a machine without CUDA run in Triton's interpreter, which must
+    be switched on before triton is imported (sparsedsl imports it lazily)."""
+    if "TRITON_INTERPRET" not in os.environ and not torch.cuda.is_available():
+        os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    _interpreter_without_cuda()
     try:
         return args.run(args)
     except SparseDSLError as e:

@@ -27,11 +27,15 @@ def load(source, loader: Loader | None = None) -> ModuleInfo:
     loader = loader or Loader()
     if isinstance(source, Path) or (isinstance(source, str) and not _looks_like_source(source)):
         path = Path(source)
-        if not path.exists() and not path.is_absolute():
-            shipped = library_path(path.name)
-            if shipped.exists() and (len(path.parts) == 1 or path.parts[-2] == "patterns"):
-                path = shipped
-        if not path.is_file():
+        try:
+            if not path.exists() and not path.is_absolute():
+                shipped = library_path(path.name)
+                if shipped.exists() and (len(path.parts) == 1 or path.parts[-2] == "patterns"):
+                    path = shipped
+            exists = path.is_file()
+        except OSError as e:  # e.g. a name too long for the file system
+            raise PatternError(f"cannot open {str(source)[:80]!r}: {e.strerror}") from None
+        if not exists:
             names = ", ".join(sorted(p.stem for p in data_dir("patterns").glob("*.attn")))
             what = "is a directory, not a file" if path.is_dir() else "file not found"
             raise PatternError(f"{what}: {source}", None, (f"shipped patterns: {names}",))
@@ -67,6 +71,9 @@ def compile_pattern(source, pattern: str | None = None, **params) -> CompiledPat
         if pattern is None:
             if not names:
                 raise PatternError(f"no pattern is defined in {info.module.source.name}")
+            stem = Path(info.module.source.name).stem
+            if len(names) > 1 and stem in names and info.path is not None:
+                names = [stem]  # a library file's main pattern carries the file's name
             if len(names) > 1:
                 raise PatternError(f"{info.module.source.name} defines several patterns "
                                    f"({', '.join(names)}); pass pattern=NAME")

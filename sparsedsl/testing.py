@@ -26,6 +26,13 @@ patterns()               ir.Pattern roots
 rendered_patterns()      (source text, the ir.Pattern it must compile to)
 pattern_sources()        .attn source text (printed or hand written)
 shapes()                 dict(q_len, kv_len, num_heads, num_kv_heads)
+kernel_shapes()          small attention shapes for the Triton interpreter (and dtypes, layouts)
+
+Helpers
+-------
+attention_inputs(shape)  random q, k, v of a kernel_shapes() dict (contiguous, NaN-padded or transposed)
+assert_matches_reference(p, q, k, v)
+                         run a pattern's kernel and check it against the float64 reference
 
 All IR is built with the smart constructors of ``sparsedsl.ir.build`` and is
 in the form the parser produces for its printed text, so
@@ -49,7 +56,8 @@ from .ir.printer import to_text
 __all__ = [
     "HEAD_SYMBOLS", "ALL_SYMBOLS", "ENTRY", "int_exprs", "nonnegative_exprs", "at_least", "conditions",
     "atoms", "static_masks", "head_switches", "dynamic_atoms", "head_selections", "patterns", "rendered_patterns",
-    "pattern_sources", "lengths", "shapes",
+    "pattern_sources", "lengths", "shapes", "kernel_shapes", "attention_inputs", "assert_matches_reference",
+    "KERNEL_LAYOUTS",
 ]
 
 HEAD_SYMBOLS = ("h", "H", "hk", "Hk")
@@ -558,3 +566,212 @@ def shapes(max_len: int = 40, blocks: tuple[int, ...] = (4, 8, 16), max_heads: i
     q_len > kv_len), and MHA or GQA head counts (num_kv_heads 1..3, groups of
     1..4 query heads) with num_heads <= max_heads."""
     return _shapes(max_len, tuple(blocks), max_heads)
+
+
+# ---- kernels ---------------------------------------------------------------------------
+
+#: How attention_inputs lays q, k and v out in memory: plain contiguous tensors;
+#: views into larger buffers that hold NaN past the sequence end and past the
+#: head dim (an out-of-bounds read poisons the result); views of a [B, L, H, D]
+#: buffer transposed to [B, H, L, D] (non-contiguous strides).
+KERNEL_LAYOUTS = ("contiguous", "nan_padded", "transposed")
+
+# Lengths around 16-key tiles (the interpreter's tile), and odd primes.
+_TILE_LENGTHS = (1, 2, 15, 16, 17, 31, 32, 33, 47, 48, 49)
+_PRIME_LENGTHS = (3, 5, 7, 11, 13, 19, 23, 29, 37, 41, 43, 53)
+
+
+@st.composite
+def _kernel_shapes(draw, max_len, max_batch, max_heads, dtypes, layouts):
+    length = _one_of(st.sampled_from([n for n in _TILE_LENGTHS if n <= max_len] or [1]),
+                     st.sampled_from([n for n in _PRIME_LENGTHS if n <= max_len] or [1]),
+                     st.integers(1, max(1, max_len)))
+    kv_len = draw(length)
+    how = draw(st.sampled_from(("same", "decode", "other")))
+    q_len = kv_len if how == "same" else 1 if how == "decode" else draw(length)
+    num_kv_heads = draw(st.sampled_from([n for n in (1, 2) if n <= max_heads] or [1]))
+    ratios = [r for r in (1, 2, 4) if num_kv_heads * r <= max_heads] or [1]
+    num_heads = num_kv_heads * draw(st.sampled_from(ratios))
+    head_dim = draw(st.sampled_from((16, 24, 32, 12)))
+    head_dim_v = head_dim if draw(st.booleans()) else draw(st.sampled_from((16, 24, 32, 12)))
+    return {"batch": draw(st.integers(1, max_batch)), "num_heads": num_heads, "num_kv_heads": num_kv_heads,
+            "q_len": q_len, "kv_len": kv_len, "head_dim": head_dim, "head_dim_v": head_dim_v,
+            "dtype": draw(st.sampled_from(dtypes)), "layout": draw(st.sampled_from(layouts))}
+
+
+def kernel_shapes(max_len: int = 49, max_batch: int = 2, max_heads: int = 4, dtypes: tuple = ("float32", "float16"),
+                  layouts: tuple[str, ...] = KERNEL_LAYOUTS) -> st.SearchStrategy:
+    """dict(batch, num_heads, num_kv_heads, q_len, kv_len, head_dim, head_dim_v,
+    dtype, layout), small enough for the Triton interpreter.
+
+    Lengths sit around 16-key tiles (1, 15, 16, 17, 31, 33, ...) or are odd
+    primes; q_len equals kv_len, is 1 (decoding) or is drawn independently
+    (so both q_len < kv_len and q_len > kv_len occur). Head counts are MHA or
+    GQA with groups of 1, 2 or 4 query heads, num_kv_heads 1 or 2. Head dims
+    are 16, 24, 32 or 12 (not powers of two: 24, 12), and head_dim_v differs
+    from head_dim half of the time. `dtype` is a name ("float32", "float16";
+    the interpreter has no bfloat16), `layout` one of KERNEL_LAYOUTS (see
+    attention_inputs)."""
+    return _kernel_shapes(max_len, max_batch, max_heads, tuple(dtypes), tuple(layouts))
+
+
+def attention_inputs(shape: dict, seed: int = 0, device=None):
+    """q, k, v for a kernel_shapes() dict, standard normal from `seed`.
+
+    The layout decides the memory (see KERNEL_LAYOUTS): with "nan_padded" the
+    tensors are views into buffers that hold NaN past q_len / kv_len and past
+    the head dim, so a kernel that reads out of bounds produces NaN."""
+    import torch
+
+    dtype = getattr(torch, shape["dtype"]) if isinstance(shape["dtype"], str) else shape["dtype"]
+    layout = shape.get("layout", "contiguous")
+    gen = torch.Generator().manual_seed(seed)
+    b, h, hk = shape["batch"], shape["num_heads"], shape["num_kv_heads"]
+    lq, lk, d, dv = shape["q_len"], shape["kv_len"], shape["head_dim"], shape.get("head_dim_v", shape["head_dim"])
+    out = []
+    for heads, length, dim in ((h, lq, d), (hk, lk, d), (hk, lk, dv)):
+        x = torch.randn(b, heads, length, dim, generator=gen).to(dtype)
+        if layout == "nan_padded":
+            buf = torch.full((b, heads, length + 7, dim + 5), float("nan"), dtype=dtype)
+            buf[:, :, :length, :dim] = x
+            x = buf[:, :, :length, :dim]
+        elif layout == "transposed":
+            x = x.transpose(1, 2).contiguous().transpose(1, 2)
+        elif layout != "contiguous":
+            raise ValueError(f"unknown layout {layout!r}; expected one of {KERNEL_LAYOUTS}")
+        out.append(x if device is None else x.to(device))
+    return tuple(out)
+
+
+_DEFAULT_FACTOR = {"float16": 2.0, "bfloat16": 2.0, "float32": 10.0}
+_FLOOR = {"float16": 1e-5, "bfloat16": 1e-4, "float32": 1e-7}
+
+
+def _errors(x, golden, finite):
+    """(mean, max, index of the max) of |x - golden| over the finite entries of golden."""
+    import torch
+
+    diff = torch.where(finite, (x.double() - golden).abs(), torch.zeros_like(golden))
+    diff = torch.nan_to_num(diff, nan=float("inf"))
+    n = int(finite.sum())
+    if n == 0:
+        return 0.0, 0.0, None
+    flat = int(diff.flatten().argmax())
+    return float(diff.sum()) / n, float(diff.max()), tuple(int(i) for i in torch.unravel_index(torch.tensor(flat), diff.shape))
+
+
+def assert_matches_reference(p, q, k, v, *, backend: str = "triton", factor: float | None = None,
+                             scale: float | None = None, **call_kwargs):
+    """Run attention of the compiled pattern `p` on `backend` and check it
+    against the exact reference; return the (out, lse) it checked.
+
+    The rule of FlashAttention/FlexAttention: the reference runs in float64
+    ("golden") and in q's dtype; the error of the result against golden (the
+    mean and the largest absolute error, of the output and of the LSE) must be
+    at most `factor` times the same-dtype reference's error plus a tiny
+    absolute floor (factor: 2 for float16/bfloat16, 10 for float32). On top:
+
+    * no NaN anywhere in the output or the LSE, and every output element is
+      finite where golden is (the kernel allocates its outputs itself, so an
+      unwritten element would show up as garbage or NaN);
+    * rows that see nothing (golden LSE -inf) have LSE exactly -inf and output
+      exactly 0, and no other row has LSE -inf;
+    * shapes and dtypes: out [B, H, Lq, Dv] in q's dtype, lse [B, H, Lq].
+
+    Raises AssertionError with a report (errors, shapes, the worst row and a
+    hint). `call_kwargs` go to the call (e.g. _config=(16, 16)); for a topk
+    pattern, one block selection is computed and used by all three runs."""
+    import torch
+
+    from .reference.attention import compute_selection, reference_attention
+
+    dname = str(q.dtype).replace("torch.", "")
+    if factor is None:
+        factor = _DEFAULT_FACTOR.get(dname, 10.0)
+    floor = _FLOOR.get(dname, 1e-7)
+    selection = None
+    if p.is_dynamic and "selection" not in call_kwargs:
+        selection = compute_selection(p.root, q, k)
+        topk = [a for a in p.dynamic_atoms if a.kind == "topk"]
+        if topk and backend != "triton":
+            call_kwargs["selection"] = tuple(selection[a] for a in topk)
+    out, lse = p(q, k, v, scale=scale, backend=backend, return_lse=True, **call_kwargs)
+    golden, glse = reference_attention(p.root, q.double(), k.double(), v.double(), scale=scale, selection=selection)
+    ref, rlse = reference_attention(p.root, q, k, v, scale=scale, selection=selection, compute_dtype=q.dtype)
+
+    b, h, lq, _ = q.shape
+    what = (f"pattern {p.name!r} ({' '.join(p.ir().split())[:300]})\n"
+            f"  q {list(q.shape)}, k {list(k.shape)}, v {list(v.shape)}, {dname}, scale={scale}, backend={backend!r}"
+            + "".join(f", {key}={val!r}" for key, val in call_kwargs.items() if key != "selection"))
+
+    def fail(msg: str, hint: str = ""):
+        raise AssertionError(f"{msg}\n  {what}" + (f"\n  hint: {hint}" if hint else ""))
+
+    want_out = (b, h, lq, v.shape[-1])
+    if tuple(out.shape) != want_out or out.dtype != q.dtype:
+        fail(f"output is {out.dtype} {list(out.shape)}, expected {q.dtype} {list(want_out)}")
+    if tuple(lse.shape) != (b, h, lq):
+        fail(f"lse has shape {list(lse.shape)}, expected {[b, h, lq]}")
+    where_hint = ("print p.mask(Lq, Lk, H, Hk)[h, row] for the row's visible keys; SPARSEDSL_DUMP=DIR writes the "
+                  "generated kernel; rerun with backend='reference' to rule out the reference")
+
+    def at(idx):
+        if idx is None:
+            return ""
+        r = idx[2]
+        return f" at [b={idx[0]}, h={idx[1]}, row={r}] (query position {k.shape[2] - lq + r})"
+
+    for name, x in (("output", out), ("lse", lse)):
+        nan = torch.isnan(x)
+        if nan.any():
+            first = tuple(int(i) for i in nan.nonzero()[0])
+            fail(f"{name} has {int(nan.sum())} NaN element(s), the first{at(first)}",
+                 "NaN from masked tiles ((-inf) - (-inf) in the online softmax), or an out-of-bounds read "
+                 "of NaN padding; " + where_hint)
+    empty = torch.isinf(glse) & (glse < 0)
+    k_empty = torch.isinf(lse) & (lse < 0)
+    if not torch.equal(empty, k_empty.to(empty.device)):
+        bad = (empty != k_empty.to(empty.device)).nonzero()
+        first = tuple(int(i) for i in bad[0])
+        should = bool(empty[first])
+        fail(f"{len(bad)} row(s) have the wrong LSE -inf pattern, the first{at(first)}: "
+             f"kernel lse {float(lse[first])}, golden {float(glse[first])} "
+             f"({'the row sees nothing' if should else 'the row sees some key'})",
+             "rows that see no key must have lse = -inf exactly, and only those; " + where_hint)
+    if empty.any():
+        leak = out.double()[empty].abs().amax() if out.shape[-1] else torch.tensor(0.0)
+        if float(leak) != 0.0:
+            fail(f"rows that see nothing must have output exactly 0; found {float(leak):.3g}",
+                 "the normalisation of empty rows (l = 0) must write 0")
+    finite = torch.isfinite(golden)
+    bad_fin = finite & ~torch.isfinite(out.double())
+    if bad_fin.any():
+        first = tuple(int(i) for i in bad_fin.nonzero()[0])
+        fail(f"output has {int(bad_fin.sum())} non-finite element(s) where golden is finite, the first{at(first)}",
+             "an output element left unwritten, overflow, or an out-of-bounds read; " + where_hint)
+
+    e_mean, e_max, e_idx = _errors(out, golden, finite)
+    r_mean, r_max, _ = _errors(ref, golden, finite)
+    gfin = torch.isfinite(glse)
+    l_mean, l_max, l_idx = _errors(lse, glse, gfin)
+    lr_mean, lr_max, _ = _errors(rlse, glse, gfin)
+    checks = [("output mean abs error", e_mean, r_mean, e_idx), ("output max abs error", e_max, r_max, e_idx),
+              ("lse mean abs error", l_mean, lr_mean, l_idx), ("lse max abs error", l_max, lr_max, l_idx)]
+    for label, got, ref_err, idx in checks:
+        if not got <= factor * ref_err + floor:
+            lines = [f"{label} {got:.3e} exceeds {factor:g} x the same-dtype reference's ({ref_err:.3e}) + {floor:g}",
+                     f"  output: mean {e_mean:.3e}, max {e_max:.3e}{at(e_idx)}; reference ({dname}): mean {r_mean:.3e}, "
+                     f"max {r_max:.3e}",
+                     f"  lse:    mean {l_mean:.3e}, max {l_max:.3e}{at(l_idx)}; reference ({dname}): mean {lr_mean:.3e}, "
+                     f"max {lr_max:.3e}"]
+            if idx is not None:
+                bb, hh, rr = idx[:3]
+                err_rows = (out.double() - golden).abs().nan_to_num(float("inf")).amax(-1)[bb, hh] \
+                    if out.shape[-1] else torch.zeros(lq)
+                wrong = (err_rows > factor * max(r_max, 0) + floor).nonzero().flatten().tolist()
+                lines.append(f"  rows of [b={bb}, h={hh}] off by more than the allowed max: "
+                             f"{wrong[:12]}{' ...' if len(wrong) > 12 else ''}")
+            fail("\n".join(lines),
+                 "a few wrong rows usually mean a mask or tile-bound bug (a key skipped or seen twice); errors "
+                 "everywhere a precision or scale problem; " + where_hint)
+    return out, lse

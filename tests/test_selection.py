@@ -464,7 +464,6 @@ def test_select_blocks_input_errors():
 _UNVALIDATED = "runtime/pattern.py _selection_dict checks only the shape and that the dtype is not floating"
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=_UNVALIDATED)
 @pytest.mark.parametrize("bad", [
     torch.full((1, 2, 4, 2), 4, dtype=torch.int32),    # block id past the 4 key blocks
     torch.full((1, 2, 4, 2), -2, dtype=torch.int32),   # below the -1 padding value

@@ -11,8 +11,10 @@ from ..passes.plan import KernelPlan
 from ..resources import data_dir
 from .emit import cond_expr, int_expr, mask_expr
 
-GPU_CONFIGS = [  # (BLOCK_M, BLOCK_N, num_warps, num_stages)
-    (128, 64, 8, 3), (128, 64, 4, 3), (128, 128, 8, 2), (64, 64, 4, 3), (128, 32, 4, 3), (64, 32, 4, 2),
+# (BLOCK_M, BLOCK_N, num_warps, num_stages). Measured on an H100 (benchmarks/tile_sweep.py):
+# dense-ish patterns like large tiles, windows and sparse blocks like 64-row tiles.
+GPU_CONFIGS = [
+    (128, 128, 8, 2), (128, 64, 8, 3), (64, 64, 4, 3), (64, 64, 4, 2), (64, 32, 4, 2), (128, 32, 4, 3),
 ]
 
 
@@ -48,27 +50,11 @@ def _strided_here(seg: Segment, plan: KernelPlan) -> bool:
     return seg.strided and plan.rate == 1 and isinstance(seg.block, ir.Const)
 
 
-def _attend_call(i: int, masked: bool) -> str:
-    return (f"acc, l_i, m_i = _attend(acc, l_i, m_i, q, q_pos, k_base, v_base, offs_d, offs_dv, "
-            f"stride_kn, stride_kd, stride_vn, stride_vd, u0, c, num_u, h, hk, H, Hk, qk_scale, "
-            f"RATE, BLOCK_N, HEAD_DIM, HEAD_DIM_V, {i}, {masked}, DOT_PRECISION, WIDE)")
-
-
-def _tile_loop(i: int, lo: str, hi: str, masked: bool, check: str = "") -> list[str]:
-    body = [_attend_call(i, masked)]
-    if check:
-        body = [f"if ({check}) == 0:", "    " + body[0]]
-    return [f"for u0 in range({lo}, {hi}, BLOCK_N):"] + ["    " + b for b in body]
-
-
 def _has_full(seg: Segment) -> bool:
     return not (seg.full_lo == ir.Const(0) and seg.full_hi == ir.Const(0))
 
 
-def _segment(i: int, j: int, seg: Segment, br, plan: KernelPlan) -> list[str]:
-    """Loops over the key tiles of segment j: the tiles of earlier plain ranges
-    are cut out in closed form, and the tiles inside the full interval run
-    without the element mask."""
+def _describe(j: int, seg: Segment) -> str:
     desc = f"keys [{to_text(seg.lo)}, {to_text(seg.hi)})"
     if seg.strided:
         desc += f" in blocks j with (j + {to_text(seg.offset)}) % {to_text(seg.stride)} == 0"
@@ -76,93 +62,157 @@ def _segment(i: int, j: int, seg: Segment, br, plan: KernelPlan) -> list[str]:
         desc += f" if {to_text(seg.guard)}"
     if _has_full(seg):
         desc += f"; no mask in [{to_text(seg.full_lo)}, {to_text(seg.full_hi)})"
-    lines = [f"# segment {j}: {desc}",
+    return f"# segment {j}: {desc}"
+
+
+class _Piece:
+    """A run of key tiles in the flattened loop: tile t of the piece (0 <= t < n)
+    starts at key index u0(t), needs the mask unless f1 <= t < f2, and may read
+    keys [pa, pb) only."""
+
+    def __init__(self, name: str, strided_block: int | None, dead: str = ""):
+        self.name, self.block, self.dead = name, strided_block, dead
+
+    def u0(self, t: str) -> str:
+        n = self.name
+        if self.block is None:
+            return f"pa_{n} + ({t}) * BLOCK_N"
+        b = self.block
+        return f"(first_{n} + s_{n} * (({t}) // ({b} // BLOCK_N))) * {b} + (({t}) % ({b} // BLOCK_N)) * BLOCK_N"
+
+
+def _segment_pieces(j: int, seg: Segment, br, plan: KernelPlan) -> tuple[list[str], list[_Piece]]:
+    """Setup code of segment j, and its pieces: the segment minus the tiles of
+    earlier plain ranges (cut out in closed form)."""
+    lines = [_describe(j, seg),
              f"lo = tl.maximum({int_expr(seg.lo)}, 0)",
              f"hi = tl.minimum({int_expr(seg.hi)}, Lk)"]
     if seg.guard != ir.Bool(True):
         lines.append(f"hi = tl.where({cond_expr(seg.guard)}, hi, lo)")
     lines += [f"ua_{j} = _first_u(lo, c, RATE) // BLOCK_N * BLOCK_N",
               f"ub_{j} = tl.where(hi > lo, (_first_u(hi, c, RATE) + BLOCK_N - 1) // BLOCK_N * BLOCK_N, ua_{j})"]
-    if _has_full(seg):
-        lines += [f"fa = (_first_u(tl.maximum({int_expr(seg.full_lo)}, 0), c, RATE) + BLOCK_N - 1) // BLOCK_N * BLOCK_N",
-                  f"fb = tl.minimum(_first_u(tl.minimum({int_expr(seg.full_hi)}, Lk), c, RATE), num_u) // BLOCK_N * BLOCK_N"]
-    # the pieces of this segment outside every earlier plain range
-    earlier = [m for m, s in enumerate(br.segments[:j]) if not _strided_here(s, plan)]
-    pieces = [(f"ua_{j}", f"ub_{j}")]
-    for m in earlier:
-        cut = []
-        for a, b in pieces:
-            cut += [(a, f"tl.minimum({b}, ua_{m})"), (f"tl.maximum({a}, ub_{m})", b)]
-        pieces = cut
-    check = " | ".join(
-        f"((u0 >= ua_{m}) & (u0 < ub_{m}) & (_fmod(u0 // {s.block.value} + off_{m}, s_{m}) == 0))"
-        for m, s in enumerate(br.segments[:j]) if _strided_here(s, plan))
+    full = _has_full(seg)
+    if full:
+        lines += [f"fa = (_first_u(tl.maximum({int_expr(seg.full_lo)}, 0), c, RATE) + BLOCK_N - 1) "
+                  "// BLOCK_N * BLOCK_N",
+                  f"fb = tl.minimum(_first_u(tl.minimum({int_expr(seg.full_hi)}, Lk), c, RATE), num_u) "
+                  "// BLOCK_N * BLOCK_N"]
+    spans = [(f"ua_{j}", f"ub_{j}")]
+    for m, other in enumerate(br.segments[:j]):
+        if not _strided_here(other, plan):
+            cut = []
+            for a, b in spans:
+                cut += [(a, f"tl.minimum({b}, ua_{m})"), (f"tl.maximum({a}, ub_{m})", b)]
+            spans = cut
+    dead = " | ".join(
+        f"((u0 >= ua_{m}) & (u0 < ub_{m}) & (_fmod(u0 // {o.block.value} + off_{m}, s_{m}) == 0))"
+        for m, o in enumerate(br.segments[:j]) if _strided_here(o, plan))
     strided = _strided_here(seg, plan)
     if strided:
-        b = seg.block.value
         lines += [f"s_{j} = {int_expr(seg.stride)}", f"off_{j} = {int_expr(seg.offset)}"]
-    for n, (a, bnd) in enumerate(pieces):
-        lines += [f"pa = {a}", f"pb = {bnd}"]
+    pieces = []
+    for n, (a, b) in enumerate(spans):
+        name = f"{j}_{n}"
+        lines += [f"pa_{name} = {a}", f"pb_{name} = tl.maximum({b}, pa_{name})"]
         if not strided:
-            if _has_full(seg):
-                lines += ["m1 = tl.minimum(tl.maximum(fa, pa), pb)", "m2 = tl.minimum(tl.maximum(fb, m1), pb)"]
-                lines += _tile_loop(i, "pa", "m1", True, check) + _tile_loop(i, "m1", "m2", False, check)
-                lines += _tile_loop(i, "m2", "pb", True, check)
-            else:
-                lines += _tile_loop(i, "pa", "pb", True, check)
+            lines.append(f"n_{name} = (pb_{name} - pa_{name}) // BLOCK_N")
+            if full:
+                lines += [f"f1_{name} = (tl.minimum(tl.maximum(fa, pa_{name}), pb_{name}) - pa_{name}) // BLOCK_N",
+                          f"f2_{name} = tl.maximum((tl.minimum(fb, pb_{name}) - pa_{name}) // BLOCK_N, f1_{name})"]
+            pieces.append(_Piece(name, None, dead))
             continue
-        # strided: blocks jb on the lattice first + s_j * t, inside [pa, pb)
-        lines += [f"jlo = pa // {b}", f"jhi = (pb + {b - 1}) // {b}",
-                  f"first = jlo + _fmod(-(jlo + off_{j}), s_{j})"]
-        runs = [("first", "jhi", True)]
-        if _has_full(seg):
-            lines += [f"j1 = tl.minimum(tl.maximum((fa + {b - 1}) // {b}, first), jhi)",
-                      f"j1 = j1 + _fmod(first - j1, s_{j})",
-                      f"j2 = tl.minimum(tl.maximum(fb // {b}, j1), jhi)",
-                      f"j2 = j2 + _fmod(first - j2, s_{j})"]
-            runs = [("first", "j1", True), ("j1", "j2", False), ("j2", "jhi", True)]
-        for lo_j, hi_j, masked in runs:
-            lines.append(f"for jb in range({lo_j}, {hi_j}, s_{j}):")
-            inner = _tile_loop(i, f"tl.maximum(jb * {b}, pa)", f"tl.minimum(jb * {b} + {b}, pb)", masked, check)
-            lines += ["    " + x for x in inner]
+        blk = seg.block.value
+        lines += [f"s_{name} = s_{j}",
+                  f"jlo = pa_{name} // {blk}",
+                  f"jhi = (pb_{name} + {blk - 1}) // {blk}",
+                  f"first_{name} = jlo + _fmod(-(jlo + off_{j}), s_{j})",
+                  f"n_{name} = tl.maximum(jhi - first_{name} + s_{j} - 1, 0) // s_{j} * ({blk} // BLOCK_N)"]
+        if full:  # lattice blocks that lie inside both the piece and the full interval
+            lines += [f"j1 = tl.maximum((tl.maximum(fa, pa_{name}) + {blk - 1}) // {blk}, first_{name})",
+                      f"j2 = tl.minimum(fb, pb_{name}) // {blk}",
+                      f"f1_{name} = (j1 - first_{name} + s_{j} - 1) // s_{j} * ({blk} // BLOCK_N)",
+                      f"f2_{name} = tl.maximum((j2 - first_{name} + s_{j} - 1) // s_{j} * ({blk} // BLOCK_N), "
+                      f"f1_{name})"]
+        pieces.append(_Piece(name, blk, dead))
+    return lines, pieces
+
+
+def _strided_here(seg: Segment, plan: KernelPlan) -> bool:
+    """Walk a strided segment block by block (else as a plain range)."""
+    return seg.strided and plan.rate == 1 and isinstance(seg.block, ir.Const)
+
+
+def _branch_body(i: int, br, plan: KernelPlan) -> list[str]:
+    """All segments of a branch as one loop over a flattened tile index."""
+    lines: list[str] = []
+    pieces: list[_Piece] = []
+    full = {}
+    for j, seg in enumerate(br.segments):
+        setup, ps = _segment_pieces(j, seg, br, plan)
+        lines += setup
+        pieces += ps
+        for p in ps:
+            full[p.name] = _has_full(seg)
+    if not pieces:
+        return ["pass  # no key is visible to these heads"]
+    lines.append("# one loop over the tiles of all pieces, in order")
+    lines.append("c_0 = 0")
+    for n, p in enumerate(pieces):
+        lines.append(f"c_{n + 1} = c_{n} + n_{p.name}")
+    lines.append(f"for t in range(0, c_{len(pieces)}):")
+    body = []
+    for n in reversed(range(len(pieces))):  # the last piece first, earlier ones override by t < c_{n+1}
+        p = pieces[n]
+        tt = f"t - c_{n}"
+        masked = f"(({tt}) < f1_{p.name}) | (({tt}) >= f2_{p.name})" if full[p.name] else "t >= 0"
+        vals = [p.u0(tt), masked, f"pa_{p.name}", f"pb_{p.name}"]
+        if n == len(pieces) - 1:
+            body += [f"u0 = {vals[0]}", f"masked = {vals[1]}", f"lo_v = {vals[2]}", f"hi_v = {vals[3]}"]
+        else:
+            sel = f"t < c_{n + 1}"
+            body += [f"u0 = tl.where({sel}, {vals[0]}, u0)", f"masked = tl.where({sel}, {vals[1]}, masked)",
+                     f"lo_v = tl.where({sel}, {vals[2]}, lo_v)", f"hi_v = tl.where({sel}, {vals[3]}, hi_v)"]
+    if any(p.dead for p in pieces):
+        deads = [f"({p.dead}) & (t >= c_{n}) & (t < c_{n + 1})" for n, p in enumerate(pieces) if p.dead]
+        body += [f"dead = {' | '.join(deads)}", "lo_v = tl.where(dead, hi_v, lo_v)", "masked = masked | dead"]
+    body += ["hi_v = tl.minimum(hi_v, num_u)",
+             "acc, l_i, m_i = _attend(acc, l_i, m_i, q, q_pos, k_base, v_base, offs_d, offs_dv, "
+             "stride_kn, stride_kd, stride_vn, stride_vd, u0, c, lo_v, hi_v, masked, h, hk, H, Hk, qk_scale, "
+             f"RATE, BLOCK_N, HEAD_DIM, HEAD_DIM_V, {i}, DOT_PRECISION, WIDE)"]
+    lines += ["    " + b for b in body]
     return lines
 
 
 def _branches(plan: KernelPlan) -> str:
     lines: list[str] = []
     for i, br in enumerate(plan.branches):
-        cond = cond_expr(br.cond)
+        body = _branch_body(i, br, plan)
         if len(plan.branches) == 1:
-            body_indent = 0
-        else:
-            head = "else:" if (i == len(plan.branches) - 1 and cond == "True") else \
-                f"{'if' if i == 0 else 'elif'} {cond}:"
-            lines.append(f"# heads: {to_text(br.cond)}")
-            lines.append(head)
-            body_indent = 4
-        body: list[str] = []
-        for j, seg in enumerate(br.segments):
-            body += _segment(i, j, seg, br, plan)
-        if not body:
-            body = ["pass  # this branch sees no key"]
-        lines += [" " * body_indent + line for line in body]
+            lines += body
+            continue
+        cond = cond_expr(br.cond)
+        last = i == len(plan.branches) - 1 and cond == "True"
+        lines.append(f"# heads: {to_text(br.cond)}")
+        lines.append("else:" if last else f"{'if' if i == 0 else 'elif'} {cond}:")
+        lines += ["    " + line for line in body]
     return _indent(lines, 8)
 
 
-def kernel_source(plan: KernelPlan, pattern_text: str, interpret: bool, head_dim: int) -> tuple[str, str]:
-    """(source, kernel name) of the forward kernel of a plan."""
-    digest = hashlib.sha256(repr((plan, interpret, head_dim)).encode()).hexdigest()[:12]
+def kernel_source(plan: KernelPlan, pattern_text: str, fixed_tiles: bool, head_dim: int) -> tuple[str, str]:
+    """(source, kernel name) of the forward kernel of a plan; autotuned over a
+    short config list unless `fixed_tiles` (the interpreter, or tiles chosen by the caller)."""
+    digest = hashlib.sha256(repr((plan, fixed_tiles, head_dim)).encode()).hexdigest()[:12]
     name = f"{_ident(plan.name)}_fwd_kernel"
     jit_import = "jit = triton.jit"
-    if interpret:
-        autotune = ""  # the interpreter runs one fixed tile size
+    if fixed_tiles:
+        autotune = ""  # the caller passes BLOCK_M and BLOCK_N
     else:
         configs = [c for c in GPU_CONFIGS if keep_config(plan, c[1], head_dim)] or [(64, 16, 4, 2)]
         listed = ",\n        ".join(
             f'triton.Config({{"BLOCK_M": {m}, "BLOCK_N": {n}}}, num_warps={w}, num_stages={s})'
             for m, n, w, s in configs)
         autotune = (f"@triton.autotune(\n    configs=[\n        {listed},\n    ],\n"
-                    f'    key=["HEAD_DIM", "HEAD_DIM_V", "RATE"],\n)')
+                    f'    key=["HEAD_DIM", "HEAD_DIM_V", "RATE", "H", "Hk"],\n)')
     text = " ".join(pattern_text.split())
     src = (_template()
            .replace("{{pattern_name}}", plan.name)

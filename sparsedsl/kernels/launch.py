@@ -51,7 +51,7 @@ def forward(root: ir.Pattern, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     plan = plan_for(root)
     from ..ir.printer import to_text
 
-    src, name = kernel_source(plan, to_text(root), interpret, d)
+    src, name = kernel_source(plan, to_text(root), interpret or config is not None, d)
     module = load_source(src, name)
     kernel = getattr(module, name)
     precision = "ieee" if q.dtype in (torch.float32, torch.float64) else "tf32"
@@ -67,8 +67,9 @@ def forward(root: ir.Pattern, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     args = (q, k, v, out, lse, *q.stride(), *k.stride(), *v.stride(), *out.stride(), *lse.stride(),
             h, hk, lq, lk, scale * LOG2E)
     if interpret or config is not None:
-        bm, bn = config or (16, 16)
-        kernel[grid({"BLOCK_M": bm})](*args, **meta, BLOCK_M=bm, BLOCK_N=bn)
+        bm, bn, *rest = config or (16, 16)
+        launch = dict(zip(("num_warps", "num_stages"), rest))
+        kernel[grid({"BLOCK_M": bm})](*args, **meta, BLOCK_M=bm, BLOCK_N=bn, **launch)
     else:
         kernel[grid](*args, **meta)
     return out, lse

@@ -59,8 +59,8 @@ class Loader:
         folder = path.parent if path is not None and path.suffix else (path or Path.cwd())
         for imp in module.imports:
             target = self.load_file(folder / imp.path, stack, imp.span)
-            visible = {n: (d, target) for n, d in target.own.items()}
-            visible.update(target.imported)
+            visible = dict(target.imported)  # the imported file's own patterns win over its imports
+            visible.update({n: (d, target) for n, d in target.own.items()})
             for name, entry in visible.items():
                 info.imported.setdefault(name, entry)
         for pdef in module.patterns:
@@ -104,6 +104,8 @@ class Lowerer:
                     raise PatternError(f"unknown parameter type {p.type!r}; expected int or bool", p.span)
                 if p.name in env:
                     raise PatternError(f"parameter {p.name!r} is declared twice", p.span)
+                if p.name in BUILTIN_SYMBOLS:
+                    raise PatternError(f"{p.name!r} is a built-in name and cannot be a parameter", p.span)
                 if p.name in args:
                     value = self._python_value(args[p.name], p, pdef, call_span) if from_python else args[p.name]
                 elif p.default is not None:

@@ -238,5 +238,5 @@ def parse(text: str, name: str = "<string>") -> ast.Module:
 
 
 def _end_span(source: Source) -> Span:
-    lines = source.text.splitlines() or [""]
+    lines = [line.removesuffix("\r") for line in source.text.split("\n")]
     return Span(source, len(lines), len(lines[-1]) + 1, len(lines), len(lines[-1]) + 2)

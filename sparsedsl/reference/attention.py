@@ -102,7 +102,7 @@ def reference_attention(root: ir.Node, q: torch.Tensor, k: torch.Tensor, v: torc
             seen = seen.view(1, 1, c, -1) & active.view(1, h, 1, 1)
             logits = torch.cat([logits, lg.masked_fill(~seen, float("-inf"))], dim=-1)
             values.append(vl)
-        m = logits.amax(dim=-1, keepdim=True) if logits.shape[-1] else torch.full((b, h, c, 1), float("-inf"), dtype=cd)
+        m = logits.amax(dim=-1, keepdim=True) if logits.shape[-1] else torch.full((b, h, c, 1), float("-inf"), dtype=cd, device=q.device)
         m_safe = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
         p = torch.exp(logits - m_safe)
         s = p.sum(dim=-1, keepdim=True)

@@ -199,9 +199,13 @@ class CompiledPattern:
             raise InputError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
         scale = inputs.check_qkv(q, k, v, scale)
         self._heads(q.shape[1], k.shape[1])
+        needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
         use_triton = backend == "triton" or (backend == "auto" and q.is_cuda and not self.is_dynamic
-                                             and q.dtype != torch.float64)
+                                             and q.dtype != torch.float64 and not needs_grad)
         if use_triton:
+            if needs_grad:
+                raise InputError("backend='triton' has no backward kernel yet: inputs that require grad run on "
+                                 "backend='reference' (or call under torch.no_grad())")
             if self.is_dynamic:
                 raise InputError("backend='triton': kernels for landmarks/topk patterns are not generated yet; "
                                  "use backend='reference'")

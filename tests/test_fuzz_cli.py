@@ -1,0 +1,99 @@
+"""`sparsedsl fuzz`: a passing run exits 0 with a summary; a broken kernel is
+caught, shrunk, and printed as a ready-to-paste pytest test (exit 1)."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+pytest.importorskip("hypothesis")
+
+import sparsedsl  # noqa: E402
+from sparsedsl import fuzz  # noqa: E402
+from sparsedsl.cli import main  # noqa: E402
+
+
+def _interpreter_on() -> bool:
+    try:
+        from sparsedsl.kernels.launch import interpreter_ready
+    except ImportError:  # pragma: no cover - no triton
+        return False
+    return torch.cuda.is_available() or interpreter_ready()
+
+
+needs_kernels = pytest.mark.skipif(not _interpreter_on(), reason="needs CUDA or TRITON_INTERPRET=1 (tests/conftest.py)")
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@needs_kernels
+def test_fuzz_shipped_pattern_passes(capsys):
+    rc = main(["fuzz", "streaming_llm", "-p", "sink=2", "-p", "window=8", "--examples", "3", "--seed", "1"])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    assert "3 examples match the float64 reference" in out
+    assert "streaming_llm" in out
+
+
+class _Broken:
+    """A compiled pattern whose kernel output is off in the last query row."""
+
+    def __init__(self, p):
+        self._p = p
+
+    def __getattr__(self, name):
+        return getattr(self._p, name)
+
+    def __call__(self, q, k, v, **kwargs):
+        out, lse = self._p(q, k, v, **kwargs)
+        out = out.clone()
+        out[:, :, -1:] += 0.25
+        return out, lse
+
+
+@needs_kernels
+def test_fuzz_broken_kernel_prints_a_pytest_reproducer(capsys):
+    p = sparsedsl.compile_pattern("streaming_llm", sink=2, window=8)
+    rc = fuzz.run(_Broken(p), examples=5, seed=0, source="streaming_llm", params={"sink": 2, "window": 8})
+    out = capsys.readouterr().out
+    assert rc == 1
+    assert "FAILED" in out and "output mean abs error" in out
+    test = out[out.index("import os"):]
+    assert "def test_" in test
+    assert "assert_matches_reference(" in test and "attention_inputs(shape, seed=" in test
+    # Shrunk: the smallest shape that shows the bug.
+    assert "'batch': 1" in test and "'q_len': 1," in test
+    # The printed test is valid Python, and with the real kernel it passes.
+    scope: dict = {}
+    exec(compile(test, "<reproducer>", "exec"), scope)
+    name = next(n for n in scope if n.startswith("test_"))
+    scope[name]()
+
+
+def test_fuzz_dynamic_pattern_on_triton_is_a_clear_error(capsys):
+    assert main(["fuzz", "quest", "--examples", "1"]) == 1
+    err = capsys.readouterr().err
+    assert "depends on the data" in err and "--backend reference" in err
+
+
+def test_fuzz_reference_backend_dynamic_pattern(capsys):
+    rc = main(["fuzz", "quest", "-p", "budget=8", "-p", "page=4", "--backend", "reference", "--examples", "3"])
+    assert rc == 0, capsys.readouterr()
+
+
+@needs_kernels
+def test_fuzz_command_switches_the_interpreter_on_by_itself():
+    if torch.cuda.is_available():
+        pytest.skip("the interpreter is only switched on without CUDA")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    r = subprocess.run([sys.executable, "-m", "sparsedsl", "fuzz", "pattern c() { causal & window(5) }",
+                        "--examples", "2"], capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "2 examples match" in r.stdout
+
+
+def test_fuzz_without_hypothesis_is_a_clear_error(monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "hypothesis", None)  # `import hypothesis` raises ImportError
+    assert main(["fuzz", "streaming_llm", "--examples", "1"]) == 1
+    assert "needs hypothesis" in capsys.readouterr().err
