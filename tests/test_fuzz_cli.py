@@ -97,3 +97,65 @@ def test_fuzz_without_hypothesis_is_a_clear_error(monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "hypothesis", None)  # `import hypothesis` raises ImportError
     assert main(["fuzz", "streaming_llm", "--examples", "1"]) == 1
     assert "needs hypothesis" in capsys.readouterr().err
+
+
+# ---- assert_matches_reference itself: it must catch each kind of wrong result ----------------
+
+from sparsedsl.testing import assert_matches_reference, attention_inputs  # noqa: E402
+
+
+class _Tampered:
+    """The reference backend with its result changed by `fn(out, lse)`."""
+
+    def __init__(self, p, fn):
+        self._p, self._fn = p, fn
+
+    def __getattr__(self, name):
+        return getattr(self._p, name)
+
+    def __call__(self, q, k, v, **kwargs):
+        out, lse = self._p(q, k, v, **kwargs)
+        return self._fn(out.clone(), lse.clone())
+
+
+def _case(dtype="float32"):
+    p = sparsedsl.compile_pattern("pattern p() { causal & window(4) }")
+    shape = dict(batch=1, num_heads=2, num_kv_heads=1, q_len=12, kv_len=9, head_dim=16, head_dim_v=8,
+                 dtype=dtype, layout="contiguous")
+    return p, attention_inputs(shape, seed=0)  # rows 0..2 sit at negative positions: they see nothing
+
+
+def _set(fn):
+    def apply(out, lse):
+        fn(out, lse)
+        return out, lse
+    return apply
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_checker_accepts_the_reference(dtype):
+    p, (q, k, v) = _case(dtype)
+    assert_matches_reference(p, q, k, v, backend="reference")
+
+
+@pytest.mark.parametrize("what,fn,message", [
+    ("nan output", _set(lambda o, l: o[0, 1, 5, 0].fill_(float("nan"))), "NaN"),
+    ("nan lse", _set(lambda o, l: l[0, 0, 7].fill_(float("nan"))), "NaN"),
+    ("empty row with finite lse", _set(lambda o, l: l[0, 0, 1].fill_(0.0)), "LSE -inf pattern"),
+    ("seen row with -inf lse", _set(lambda o, l: l[0, 1, 6].fill_(float("-inf"))), "LSE -inf pattern"),
+    ("empty row with output", _set(lambda o, l: o[0, 0, 2].fill_(1e-3)), "exactly 0"),
+    ("inf output", _set(lambda o, l: o[0, 0, 8, 3].fill_(float("inf"))), "non-finite"),
+    ("one wrong element", _set(lambda o, l: o[0, 1, 11, 2].add_(0.02)),
+     r"output mean abs error(.|\n)*rows of \[b=0, h=1\] off by more than [0-9.e+-]*: \[11\]"),
+    ("slightly wrong everywhere", _set(lambda o, l: o.mul_(1.001)), "abs error"),
+    ("lse off", _set(lambda o, l: l[0, 0, 4].add_(1e-3)),
+     r"lse mean abs error(.|\n)*rows of \[b=0, h=0\] off by more than [0-9.e+-]*: \[4\]"),
+    ("output shape", lambda o, l: (o[:, :, :-1], l), "expected"),
+    ("output dtype", lambda o, l: (o.double(), l), "expected"),
+])
+def test_checker_catches(what, fn, message):
+    p, (q, k, v) = _case()
+    with pytest.raises(AssertionError, match=message) as info:
+        assert_matches_reference(_Tampered(p, fn), q, k, v, backend="reference")
+    report = str(info.value)
+    assert "q [1, 2, 12, 16]" in report and "causal & window(4)" in report

@@ -14,7 +14,6 @@ from ..ir.heads import branch_condition
 NAMES = {"h": "h", "H": "H", "hk": "hk", "Hk": "Hk", "q": "q_pos", "k": "k_pos",
          "q0": "q0", "q1": "q1", "k0": "k0", "k1": "k1", "Lk": "Lk"}
 NONNEG_SYMBOLS = {"h", "H", "hk", "Hk", "k", "k0", "k1", "Lk"}
-_CMP = {"<": "<", "<=": "<=", ">": ">", ">=": ">=", "==": "==", "!=": "!="}
 
 
 def nonneg(n: ir.Node) -> bool:
@@ -60,7 +59,7 @@ def cond_expr(n: ir.Node) -> str:
     if isinstance(n, ir.Bool):
         return "True" if n.value else "False"
     if isinstance(n, ir.Cmp):
-        return f"({int_expr(n.a)} {_CMP[n.op]} {int_expr(n.b)})"
+        return f"({int_expr(n.a)} {n.op} {int_expr(n.b)})"
     parts = [cond_expr(a) for a in n.args]
     if n.op == "not":
         return f"({parts[0]} == 0)"

@@ -239,4 +239,6 @@ def parse(text: str, name: str = "<string>") -> ast.Module:
 
 def _end_span(source: Source) -> Span:
     lines = [line.removesuffix("\r") for line in source.text.split("\n")]
+    if len(lines) > 1 and not lines[-1]:  # a final newline: point at the end of the last line
+        lines.pop()
     return Span(source, len(lines), len(lines[-1]) + 1, len(lines), len(lines[-1]) + 2)

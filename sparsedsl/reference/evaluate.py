@@ -13,6 +13,7 @@ from typing import Callable
 import torch
 
 from ..ir import nodes as ir
+from ..ir.build import COMPARE
 from ..ir.heads import branch_condition
 
 Value = "int | bool | torch.Tensor"
@@ -54,14 +55,6 @@ _INT = {
     "neg": lambda a: -a,
     "abs": lambda a: abs(a),
 }
-_CMP = {
-    "<": lambda a, b: a < b,
-    "<=": lambda a, b: a <= b,
-    ">": lambda a, b: a > b,
-    ">=": lambda a, b: a >= b,
-    "==": lambda a, b: a == b,
-    "!=": lambda a, b: a != b,
-}
 
 
 def eval_int(node: ir.Node, env: dict):
@@ -76,7 +69,7 @@ def eval_cond(node: ir.Node, env: dict):
     if isinstance(node, ir.Bool):
         return node.value
     if isinstance(node, ir.Cmp):
-        return _CMP[node.op](eval_int(node.a, env), eval_int(node.b, env))
+        return COMPARE[node.op](eval_int(node.a, env), eval_int(node.b, env))
     values = [eval_cond(a, env) for a in node.args]
     if node.op == "not":
         v = values[0]
