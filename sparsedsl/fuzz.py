@@ -126,7 +126,8 @@ def run(p, *, examples: int = 50, backend: str = "triton", seed: int = 0, source
         print(_report(p, failure, backend, device, seed, source, pattern, params), file=out)
         return 1
     lengths = sorted(stats.lengths)
-    print(f"fuzz: pattern {p.name!r} on backend {backend!r} ({'GPU' if device == 'cuda' else 'CPU, Triton interpreter' if backend == 'triton' else 'CPU'}): "
+    where = "GPU" if device == "cuda" else "CPU, Triton interpreter" if backend == "triton" else "CPU"
+    print(f"fuzz: pattern {p.name!r} on backend {backend!r} ({where}): "
           f"{stats.runs} examples match the float64 reference in {time.time() - start:.1f}s\n"
           f"  lengths {lengths[0]}..{lengths[-1]}, dtypes {', '.join(sorted(stats.dtypes))}, "
           f"(H, Hk) {', '.join(f'({h}, {hk})' for h, hk in sorted(stats.heads))}, seed {seed}", file=out)
@@ -171,7 +172,8 @@ def _report(p, f: _Failure, backend, device, seed, source, pattern, params) -> s
         "",
         f"def test_fuzz_{_ident(p.name)}_repro():",
         f"    # found by: {cmd}",
-        f"    # from {origin}" + (f", pattern {pattern}" if pattern else "") + (f", params {params!r}" if params else ""),
+        f"    # from {origin}" + (f", pattern {pattern}" if pattern else "")
+        + (f", params {params!r}" if params else ""),
         f"    p = sparsedsl.compile_pattern(\"\"\"\n{_indent(ir_text, 4)}\n    \"\"\")",
         f"    shape = {shape}",
         f"    q, k, v = attention_inputs(shape, seed={f.seed}{dev})",

@@ -631,16 +631,16 @@ def attention_inputs(shape: dict, seed: int = 0, device=None):
     lq, lk, d, dv = shape["q_len"], shape["kv_len"], shape["head_dim"], shape.get("head_dim_v", shape["head_dim"])
     out = []
     for heads, length, dim in ((h, lq, d), (hk, lk, d), (hk, lk, dv)):
-        x = torch.randn(b, heads, length, dim, generator=gen).to(dtype)
+        x = torch.randn(b, heads, length, dim, generator=gen).to(device=device, dtype=dtype)
         if layout == "nan_padded":  # NaN before and after the rows, and after the head dim
-            buf = torch.full((b, heads, length + 10, dim + 5), float("nan"), dtype=dtype)
+            buf = torch.full((b, heads, length + 10, dim + 5), float("nan"), dtype=dtype, device=x.device)
             buf[:, :, 3:3 + length, :dim] = x
             x = buf[:, :, 3:3 + length, :dim]
         elif layout == "transposed":
             x = x.transpose(1, 2).contiguous().transpose(1, 2)
         elif layout != "contiguous":
             raise ValueError(f"unknown layout {layout!r}; expected one of {KERNEL_LAYOUTS}")
-        out.append(x if device is None else x.to(device))
+        out.append(x)
     return tuple(out)
 
 

@@ -29,9 +29,9 @@ from hypothesis import strategies as st  # noqa: E402
 
 import sparsedsl as sd  # noqa: E402
 from sparsedsl.builder import Mask  # noqa: E402
+from sparsedsl.ir import build  # noqa: E402
 from sparsedsl.ir import nodes as ir  # noqa: E402
 from sparsedsl.ir.printer import to_text  # noqa: E402
-from sparsedsl.passes.base import rewrite  # noqa: E402
 from sparsedsl.testing import (assert_matches_reference, atoms, attention_inputs, kernel_shapes,  # noqa: E402
                                patterns)
 
@@ -74,26 +74,6 @@ def triton(p, q, k, v, config=(16, 16), **kw):
     return p(q, k, v, backend="triton", return_lse=True, _config=config, **kw)
 
 
-# ---- known bugs -------------------------------------------------------------------------
-# Inputs that hit a reported kernel bug are changed in the property tests so the
-# rest of the pattern is still tested; each bug has a strict xfail test below,
-# which fails once the bug is fixed: then delete its xfail mark and the rewrite.
-
-def avoid_known_bugs(root: ir.Pattern, block_n: int, q_len: int, kv_len: int) -> ir.Pattern:
-    def rule(n):
-        if isinstance(n, ir.Atom) and n.kind == "strided":
-            # test_strided_block_not_a_multiple_of_the_key_tile, test_strided_head_dependent_block
-            stride, block, offset = n.args
-            if not (isinstance(block, ir.Const) and block.value % block_n == 0):
-                new = block_n * ((block.value - 1) % 3 + 1) if isinstance(block, ir.Const) else 2 * block_n
-                return ir.Atom("strided", (stride, ir.Const(new), offset))
-        if isinstance(n, ir.Atom) and n.kind == "global" and n.args[0] == ir.Const(0) and q_len > kv_len:
-            return ir.Atom("global", (ir.Const(1),))  # test_global_zero_with_negative_positions
-        return None
-
-    return ir.Pattern(root.name, rewrite(root.body, rule))
-
-
 # ---- random static patterns ---------------------------------------------------------------
 
 _KERNEL = settings(max_examples=settings().max_examples)
@@ -105,8 +85,14 @@ _KERNEL = settings(max_examples=settings().max_examples)
 @example(ir.Pattern("p", ir.Atom("causal", ())),
          dict(batch=1, num_heads=4, num_kv_heads=1, q_len=33, kv_len=17, head_dim=24, head_dim_v=12,
               dtype="float16", layout="nan_padded"), (16, 16), 0, None)
+# found by this test: strided blocks smaller than the key tile; global(0) with Lq > Lk
+@example(ir.Pattern("p", build.atom("strided", ir.Const(7), ir.Const(1), ir.Const(0))),
+         dict(batch=1, num_heads=4, num_kv_heads=2, q_len=3, kv_len=41, head_dim=32, head_dim_v=32,
+              dtype="float32", layout="transposed"), (16, 16), 0, None)
+@example(ir.Pattern("p", build.compl(build.atom("global", ir.Const(0)))),
+         dict(batch=1, num_heads=4, num_kv_heads=2, q_len=14, kv_len=2, head_dim=12, head_dim_v=32,
+              dtype="float16", layout="transposed"), (16, 32), 0, None)
 def test_random_static_patterns_match_reference(root, shape, config, seed, scale):
-    root = avoid_known_bugs(root, config[1], shape["q_len"], shape["kv_len"])
     note(to_text(root))
     p = sd.compile_pattern(Mask(root.body), pattern="p")
     q, k, v = attention_inputs(shape, seed)
@@ -122,9 +108,8 @@ def test_atoms_and_small_combinations_match_reference(parts, op, shape, config):
     mask = parts[0]
     for a in parts[1:]:
         mask = {"|": Mask(mask) | Mask(a), "&": Mask(mask) & Mask(a), "-": Mask(mask) - Mask(a)}[op].node
-    root = avoid_known_bugs(ir.Pattern("p", mask), config[1], shape["q_len"], shape["kv_len"])
-    note(to_text(root))
-    p = sd.compile_pattern(Mask(root.body), pattern="p")
+    note(to_text(mask))
+    p = sd.compile_pattern(Mask(mask), pattern="p")
     q, k, v = attention_inputs(shape, 1)
     assert_matches_reference(p, q, k, v, _config=config)
 
@@ -355,8 +340,8 @@ def test_all_visible_logits_very_negative_by_hand():
 def test_scale_zero_averages_the_visible_values_by_hand():
     q, k, v = inputs(1, 1, 1, 17, 17, seed=19)
     out, lse = triton(P("causal & sink(4) | window(2)"), q, k, v, scale=0.0)
-    pos = torch.arange(17)
-    vis = ((pos[None, :] < 4) & (pos[None, :] <= pos[:, None])) | ((pos[None, :] <= pos[:, None]) & (pos[None, :] > pos[:, None] - 2))
+    qp, kp = torch.arange(17)[:, None], torch.arange(17)[None, :]
+    vis = ((kp < 4) & (kp <= qp)) | ((kp <= qp) & (kp > qp - 2))
     want = (vis.double() @ v[0, 0].double()) / vis.sum(-1, keepdim=True)
     torch.testing.assert_close(out[0, 0].double(), want, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(lse[0, 0].double(), torch.log(vis.sum(-1).double()), rtol=0, atol=1e-6)
@@ -547,30 +532,34 @@ def test_bad_backend_raises_input_error():
         P("causal")(q, k, v, backend="cuda")
 
 
-# ---- reported bugs (strict xfail: they fail loudly once fixed) ----------------------------------
+# ---- bugs found by these tests (regressions) -----------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="strided(block=b) with b not a multiple of BLOCK_N: the kernel walks "
-                                       "strided segments block by block in key tiles of BLOCK_N and skips or "
-                                       "double-counts keys (8 // BLOCK_N == 0); no GPU config fits either")
-@pytest.mark.parametrize("block,config", [(8, (16, 16)), (24, (16, 16)), (16, (16, 32)), (1, (16, 16))])
+@pytest.mark.parametrize("block,config", [(8, (16, 16)), (24, (16, 16)), (16, (16, 32)), (1, (16, 16)),
+                                          (48, (32, 32)), (5, (32, 16))])
 def test_strided_block_not_a_multiple_of_the_key_tile(block, config):
-    p = P(f"strided(2, block={block})")
-    q, k, v = inputs(1, 1, 1, 40, 40, seed=23)
-    assert_matches_reference(p, q, k, v, _config=config)
+    """strided(block=b) with b not a multiple of BLOCK_N: the kernel used to walk
+    the strided blocks in key tiles of BLOCK_N (b // BLOCK_N == 0 tiles) and
+    missed keys; now such segments are plain ranges with the element mask."""
+    for body in (f"strided(2, block={block})", f"causal & (strided(3, block={block}) | sink(2))"):
+        p = P(body)
+        q, k, v = inputs(1, 1, 1, 40, 40, seed=23)
+        assert_matches_reference(p, q, k, v, _config=config)
 
 
-@pytest.mark.xfail(strict=True, reason="strided with a head-dependent block: plan.blocks and _strided_here only "
-                                       "know constant blocks; the segment is walked as a plain full range")
 def test_strided_head_dependent_block():
+    """A head-dependent block used to make the segment a plain range whose full
+    interval [0, Lk) ran without the element mask."""
     p = P("strided(2, block=16 * (h + 1))")
     q, k, v = inputs(1, 2, 2, 40, 40, seed=24)
     assert_matches_reference(p, q, k, v, _config=(16, 16))
 
 
-@pytest.mark.xfail(strict=True, reason="simplify rewrites global(0) to none; global(0) is q < 0, true for the "
-                                       "first rows when Lq > Lk (negative positions)")
-def test_global_zero_with_negative_positions():
-    p = P("~global(0)")
+@pytest.mark.parametrize("body", ["~global(0)", "full - global(0)", "causal | global(0)"])
+def test_global_zero_with_negative_positions(body):
+    """simplify used to drop global(0); it is q < 0, true for the first rows when Lq > Lk."""
+    p = P(body)
     q, k, v = inputs(1, 1, 1, 14, 2, seed=25)
-    assert_matches_reference(p, q, k, v, _config=(16, 16))
+    out, lse = assert_matches_reference(p, q, k, v, _config=(16, 16))
+    if body != "causal | global(0)":
+        assert torch.equal(lse[0, 0, :12], torch.full((12,), NEG_INF))

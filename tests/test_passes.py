@@ -18,7 +18,7 @@ import torch
 
 pytest.importorskip("hypothesis")
 
-from hypothesis import assume, example, given, note, settings  # noqa: E402
+from hypothesis import example, given, note, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 import sparsedsl as sd  # noqa: E402
@@ -93,28 +93,6 @@ def shipped_small():
 SHIPPED_SMALL = shipped_small()
 
 
-# ---- known bugs ---------------------------------------------------------------------------
-# Inputs that hit a reported bug are left out of the property tests; each bug
-# has a strict xfail test below, which fails once the bug is fixed: then delete
-# the test's xfail mark and the filter here.
-
-GLOBAL_ZERO = ir.Atom("global", (ir.Const(0),))
-
-
-def _walk(node):
-    stack = [node]
-    while stack:
-        n = stack.pop()
-        yield n
-        stack.extend(n.children())
-
-
-def known_bug(root: ir.Node, shape_list) -> bool:
-    # simplify: global(0) -> none, wrong for negative query positions (Lq > Lk);
-    # test_simplify_keeps_global_zero_for_negative_positions.
-    return any(lq > lk for lq, lk, _, _ in shape_list) and any(n is GLOBAL_ZERO for n in _walk(root))
-
-
 # ---- every pass keeps the mask ---------------------------------------------------------
 
 
@@ -166,10 +144,7 @@ def rule_masks(draw, depth: int = 2):
 def test_pipeline_keeps_the_mask_of_rule_heavy_patterns(body, drawn):
     root = ir.Pattern("p", body)
     note(to_text(root))
-    shape_list = FIXED_SHAPES + [_shape_tuple(s) for s in drawn]
-    if known_bug(root, shape_list):
-        shape_list = [s for s in shape_list if s[0] <= s[1]]
-    check_pipeline_keeps_mask(root, shape_list)
+    check_pipeline_keeps_mask(root, FIXED_SHAPES + [_shape_tuple(s) for s in drawn])
 
 
 def _shape_tuple(s: dict):
@@ -178,12 +153,10 @@ def _shape_tuple(s: dict):
 
 @_MANY
 @given(patterns(), st.lists(shapes(max_len=24, max_heads=6), min_size=1, max_size=2))
+@example(ir.Pattern("p", ir.Atom("global", (ir.Const(0),))), [])  # found: simplify took global(0) for none
 def test_pipeline_keeps_the_mask_of_random_patterns(root, drawn):
     note(to_text(root))
-    shape_list = FIXED_SHAPES + [_shape_tuple(s) for s in drawn]
-    if known_bug(root, shape_list):
-        shape_list = [s for s in shape_list if s[0] <= s[1]]
-    check_pipeline_keeps_mask(root, shape_list)
+    check_pipeline_keeps_mask(root, FIXED_SHAPES + [_shape_tuple(s) for s in drawn])
 
 
 @pytest.mark.parametrize("root", SHIPPED + SHIPPED_SMALL)
@@ -246,6 +219,7 @@ GOLDEN = [
     ("simplify", "dilated(7, 1)", "window(7)"),
     ("simplify", "dilated(7, 2)", "dilated(7, 2)"),
     ("simplify", "sink(0) | causal", "causal"),
+    ("simplify", "global(0) | causal", "causal | global(0)"),
     ("simplify", "strided(1, block=5)", "full"),
     ("simplify", "strided(1, block=5, offset=3) & causal", "causal"),
     ("simplify", "local_blocks(3, block=1)", "window(3)"),
@@ -279,10 +253,8 @@ def test_rule_golden(name, text, expected):
         assert torch.equal(dense(out, *s), dense(root, *s)), s
 
 
-@pytest.mark.xfail(strict=True, reason="simplify rewrites global(0) to none, but global(0) holds for q < 0: "
-                                       "with Lq > Lk the first rows have negative positions (docs/language.md, "
-                                       "positions and alignment)")
 def test_simplify_keeps_global_zero_for_negative_positions():
+    """A regression: global(0) is q < 0, not none (Lq > Lk gives negative positions)."""
     root = sd.compile_pattern("pattern p() { global(0) }").root
     out = _pass("simplify").apply(root)
     assert torch.equal(dense(out, 6, 2, 1, 1), dense(root, 6, 2, 1, 1))
@@ -415,7 +387,6 @@ def check_plan(root: ir.Pattern, lq, lk, H, Hk, sizes=(16, 5, 2, 1)):
 @_MANY
 @given(patterns(), shapes(max_len=40, blocks=(4, 8, 16), max_heads=4))
 def test_plan_segments_cover_visible_keys(root, shape):
-    assume(not known_bug(root, [_shape_tuple(shape)]))
     note(to_text(root))
     note(to_text(optimize(root)))
     check_plan(root, *_shape_tuple(shape))

@@ -81,7 +81,7 @@ class _Piece:
         return f"(first_{n} + s_{n} * (({t}) // ({b} // BLOCK_N))) * {b} + (({t}) % ({b} // BLOCK_N)) * BLOCK_N"
 
 
-def _segment_pieces(j: int, seg: Segment, br, plan: KernelPlan) -> tuple[list[str], list[_Piece]]:
+def _segment_pieces(j: int, seg: Segment, br, plan: KernelPlan, walk: bool) -> tuple[list[str], list[_Piece]]:
     """Setup code of segment j, and its pieces: the segment minus the tiles of
     earlier plain ranges (cut out in closed form)."""
     lines = [_describe(j, seg),
@@ -91,7 +91,9 @@ def _segment_pieces(j: int, seg: Segment, br, plan: KernelPlan) -> tuple[list[st
         lines.append(f"hi = tl.where({cond_expr(seg.guard)}, hi, lo)")
     lines += [f"ua_{j} = _first_u(lo, c, RATE) // BLOCK_N * BLOCK_N",
               f"ub_{j} = tl.where(hi > lo, (_first_u(hi, c, RATE) + BLOCK_N - 1) // BLOCK_N * BLOCK_N, ua_{j})"]
-    full = _has_full(seg)
+    strided = _strided_here(seg, plan, walk)
+    # a strided segment walked as a plain range visits keys outside its blocks: all need the mask
+    full = _has_full(seg) and (strided or not seg.strided)
     if full:
         lines += [f"fa = (_first_u(tl.maximum({int_expr(seg.full_lo)}, 0), c, RATE) + BLOCK_N - 1) "
                   "// BLOCK_N * BLOCK_N",
@@ -99,15 +101,14 @@ def _segment_pieces(j: int, seg: Segment, br, plan: KernelPlan) -> tuple[list[st
                   "// BLOCK_N * BLOCK_N"]
     spans = [(f"ua_{j}", f"ub_{j}")]
     for m, other in enumerate(br.segments[:j]):
-        if not _strided_here(other, plan):
+        if not _strided_here(other, plan, walk):
             cut = []
             for a, b in spans:
                 cut += [(a, f"tl.minimum({b}, ua_{m})"), (f"tl.maximum({a}, ub_{m})", b)]
             spans = cut
     dead = " | ".join(
         f"((u0 >= ua_{m}) & (u0 < ub_{m}) & (_fmod(u0 // {o.block.value} + off_{m}, s_{m}) == 0))"
-        for m, o in enumerate(br.segments[:j]) if _strided_here(o, plan))
-    strided = _strided_here(seg, plan)
+        for m, o in enumerate(br.segments[:j]) if _strided_here(o, plan, walk))
     if strided:
         lines += [f"s_{j} = {int_expr(seg.stride)}", f"off_{j} = {int_expr(seg.offset)}"]
     pieces = []
@@ -137,22 +138,23 @@ def _segment_pieces(j: int, seg: Segment, br, plan: KernelPlan) -> tuple[list[st
     return lines, pieces
 
 
-def _strided_here(seg: Segment, plan: KernelPlan) -> bool:
-    """Walk a strided segment block by block (else as a plain range)."""
-    return seg.strided and plan.rate == 1 and isinstance(seg.block, ir.Const)
+def _strided_here(seg: Segment, plan: KernelPlan, walk: bool) -> bool:
+    """Walk a strided segment block by block (else as a plain range, every tile masked).
+    `walk` says the key tile divides every constant strided block."""
+    return walk and seg.strided and plan.rate == 1 and isinstance(seg.block, ir.Const)
 
 
-def _branch_body(i: int, br, plan: KernelPlan) -> list[str]:
+def _branch_body(i: int, br, plan: KernelPlan, walk: bool) -> list[str]:
     """All segments of a branch as one loop over a flattened tile index."""
     lines: list[str] = []
     pieces: list[_Piece] = []
     full = {}
     for j, seg in enumerate(br.segments):
-        setup, ps = _segment_pieces(j, seg, br, plan)
+        setup, ps = _segment_pieces(j, seg, br, plan, walk)
         lines += setup
         pieces += ps
         for p in ps:
-            full[p.name] = _has_full(seg)
+            full[p.name] = _has_full(seg) and (_strided_here(seg, plan, walk) or not seg.strided)
     if not pieces:
         return ["pass  # no key is visible to these heads"]
     lines.append("# one loop over the tiles of all pieces, in order")
@@ -183,10 +185,10 @@ def _branch_body(i: int, br, plan: KernelPlan) -> list[str]:
     return lines
 
 
-def _branches(plan: KernelPlan) -> str:
+def _branches(plan: KernelPlan, walk: bool) -> str:
     lines: list[str] = []
     for i, br in enumerate(plan.branches):
-        body = _branch_body(i, br, plan)
+        body = _branch_body(i, br, plan, walk)
         if len(plan.branches) == 1:
             lines += body
             continue
@@ -198,16 +200,23 @@ def _branches(plan: KernelPlan) -> str:
     return _indent(lines, 8)
 
 
-def kernel_source(plan: KernelPlan, pattern_text: str, fixed_tiles: bool, head_dim: int) -> tuple[str, str]:
+def kernel_source(plan: KernelPlan, pattern_text: str, fixed_tiles: bool, head_dim: int,
+                  block_n: int | None = None) -> tuple[str, str]:
     """(source, kernel name) of the forward kernel of a plan; autotuned over a
-    short config list unless `fixed_tiles` (the interpreter, or tiles chosen by the caller)."""
-    digest = hashlib.sha256(repr((plan, fixed_tiles, head_dim)).encode()).hexdigest()[:12]
+    short config list unless `fixed_tiles` (the interpreter, or tiles chosen by
+    the caller, whose key tile is `block_n`)."""
+    configs = [c for c in GPU_CONFIGS if keep_config(plan, c[1], head_dim)]
+    if fixed_tiles:
+        walk = block_n is not None and all(b % block_n == 0 for b in plan.blocks)
+    else:
+        walk = bool(configs)
+        configs = configs or [c for c in GPU_CONFIGS if head_dim <= 128 or c[1] <= 64]
+    digest = hashlib.sha256(repr((plan, fixed_tiles, head_dim, walk)).encode()).hexdigest()[:12]
     name = f"{_ident(plan.name)}_fwd_kernel"
     jit_import = "jit = triton.jit"
     if fixed_tiles:
         autotune = ""  # the caller passes BLOCK_M and BLOCK_N
     else:
-        configs = [c for c in GPU_CONFIGS if keep_config(plan, c[1], head_dim)] or [(64, 16, 4, 2)]
         listed = ",\n        ".join(
             f'triton.Config({{"BLOCK_M": {m}, "BLOCK_N": {n}}}, num_warps={w}, num_stages={s})'
             for m, n, w, s in configs)
@@ -222,7 +231,7 @@ def kernel_source(plan: KernelPlan, pattern_text: str, fixed_tiles: bool, head_d
            .replace("{{mask_functions}}", _mask_functions(plan))
            .replace("{{autotune}}", autotune)
            .replace("{{kernel_name}}", name)
-           .replace("{{branches}}", _branches(plan)))
+           .replace("{{branches}}", _branches(plan, walk)))
     return src, name
 
 

@@ -51,7 +51,8 @@ def forward(root: ir.Pattern, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     plan = plan_for(root)
     from ..ir.printer import to_text
 
-    src, name = kernel_source(plan, to_text(root), interpret or config is not None, d)
+    fixed = interpret or config is not None
+    src, name = kernel_source(plan, to_text(root), fixed, d, (config or (16, 16))[1] if fixed else None)
     module = load_source(src, name)
     kernel = getattr(module, name)
     precision = "ieee" if q.dtype in (torch.float32, torch.float64) else "tf32"

@@ -33,7 +33,7 @@ def atom_rule(n: ir.Node):
         return ir.Atom("window", (ir.IntOp("+", (n.args[0], ir.Const(1))) if a[0] is None else ir.Const(a[0] + 1),))
     if n.kind == "dilated" and a[1] == 1:
         return ir.Atom("window", (n.args[0],))
-    if n.kind in ("sink", "global") and a[0] == 0:
+    if n.kind == "sink" and a[0] == 0:  # (not global(0): it holds for the negative positions of Lq > Lk)
         return NONE
     if n.kind == "strided" and a[0] == 1:
         return FULL
