@@ -53,25 +53,17 @@ def _merge(args, kind, pick):
 
 def set_rule(n: ir.Node):
     """Facts about unions and intersections of atoms."""
-    if isinstance(n, ir.Union):
+    if isinstance(n, (ir.Union, ir.Inter)):
+        union = isinstance(n, ir.Union)
         args = list(n.args)
-        if CAUSAL in args:  # windows and bands of width 0 to the right lie inside causal
-            kept = [x for x in args if not _atom(x, "window")]
-            if len(kept) != len(args):
-                return ir.Union(tuple(kept)) if len(kept) > 1 else kept[0]
-        for kind in ("window", "sink"):
-            merged = _merge(args, kind, max)
-            if merged is not None:
-                return ir.Union(tuple(merged)) if len(merged) > 1 else merged[0]
-    if isinstance(n, ir.Inter):
-        args = list(n.args)
+        kept = args
         if CAUSAL in args and any(_atom(x, "window") for x in args):
-            kept = [x for x in args if x is not CAUSAL]
-            return ir.Inter(tuple(kept)) if len(kept) > 1 else kept[0]
-        for kind in ("window", "sink"):
-            merged = _merge(args, kind, min)
-            if merged is not None:
-                return ir.Inter(tuple(merged)) if len(merged) > 1 else merged[0]
+            # window(w) lies inside causal: causal | window = causal, causal & window = window
+            kept = [x for x in args if not _atom(x, "window")] if union else [x for x in args if x is not CAUSAL]
+        for kind in ("window", "sink"):  # same-kind atoms merge into the widest / narrowest
+            kept = _merge(kept, kind, max if union else min) or kept
+        if kept != args:
+            return type(n)(tuple(kept)) if len(kept) > 1 else kept[0]
     if isinstance(n, ir.Diff):
         wa, wb = _window_size(n.a), _window_size(n.b)
         if wa is not None and wb is not None and wb >= wa:
