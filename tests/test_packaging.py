@@ -18,11 +18,22 @@ def test_wheel_ships_data_folders(tmp_path):
     shipped = {p.name for p in (ROOT / "patterns").glob("*.attn")}
     assert shipped and {f"sparsedsl/patterns/{n}" for n in shipped} <= names
     assert "sparsedsl/cli.py" in names and "sparsedsl/language/parser.py" in names
+    assert "sparsedsl/codegen/attention_fwd.py.tmpl" in names
+    # every Python package of the source tree ships
+    for init in (ROOT / "sparsedsl").rglob("__init__.py"):
+        rel = init.relative_to(ROOT).as_posix()
+        if "__pycache__" not in rel:
+            assert rel in names, f"{rel} missing from the wheel"
+    for module in (ROOT / "sparsedsl").rglob("*.py"):
+        rel = module.relative_to(ROOT).as_posix()
+        assert rel in names, f"{rel} missing from the wheel"
     # The installed layout works without the source tree: unpack and import from there.
     site = tmp_path / "site"
     zipfile.ZipFile(wheel).extractall(site)
     code = ("import sparsedsl, sys; p = sparsedsl.compile_pattern('streaming_llm', window=8); "
             "assert sparsedsl.__file__.startswith(sys.argv[1]), sparsedsl.__file__; "
+            "from sparsedsl.kernels.generate import kernel_source; from sparsedsl.kernels.launch import plan_for; "
+            "assert 'def streaming_llm_fwd_kernel' in kernel_source(plan_for(p.root), '', False, 64)[0]; "
             "print(int(p.mask(16).sum()))")
     res = subprocess.run([sys.executable, "-c", code, str(site)], capture_output=True, text=True,
                          cwd=tmp_path, env={"PYTHONPATH": str(site)}, timeout=300)

@@ -56,6 +56,12 @@ def set_rule(n: ir.Node):
     if isinstance(n, (ir.Union, ir.Inter)):
         union = isinstance(n, ir.Union)
         args = list(n.args)
+        # absorption: a | (a & b) = a, a & (a | b) = a
+        inner = ir.Inter if union else ir.Union
+        absorbed = [x for x in args if isinstance(x, inner) and any(a in x.args for a in args if a is not x)]
+        if absorbed:
+            kept = [x for x in args if x not in absorbed]
+            return type(n)(tuple(kept)) if len(kept) > 1 else kept[0]
         kept = args
         if CAUSAL in args and any(_atom(x, "window") for x in args):
             # window(w) lies inside causal: causal | window = causal, causal & window = window
