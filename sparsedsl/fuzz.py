@@ -75,7 +75,6 @@ def run(p, *, examples: int = 50, backend: str = "triton", seed: int = 0, source
     printed test. `check` replaces assert_matches_reference (tests use it)."""
     out = out or sys.stdout
     HealthCheck, Phase, given, settings, hseed, st, testing = _hypothesis()
-    import torch
 
     if backend not in ("triton", "reference"):
         raise FuzzError(f"--backend must be triton or reference, got {backend!r}")

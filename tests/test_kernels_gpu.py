@@ -59,6 +59,13 @@ def test_patterns_gpu(src, params):
     check(p, 1, 4, 4, 777, 777, 64, torch.float16, config=(128, 32))
 
 
+def test_strided_block_smaller_than_tile_gpu():
+    """Blocks the key tile does not divide: walked as masked ranges (fixed and autotuned tiles)."""
+    p = sparsedsl.compile_pattern("patterns/s2_attention.attn", pattern="s2_attention", block=16, local=3, stride=5)
+    check(p, 1, 4, 2, 1500, 1500, 64, torch.bfloat16, config=(64, 64))
+    check(p, 1, 4, 2, 1500, 1500, 64, torch.bfloat16, config=None)
+
+
 def test_autotuned_path_gpu():
     p = sparsedsl.compile_pattern("patterns/s2_attention.attn", pattern="s2_attention", local=4, stride=4)
     check(p, 1, 8, 2, 3000, 3000, 128, torch.bfloat16, config=None)

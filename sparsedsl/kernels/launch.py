@@ -1,7 +1,6 @@
 """Running a generated forward kernel: allocation, launch grid, interpreter mode."""
 from __future__ import annotations
 
-import math
 
 import torch
 

@@ -3,7 +3,6 @@ mask_mod and a BlockMask, used as an independent cross-check and as the
 baseline of the benchmark."""
 from __future__ import annotations
 
-import torch
 
 from ..errors import InputError
 from ..ir import nodes as ir
