@@ -1,9 +1,18 @@
 #!/usr/bin/env bash
-# One call on the lent GPU: install, run the GPU test suite, run the benchmark,
-# print the table last. Usage (repo root): bash benchmarks/gpu.sh [tests|bench|all]
+# One call on the lent GPU: install, run the GPU test suite, run the benchmarks,
+# print the tables last. Usage (repo root): bash benchmarks/gpu.sh [tests|bench|fwd|bwd|all]
+#   tests: pytest -m gpu only; fwd: the forward benchmark only; bwd: the backward benchmark only;
+#   bench: both benchmarks; all (default): tests and both benchmarks.
+# Environment: LENGTHS (default "16384 65536"), BENCH_ARGS (extra bench_forward.py arguments),
+# BWD_ARGS (extra bench_backward.py arguments), VARLEN=0 skips the packed varlen rows of the
+# backward benchmark, PYTEST_ARGS, OUT (default /tmp/sparsedsl-out).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 what=${1:-all}
+case $what in
+  tests|bench|fwd|bwd|all) ;;
+  *) echo "usage: bash benchmarks/gpu.sh [tests|bench|fwd|bwd|all]" >&2; exit 2 ;;
+esac
 OUT=${OUT:-/tmp/sparsedsl-out}; mkdir -p "$OUT"
 if [ -d .whl ]; then  # packages the GPU image lacks (lark), carried as wheels
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
@@ -12,16 +21,39 @@ fi
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} SPARSEDSL_CACHE_DIR=/tmp/sparsedsl-cache PYTHONUNBUFFERED=1
 python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__, torch.cuda.get_device_name())"
 status=0
-if [ "$what" != bench ]; then
-  python3 -m pytest -q -m gpu -p no:cacheprovider tests/test_kernels_gpu.py ${PYTEST_ARGS:-} 2>&1 | tee "$OUT/gpu_tests.txt" | tail -40
+if [ "$what" = tests ] || [ "$what" = all ]; then
+  python3 -m pytest -q -m gpu -p no:cacheprovider tests/test_kernels_gpu.py tests/test_backward_gpu.py ${PYTEST_ARGS:-} 2>&1 | tee "$OUT/gpu_tests.txt" | tail -40
   status=${PIPESTATUS[0]}
 fi
-if [ "$what" != tests ]; then
-  # one process per length: FlexAttention's mask compile does not survive many shapes in one process
+# one process per length: FlexAttention's mask compile does not survive many shapes in one process
+tables=()
+if [ "$what" = fwd ] || [ "$what" = bench ] || [ "$what" = all ]; then
   for L in ${LENGTHS:-16384 65536}; do
+    rm -f "$OUT/bench_$L.md"
     python3 benchmarks/bench_forward.py --lengths "$L" ${BENCH_ARGS:-} --out "$OUT/bench_$L.md" >> "$OUT/bench.log" 2>&1
     grep "^L=" "$OUT/bench.log" | tail -n 7
+    tables+=("$OUT/bench_$L.md")
   done
-  cat "$OUT"/bench_*.md
 fi
+if [ "$what" = bwd ] || [ "$what" = bench ] || [ "$what" = all ]; then
+  for L in ${LENGTHS:-16384 65536}; do
+    t0=$SECONDS; rm -f "$OUT/bench_bwd_$L.md"
+    python3 benchmarks/bench_backward.py --lengths "$L" ${BWD_ARGS:-} --out "$OUT/bench_bwd_$L.md" \
+      >> "$OUT/bench_bwd.log" 2>&1
+    echo "bench_backward.py L=$L: exit $?, $((SECONDS - t0)) s (log: $OUT/bench_bwd.log)"
+    grep "^L=" "$OUT/bench_bwd.log" | tail -n 7
+    tables+=("$OUT/bench_bwd_$L.md")
+  done
+  if [ "${VARLEN:-1}" != 0 ]; then  # the packed varlen rows, in a process of their own
+    t0=$SECONDS; rm -f "$OUT/bench_bwd_varlen.md"
+    python3 benchmarks/bench_backward.py --varlen-only ${BWD_ARGS:-} --out "$OUT/bench_bwd_varlen.md" \
+      >> "$OUT/bench_bwd.log" 2>&1
+    echo "bench_backward.py --varlen-only: exit $?, $((SECONDS - t0)) s"
+    grep "^varlen " "$OUT/bench_bwd.log" | tail -n 2
+    tables+=("$OUT/bench_bwd_varlen.md")
+  fi
+fi
+for f in ${tables[@]+"${tables[@]}"}; do
+  if [ -f "$f" ]; then echo; cat "$f"; else echo "no table: $f"; fi
+done
 exit $status

@@ -645,6 +645,10 @@ def attention_inputs(shape: dict, seed: int = 0, device=None):
 
 
 _DEFAULT_FACTOR = {"float16": 2.0, "bfloat16": 2.0, "float32": 10.0}
+# Gradients in half precision: the flash backward rounds P and dS to the input dtype
+# for its tensor-core products (as FlashAttention does), the reference's autograd rounds
+# other intermediates; measured ratios reach ~2.8 on tiny random cases.
+_GRAD_FACTOR = {"float16": 4.0, "bfloat16": 4.0, "float32": 10.0}
 # The floor: a tiny absolute error, plus 4 float32 ulps of the values compared
 # (the kernel computes in float32: an LSE of 40 cannot be closer than ~4e-6).
 _ABS_FLOOR = 1e-7
@@ -792,3 +796,98 @@ def assert_matches_reference(p, q, k, v, *, backend: str = "triton", factor: flo
              "a few wrong rows usually mean a mask or tile-bound bug (a key skipped or seen twice); errors "
              "everywhere a precision or scale problem; " + where_hint)
     return out, lse
+
+
+def _most_attention_on_a_key(p, q, k, scale) -> float:
+    """max over keys of sum_i P_ij over the queries (and query heads) that see key j, in float64."""
+    import torch
+
+    from .reference.attention import compute_selection, visible
+
+    b, h, lq, d = q.shape
+    hk, lk = k.shape[1], k.shape[2]
+    if q.numel() == 0 or k.numel() == 0:
+        return 0.0
+    sel = compute_selection(p.root, q, k) if p.is_dynamic else None
+    vis = visible(p.root, lq, lk, h, hk, torch.arange(lq, device=q.device), sel).expand(b, h, lq, lk)
+    kk = k.double().repeat_interleave(h // hk, 1)
+    s = (q.double() @ kk.transpose(-1, -2)) * (d ** -0.5 if scale is None else scale)
+    prob = torch.softmax(s.masked_fill(~vis, float("-inf")), -1).nan_to_num(0.0)
+    return float(prob.view(b, hk, h // hk, lq, lk).sum((2, 3)).max())
+
+
+def assert_grads_match_reference(p, q, k, v, dout=None, *, backend: str = "triton", factor: float | None = None,
+                                 scale: float | None = None, lse_weight: float = 0.0, seed: int = 0, **call_kwargs):
+    """Check the gradients of attention of `p` on `backend` against the exact
+    reference; return (dq, dk, dv) as checked.
+
+    The loss is sum(out * dout) + lse_weight * sum(lse) (dout: standard normal
+    from `seed` unless given; any strides). The rule is
+    assert_matches_reference's: each gradient's mean and largest absolute
+    error against the float64 reference ("golden") must be at most `factor`
+    (default 4 for float16/bfloat16, 10 for float32) times the error of the
+    same-dtype reference, plus a tiny floor. On top: no NaN; finite wherever
+    golden is; query rows that see nothing get a gradient of exactly 0. q, k
+    and v keep their strides (a NaN-padded view stays one)."""
+    import torch
+
+    from .reference.attention import reference_attention
+
+    dname = str(q.dtype).replace("torch.", "")
+    if factor is None:
+        factor = _GRAD_FACTOR.get(dname, 10.0)
+    if dout is None:
+        gen = torch.Generator().manual_seed(seed)
+        dout = torch.randn((*q.shape[:3], v.shape[-1]), generator=gen).to(device=q.device, dtype=q.dtype)
+
+    def grads(fn, dtype):
+        xs = [t.detach() if dtype == q.dtype else t.detach().to(dtype) for t in (q, k, v)]
+        xs = [x.requires_grad_() for x in xs]
+        out, lse = fn(*xs)
+        loss = (out.to(dtype) * dout.to(dtype)).sum() + lse_weight * lse.to(dtype).sum()
+        return torch.autograd.grad(loss, xs, allow_unused=True), lse
+
+    got, _ = grads(lambda a, b, c: p(a, b, c, scale=scale, backend=backend, return_lse=True, **call_kwargs), q.dtype)
+    golden, glse = grads(lambda a, b, c: reference_attention(p.root, a, b, c, scale=scale), torch.float64)
+    ref, _ = grads(lambda a, b, c: reference_attention(p.root, a, b, c, scale=scale, compute_dtype=q.dtype), q.dtype)
+    what = (f"pattern {p.name!r} ({' '.join(p.ir().split())[:300]})\n"
+            f"  q {list(q.shape)}, k {list(k.shape)}, v {list(v.shape)}, {dname}, scale={scale}, backend={backend!r}, "
+            f"lse_weight={lse_weight}" + "".join(f", {key}={val!r}" for key, val in call_kwargs.items()))
+    zero = lambda t: torch.zeros_like(t)  # noqa: E731
+    # The flash backward forms dS = P * (dP - delta) with delta = rowsum(dO * O): where
+    # the two nearly cancel (a row that sees one key has dS = 0 exactly), float32 leaves
+    # a few ulps of the cancelled terms, |P dP| <= |dO| |V|. That, times |K| (dq) or
+    # |Q| summed over the queries of a key (dk), joins the floor.
+    norm = lambda t: float(t.double().norm(dim=-1).max()) if t.numel() else 0.0  # noqa: E731
+    top = lambda t: float(t.double().abs().max()) if t.numel() else 0.0  # noqa: E731
+    eff_scale = abs(q.shape[-1] ** -0.5 if scale is None else scale)
+    cancel = eff_scale * (norm(dout) * norm(v) + abs(lse_weight))
+    terms = {"dq": cancel * top(k), "dk": cancel * top(q) * _most_attention_on_a_key(p, q, k, scale), "dv": 0.0}
+    for name, x, g, r, like in zip(("dq", "dk", "dv"), got, golden, ref, (q, k, v)):
+        x, g, r = (zero(like) if t is None else t for t in (x, g, r))
+        if tuple(x.shape) != tuple(like.shape):
+            raise AssertionError(f"{name} has shape {list(x.shape)}, expected {list(like.shape)}\n  {what}")
+        if torch.isnan(x).any():
+            first = tuple(int(i) for i in torch.isnan(x).nonzero()[0])
+            raise AssertionError(f"{name} has {int(torch.isnan(x).sum())} NaN element(s), the first at {first}\n"
+                                 f"  {what}\n  hint: NaN from a row that sees nothing (lse -inf) or an "
+                                 "out-of-bounds read of NaN padding")
+        finite = torch.isfinite(g)
+        if (finite & ~torch.isfinite(x.double())).any():
+            raise AssertionError(f"{name} is not finite where golden is\n  {what}")
+        e_mean, e_max, e_idx, g_mean, g_max = _errors(x, g, finite)
+        r_mean, r_max = _errors(r, g, finite)[:2]
+        for label, err, ref_err, magnitude in (("mean", e_mean, r_mean, g_mean), ("max", e_max, r_max, g_max)):
+            allowed = factor * ref_err + _ABS_FLOOR + _ULPS * (magnitude + terms[name])
+            if err > allowed:
+                raise AssertionError(
+                    f"{name} {label} abs error {err:.3e} exceeds {allowed:.3e} = {factor:g} x the same-dtype "
+                    f"reference's ({ref_err:.3e}) + a floor; worst at {e_idx} (golden magnitude: mean {g_mean:.3e}, "
+                    f"max {g_max:.3e})\n  {what}\n  hint: a wrong gradient in a few rows or keys usually means a "
+                    "tile-bound bug in the transposed plan (dK/dV) or the key plan (dQ)")
+    empty = torch.isinf(glse) & (glse < 0)
+    if empty.any() and got[0] is not None and got[0].shape[-1]:
+        leak = float(got[0].double()[empty.to(got[0].device)].abs().max())
+        if leak != 0.0:
+            raise AssertionError(f"query rows that see nothing must get dq exactly 0; found {leak:.3g}\n  {what}")
+    return got

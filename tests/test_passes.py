@@ -366,10 +366,83 @@ def test_segments_of_atoms_and_pairs(mask, shape, size):
                 check_tile(segs, m[h], rows, lk - lq, lk, h, H, Hk)
 
 
+def check_key_tile(segs, m_head, cols, lq, lk, h, H, Hk, rate=1, what=""):
+    """The transposed check: for the key tile `cols` (ascending; one residue
+    class with rate > 1), the query segments must hold every query that sees
+    some key of the tile, and their full intervals only queries that see all of
+    it. m_head: bool [Lq, Lk] of one head."""
+    if not cols:
+        return
+    k0, k1 = cols[0], cols[-1] + 1
+    env = {"k0": k0, "k1": k1, "Lk": lk, "Lq": lq, "h": h, "H": H, "hk": h // (H // Hk), "Hk": Hk}
+    off = lk - lq
+    pos = torch.arange(off, lk)  # query positions, one per row
+    sub = m_head[:, cols]  # [Lq, n]
+    sees_some, sees_all = sub.any(1), sub.all(1)
+    same_class = torch.remainder(pos - k0, rate) == 0
+    covered = torch.zeros(lq, dtype=torch.bool)
+    for j, seg in enumerate(segs):
+        assert not seg.strided, "a transposed segment is never strided"
+        if not eval_cond(seg.guard, env):
+            continue
+        lo, hi = eval_int(seg.lo, env), eval_int(seg.hi, env)
+        members = (pos >= lo) & (pos < hi)
+        covered |= members
+        full = members & (pos >= eval_int(seg.full_lo, env)) & (pos < eval_int(seg.full_hi, env)) & same_class
+        bad = full & ~sees_all
+        if bad.any():
+            row = int(bad.nonzero()[0])
+            key = cols[int((~sub[row]).nonzero()[0])]
+            raise AssertionError(
+                f"{what}transposed segment {j} calls query row {row} (position {off + row}) full for the key tile "
+                f"[{k0}, {k1}) (head {h}, H={H}, Hk={Hk}, Lq={lq}, Lk={lk}), but it does not see key {key}\n  "
+                f"{_seg_text(seg)}")
+    missed = sees_some & ~covered
+    if missed.any():
+        row = int(missed.nonzero()[0])
+        key = cols[int(sub[row].nonzero()[0])]
+        raise AssertionError(
+            f"{what}query row {row} (position {off + row}) sees key {key} of the key tile [{k0}, {k1}) (head {h}, "
+            f"H={H}, Hk={Hk}, Lq={lq}, Lk={lk}), but lies in no transposed segment:\n  "
+            + "\n  ".join(_seg_text(s) for s in segs))
+
+
+@_MANY
+@given(patterns(), shapes(max_len=40, blocks=(4, 8, 16), max_heads=4), st.integers(1, 17), st.integers(0, 16))
+@example(ir.Pattern("p", ir.Atom("global", (ir.Const(0),))), dict(q_len=9, kv_len=3, num_heads=1, num_kv_heads=1), 4, 0)
+def test_transposed_segments_cover_visible_queries_and_full_is_full(root, shape, size, start):
+    note(to_text(root))
+    lq, lk, H, Hk = _shape_tuple(shape)
+    m = dense(root, lq, lk, H, Hk)
+    segs = bounds.segments(root.body, transposed=True)
+    for h in range(H):
+        for n in sorted({1, 2, 16, size}):
+            for cols in tiles(lk, n) + tiles(lk, n, min(start, max(lk - 1, 0))):
+                check_key_tile(segs, m[h], cols, lq, lk, h, H, Hk)
+
+
+@_MANY
+@given(st.one_of(atoms(), st.tuples(atoms(), atoms(), st.sampled_from(("union", "inter", "diff")))),
+       shapes(max_len=40, blocks=(4, 8, 16), max_heads=4), st.integers(1, 17))
+def test_transposed_segments_of_atoms_and_pairs(mask, shape, size):
+    if isinstance(mask, tuple):
+        a, b, how = mask
+        mask = build.union(a, b) if how == "union" else build.inter(a, b) if how == "inter" else build.diff(a, b)
+    note(to_text(mask))
+    lq, lk, H, Hk = _shape_tuple(shape)
+    m = dense(ir.Pattern("p", mask), lq, lk, H, Hk)
+    segs = bounds.segments(mask, transposed=True)
+    for h in range(H):
+        for n in sorted({1, 2, 3, 16, size}):
+            for cols in tiles(lk, n) + tiles(lk, n, n // 2):
+                check_key_tile(segs, m[h], cols, lq, lk, h, H, Hk)
+
+
 def check_plan(root: ir.Pattern, lq, lk, H, Hk, sizes=(16, 5, 2, 1)):
     """The kernel plan of the optimized pattern: for each head, the first branch
     whose condition holds; its segments, for tiles of queries of one residue
-    class (plan.rate), against the mask of the original pattern."""
+    class (plan.rate), and its transposed segments, for tiles of keys of one
+    class, against the mask of the original pattern."""
     plan = make_plan(optimize(root))
     m = dense(root, lq, lk, H, Hk)
     off = lk - lq
@@ -381,10 +454,14 @@ def check_plan(root: ir.Pattern, lq, lk, H, Hk, sizes=(16, 5, 2, 1)):
             continue
         for c in range(plan.rate):
             cls = [r for r in range(lq) if (off + r) % plan.rate == c]
+            keys = [k for k in range(lk) if k % plan.rate == c]
+            what = f"plan (rate {plan.rate}) branch {to_text(branch.cond)}: "
             for size in sizes:
                 for i in range(0, len(cls), size):
-                    check_tile(branch.segments, m[h], cls[i:i + size], off, lk, h, H, Hk, plan.rate,
-                               what=f"plan (rate {plan.rate}) branch {to_text(branch.cond)}: ")
+                    check_tile(branch.segments, m[h], cls[i:i + size], off, lk, h, H, Hk, plan.rate, what=what)
+                for i in range(0, len(keys), size):
+                    check_key_tile(branch.query_segments, m[h], keys[i:i + size], lq, lk, h, H, Hk, plan.rate,
+                                   what=what)
 
 
 @_MANY

@@ -12,8 +12,8 @@ from ..ir.heads import branch_condition
 
 # How each symbol is spelled in the kernel.
 NAMES = {"h": "h", "H": "H", "hk": "hk", "Hk": "Hk", "q": "q_pos", "k": "k_pos",
-         "q0": "q0", "q1": "q1", "k0": "k0", "k1": "k1", "Lk": "Lk"}
-NONNEG_SYMBOLS = {"h", "H", "hk", "Hk", "k", "k0", "k1", "Lk"}
+         "q0": "q0", "q1": "q1", "k0": "k0", "k1": "k1", "Lk": "Lk", "Lq": "Lq"}
+NONNEG_SYMBOLS = {"h", "H", "hk", "Hk", "k", "k0", "k1", "Lk", "Lq"}
 
 
 def nonneg(n: ir.Node) -> bool:

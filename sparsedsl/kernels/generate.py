@@ -1,5 +1,9 @@
 """KernelPlan -> Triton source: the template from codegen/ with the
-plan-specific parts (element masks, per-branch segment loops) filled in."""
+plan-specific parts (element masks, per-branch segment loops) filled in.
+
+One module per plan holds three kernels: the forward, the backward's dQ
+kernel (the forward's traversal: per query tile, the key segments) and its
+dK/dV kernel (the transposed traversal: per key tile, the query segments)."""
 from __future__ import annotations
 
 import hashlib
@@ -16,6 +20,11 @@ from .emit import cond_expr, int_expr, mask_expr
 GPU_CONFIGS = [
     (128, 128, 8, 2), (128, 64, 8, 3), (64, 64, 4, 3), (64, 64, 4, 2), (64, 32, 4, 2), (128, 32, 4, 3),
 ]
+# Backward: (own tile, iterated tile, warps, stages); the dK/dV kernel's own tile is keys.
+# Few configs: each costs a compile of the kernel on first use.
+DQ_CONFIGS = [(128, 32, 4, 3), (128, 64, 8, 2), (64, 64, 4, 2)]
+DKDV_CONFIGS = [(128, 32, 4, 3), (128, 64, 8, 2), (64, 64, 4, 2)]
+TUNE_KEY = '["HEAD_DIM", "HEAD_DIM_V", "RATE", "H", "Hk", "VARLEN"]'
 
 
 def keep_config(plan: KernelPlan, block_n: int, head_dim: int) -> bool:
@@ -26,7 +35,7 @@ def keep_config(plan: KernelPlan, block_n: int, head_dim: int) -> bool:
 
 
 def _template() -> str:
-    return (data_dir("codegen") / "attention_fwd.py.tmpl").read_text()
+    return (data_dir("codegen") / "attention.py.tmpl").read_text()
 
 
 def _indent(lines: list[str], n: int) -> str:
@@ -43,11 +52,6 @@ def _mask_functions(plan: KernelPlan) -> str:
         out.append(f"    {'if' if i == 0 else 'elif'} MASK_ID == {i}:")
         out.append(f"        return _mask_{i}(q_pos, k_pos, h, hk, H, Hk)")
     return "\n".join(out) + "\n"
-
-
-def _strided_here(seg: Segment, plan: KernelPlan) -> bool:
-    """Iterate a strided segment block by block (else as a plain range)."""
-    return seg.strided and plan.rate == 1 and isinstance(seg.block, ir.Const)
 
 
 def _has_full(seg: Segment) -> bool:
@@ -81,26 +85,28 @@ class _Piece:
         return f"(first_{n} + s_{n} * (({t}) // ({b} // BLOCK_N))) * {b} + (({t}) % ({b} // BLOCK_N)) * BLOCK_N"
 
 
-def _segment_pieces(j: int, seg: Segment, br, plan: KernelPlan, walk: bool) -> tuple[list[str], list[_Piece]]:
-    """Setup code of segment j, and its pieces: the segment minus the tiles of
-    earlier plain ranges (cut out in closed form)."""
+def _segment_pieces(j: int, seg: Segment, segs, plan: KernelPlan, walk: bool,
+                    clip: str) -> tuple[list[str], list[_Piece]]:
+    """Setup code of segment j of `segs`, and its pieces: the segment minus the
+    tiles of earlier plain ranges (cut out in closed form). Positions below
+    `clip` do not exist."""
     lines = [_describe(j, seg),
-             f"lo = tl.maximum({int_expr(seg.lo)}, 0)",
+             f"lo = tl.maximum({int_expr(seg.lo)}, {clip})",
              f"hi = tl.minimum({int_expr(seg.hi)}, Lk)"]
     if seg.guard != ir.Bool(True):
         lines.append(f"hi = tl.where({cond_expr(seg.guard)}, hi, lo)")
-    lines += [f"ua_{j} = _first_u(lo, c, RATE) // BLOCK_N * BLOCK_N",
-              f"ub_{j} = tl.where(hi > lo, (_first_u(hi, c, RATE) + BLOCK_N - 1) // BLOCK_N * BLOCK_N, ua_{j})"]
+    lines += [f"ua_{j} = _floor_to(_first_u(lo, c, RATE), BLOCK_N)",
+              f"ub_{j} = tl.where(hi > lo, _floor_to(_first_u(hi, c, RATE) + BLOCK_N - 1, BLOCK_N), ua_{j})"]
     strided = _strided_here(seg, plan, walk)
     # a strided segment walked as a plain range visits keys outside its blocks: all need the mask
     full = _has_full(seg) and (strided or not seg.strided)
     if full:
-        lines += [f"fa = (_first_u(tl.maximum({int_expr(seg.full_lo)}, 0), c, RATE) + BLOCK_N - 1) "
-                  "// BLOCK_N * BLOCK_N",
-                  f"fb = tl.minimum(_first_u(tl.minimum({int_expr(seg.full_hi)}, Lk), c, RATE), num_u) "
-                  "// BLOCK_N * BLOCK_N"]
+        lines += [f"fa = _floor_to(_first_u(tl.maximum({int_expr(seg.full_lo)}, {clip}), c, RATE) + BLOCK_N - 1, "
+                  "BLOCK_N)",
+                  f"fb = _floor_to(tl.minimum(_first_u(tl.minimum({int_expr(seg.full_hi)}, Lk), c, RATE), num_u), "
+                  "BLOCK_N)"]
     spans = [(f"ua_{j}", f"ub_{j}")]
-    for m, other in enumerate(br.segments[:j]):
+    for m, other in enumerate(segs[:j]):
         if not _strided_here(other, plan, walk):
             cut = []
             for a, b in spans:
@@ -108,7 +114,7 @@ def _segment_pieces(j: int, seg: Segment, br, plan: KernelPlan, walk: bool) -> t
             spans = cut
     dead = " | ".join(
         f"((u0 >= ua_{m}) & (u0 < ub_{m}) & (_fmod(u0 // {o.block.value} + off_{m}, s_{m}) == 0))"
-        for m, o in enumerate(br.segments[:j]) if _strided_here(o, plan, walk))
+        for m, o in enumerate(segs[:j]) if _strided_here(o, plan, walk))
     if strided:
         lines += [f"s_{j} = {int_expr(seg.stride)}", f"off_{j} = {int_expr(seg.offset)}"]
     pieces = []
@@ -144,13 +150,41 @@ def _strided_here(seg: Segment, plan: KernelPlan, walk: bool) -> bool:
     return walk and seg.strided and plan.rate == 1 and isinstance(seg.block, ir.Const)
 
 
-def _branch_body(i: int, br, plan: KernelPlan, walk: bool) -> list[str]:
+class Traversal:
+    """How a kernel walks a branch: which segments, which step function it
+    calls per tile (with the branch's mask id as {i}), where positions start."""
+
+    def __init__(self, transposed: bool, call: str):
+        self.transposed, self.call = transposed, call
+        self.clip = "off" if transposed else "0"
+
+    def segments(self, br):
+        return br.query_segments if self.transposed else br.segments
+
+
+FORWARD = Traversal(False, (
+    "acc, l_i, m_i = _attend(acc, l_i, m_i, q, q_pos, k_base, v_base, offs_d, offs_dv, "
+    "stride_kn, stride_kd, stride_vn, stride_vd, u0, c, lo_v, hi_v, masked, h, hk, H, Hk, qk_scale, "
+    "RATE, BLOCK_N, HEAD_DIM, HEAD_DIM_V, {i}, DOT_PRECISION, WIDE)"))
+DQ = Traversal(False, (
+    "dq = _dq_step(dq, q, do, lse2, delta, q_pos, k_base, v_base, offs_d, offs_dv, "
+    "stride_kn, stride_kd, stride_vn, stride_vd, u0, c, lo_v, hi_v, masked, h, hk, H, Hk, qk_scale, "
+    "RATE, BLOCK_N, HEAD_DIM, HEAD_DIM_V, {i}, DOT_PRECISION, WIDE)"))
+DKDV = Traversal(True, (
+    "dk, dv = _kv_step(dk, dv, k, v, k_pos, q_base, do_base, lse_base, delta_base, offs_d, offs_dv, "
+    "stride_qm, stride_qd, stride_dom, stride_dod, stride_lm, off, u0, c, lo_v, hi_v, masked, "
+    "h, hk, H, Hk, qk_scale, RATE, BLOCK_N, HEAD_DIM, HEAD_DIM_V, {i}, DOT_PRECISION, WIDE)"))
+
+
+def _branch_body(i: int, br, plan: KernelPlan, walk: bool, how: Traversal) -> list[str]:
     """All segments of a branch as one loop over a flattened tile index."""
     lines: list[str] = []
     pieces: list[_Piece] = []
     full = {}
-    for j, seg in enumerate(br.segments):
-        setup, ps = _segment_pieces(j, seg, br, plan, walk)
+    segs = how.segments(br)
+    walk = walk and not how.transposed
+    for j, seg in enumerate(segs):
+        setup, ps = _segment_pieces(j, seg, segs, plan, walk, how.clip)
         lines += setup
         pieces += ps
         for p in ps:
@@ -177,18 +211,18 @@ def _branch_body(i: int, br, plan: KernelPlan, walk: bool) -> list[str]:
     if any(p.dead for p in pieces):
         deads = [f"({p.dead}) & (t >= c_{n}) & (t < c_{n + 1})" for n, p in enumerate(pieces) if p.dead]
         body += [f"dead = {' | '.join(deads)}", "lo_v = tl.where(dead, hi_v, lo_v)", "masked = masked | dead"]
-    body += ["hi_v = tl.minimum(hi_v, num_u)",
-             "acc, l_i, m_i = _attend(acc, l_i, m_i, q, q_pos, k_base, v_base, offs_d, offs_dv, "
-             "stride_kn, stride_kd, stride_vn, stride_vd, u0, c, lo_v, hi_v, masked, h, hk, H, Hk, qk_scale, "
-             f"RATE, BLOCK_N, HEAD_DIM, HEAD_DIM_V, {i}, DOT_PRECISION, WIDE)"]
+    body.append("hi_v = tl.minimum(hi_v, num_u)")
+    if how.transposed:  # the first query tile may start before the first query
+        body.append("lo_v = tl.maximum(lo_v, u_lo)")
+    body.append(how.call.format(i=i))
     lines += ["    " + b for b in body]
     return lines
 
 
-def _branches(plan: KernelPlan, walk: bool) -> str:
+def _branches(plan: KernelPlan, walk: bool, how: Traversal, indent: int = 8) -> str:
     lines: list[str] = []
     for i, br in enumerate(plan.branches):
-        body = _branch_body(i, br, plan, walk)
+        body = _branch_body(i, br, plan, walk, how)
         if len(plan.branches) == 1:
             lines += body
             continue
@@ -197,42 +231,54 @@ def _branches(plan: KernelPlan, walk: bool) -> str:
         lines.append(f"# heads: {to_text(br.cond)}")
         lines.append("else:" if last else f"{'if' if i == 0 else 'elif'} {cond}:")
         lines += ["    " + line for line in body]
-    return _indent(lines, 8)
+    return _indent(lines, indent)
+
+
+def _autotune(configs) -> str:
+    listed = ",\n        ".join(
+        f'triton.Config({{"BLOCK_M": {m}, "BLOCK_N": {n}}}, num_warps={w}, num_stages={s})'
+        for m, n, w, s in configs)
+    return f"@triton.autotune(\n    configs=[\n        {listed},\n    ],\n    key={TUNE_KEY},\n)"
+
+
+def kernel_names(plan: KernelPlan) -> dict[str, str]:
+    stem = _ident(plan.name)
+    return {"fwd": f"{stem}_fwd_kernel", "dq": f"{stem}_bwd_dq_kernel", "dkdv": f"{stem}_bwd_dkdv_kernel"}
 
 
 def kernel_source(plan: KernelPlan, pattern_text: str, fixed_tiles: bool, head_dim: int,
-                  block_n: int | None = None) -> tuple[str, str]:
-    """(source, kernel name) of the forward kernel of a plan; autotuned over a
-    short config list unless `fixed_tiles` (the interpreter, or tiles chosen by
-    the caller, whose key tile is `block_n`)."""
-    configs = [c for c in GPU_CONFIGS if keep_config(plan, c[1], head_dim)]
+                  block_n: int | None = None) -> tuple[str, dict[str, str]]:
+    """(source, {"fwd" | "dq" | "dkdv": kernel name}) of the kernels of a plan;
+    autotuned over short config lists unless `fixed_tiles` (the interpreter, or
+    tiles chosen by the caller, whose iterated tile is `block_n`)."""
+    def fits(configs, strided, own_tile_too=True):
+        # big heads need small tiles (registers): the iterated tile, and the backward's own tile
+        big = head_dim > 128
+        return [c for c in configs if (not strided or keep_config(plan, c[1], head_dim))
+                and not (big and (c[1] > 64 or (own_tile_too and c[0] > 64)))]
+
     if fixed_tiles:
         walk = block_n is not None and all(b % block_n == 0 for b in plan.blocks)
     else:
-        walk = bool(configs)
-        configs = configs or [c for c in GPU_CONFIGS if head_dim <= 128 or c[1] <= 64]
+        walk = bool(fits(GPU_CONFIGS, True, False)) and bool(fits(DQ_CONFIGS, True))
     digest = hashlib.sha256(repr((plan, fixed_tiles, head_dim, walk)).encode()).hexdigest()[:12]
-    name = f"{_ident(plan.name)}_fwd_kernel"
-    jit_import = "jit = triton.jit"
-    if fixed_tiles:
-        autotune = ""  # the caller passes BLOCK_M and BLOCK_N
-    else:
-        listed = ",\n        ".join(
-            f'triton.Config({{"BLOCK_M": {m}, "BLOCK_N": {n}}}, num_warps={w}, num_stages={s})'
-            for m, n, w, s in configs)
-        autotune = (f"@triton.autotune(\n    configs=[\n        {listed},\n    ],\n"
-                    f'    key=["HEAD_DIM", "HEAD_DIM_V", "RATE", "H", "Hk"],\n)')
+    names = kernel_names(plan)
+    tunes = {"fwd": "", "dq": "", "dkdv": ""}  # fixed tiles: the caller passes BLOCK_M and BLOCK_N
+    if not fixed_tiles:
+        tunes = {"fwd": _autotune(fits(GPU_CONFIGS, walk, False)), "dq": _autotune(fits(DQ_CONFIGS, walk)),
+                 "dkdv": _autotune(fits(DKDV_CONFIGS, False))}
     text = " ".join(pattern_text.split())
     src = (_template()
            .replace("{{pattern_name}}", plan.name)
            .replace("{{plan_hash}}", digest)
            .replace("{{pattern_text}}", text)
-           .replace("{{jit_import}}", jit_import)
            .replace("{{mask_functions}}", _mask_functions(plan))
-           .replace("{{autotune}}", autotune)
-           .replace("{{kernel_name}}", name)
-           .replace("{{branches}}", _branches(plan, walk)))
-    return src, name
+           .replace("{{fwd_branches}}", _branches(plan, walk, FORWARD))
+           .replace("{{dq_branches}}", _branches(plan, walk, DQ))
+           .replace("{{dkdv_branches}}", _branches(plan, walk, DKDV, 12)))
+    for kind in ("fwd", "dq", "dkdv"):
+        src = src.replace(f"{{{{{kind}_autotune}}}}", tunes[kind]).replace(f"{{{{{kind}_name}}}}", names[kind])
+    return src, names
 
 
 def _ident(name: str) -> str:

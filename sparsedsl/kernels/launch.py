@@ -1,10 +1,18 @@
-"""Running a generated forward kernel: allocation, launch grid, interpreter mode."""
+"""Running the generated kernels: allocation, launch grids, interpreter mode.
+
+Tensors arrive as [B, H, L, D] (K/V with Hk heads). A packed variable-length
+batch arrives as [1, H, T, D] views of the packed [T, H, D] tensors, with
+`cu_q`/`cu_k` (int32 [S + 1]): the kernels then index sequences by the grid's
+batch axis and read their rows from the cumulative starts."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 
 import torch
 
+from ..errors import InputError
 from ..ir import nodes as ir
+from ..ir.printer import to_text
 from ..passes import optimize
 from ..passes.plan import KernelPlan, make_plan
 from .cache import load_source
@@ -33,43 +41,110 @@ def _pow2(n: int) -> int:
     return max(16, 1 << (max(1, n) - 1).bit_length())
 
 
-def forward(root: ir.Pattern, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float,
-            interpret: bool, config: tuple[int, int] | None = None):
-    """out [B, H, Lq, Dv] (q's dtype), lse [B, H, Lq] float32."""
-    b, h, lq, d = q.shape
-    hk, lk, dv = k.shape[1], k.shape[2], v.shape[-1]
-    out = torch.empty((b, h, lq, dv), dtype=q.dtype, device=q.device)
-    lse = torch.empty((b, h, lq), dtype=torch.float32, device=q.device)
+@dataclass(frozen=True)
+class Varlen:
+    """A packed batch: cumulative starts (int32 [S + 1]) and the longest sequences."""
+
+    cu_q: torch.Tensor
+    cu_k: torch.Tensor
+    max_q: int
+    max_k: int
+
+
+class _Launch:
+    """What the three kernels of one call share: the module, the meta-parameters,
+    fixed tiles or the autotuner, and the grid."""
+
+    def __init__(self, root, q, k, v, interpret, config, varlen: Varlen | None):
+        if interpret and not interpreter_ready():
+            raise InputError("backend='triton' on CPU tensors runs the kernels in Triton's interpreter, which must "
+                             "be switched on before triton is imported: set TRITON_INTERPRET=1 in the environment")
+        if q.dtype == torch.float64:
+            raise NotImplementedError("float64 runs on the reference backend")
+        self.plan = plan = plan_for(root)
+        d, dv = q.shape[-1], v.shape[-1]
+        self.fixed = (config or (16, 16)) if (interpret or config is not None) else None
+        src, self.names = kernel_source(plan, to_text(root), self.fixed is not None, d,
+                                        self.fixed[1] if self.fixed else None)
+        self.module = load_source(src, self.names["fwd"])
+        self.varlen = varlen
+        self.h, self.hk = q.shape[1], k.shape[1]
+        if varlen is None:
+            self.batch, self.lq, self.lk = q.shape[0], q.shape[2], k.shape[2]
+            self.cu = (q, q)  # unused pointers
+        else:
+            self.batch, self.lq, self.lk = varlen.cu_q.numel() - 1, varlen.max_q, varlen.max_k
+            self.cu = (varlen.cu_q, varlen.cu_k)
+        self.meta = dict(HEAD_DIM=d, HEAD_DIM_V=dv, BLOCK_D=_pow2(d), BLOCK_DV=_pow2(dv), RATE=plan.rate,
+                         WIDE=plan.wide, DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
+                         VARLEN=varlen is not None)
+
+    def strides(self, t: torch.Tensor) -> tuple[int, ...]:
+        """A tensor's strides for the kernels; a packed batch has no batch stride
+        (the batch axis picks a sequence, whose rows start at its cumulative start)."""
+        return (0, *t.stride()[1:]) if self.varlen is not None else t.stride()
+
+    def run(self, kind: str, own_len: int, heads: int, args: tuple) -> None:
+        """Launch kernel `kind` over tiles of `own_len` positions (+1: with Lq != Lk
+        a residue class may hold one more), `heads` per batch entry."""
+        kernel = getattr(self.module, self.names[kind])
+        rate = self.plan.rate
+        per_class = -(-own_len // rate) + 1
+
+        def grid(meta):
+            return (rate * -(-per_class // meta["BLOCK_M"]), heads, self.batch)
+
+        if self.fixed is not None:
+            bm, bn, *rest = self.fixed
+            launch = dict(zip(("num_warps", "num_stages"), rest))
+            kernel[grid({"BLOCK_M": bm})](*args, **self.meta, BLOCK_M=bm, BLOCK_N=bn, **launch)
+        else:
+            kernel[grid](*args, **self.meta)
+
+
+def forward(root: ir.Pattern, q, k, v, scale: float, interpret: bool, config=None, varlen: Varlen | None = None):
+    """out (q's dtype, shaped like q with v's head dim), lse float32 ([B, H, Lq];
+    varlen: [1, H, T] views of an [H, T] tensor)."""
+    b, h, lq, _ = q.shape
+    dv = v.shape[-1]
+    out = torch.empty((b, lq, h, dv) if varlen else (b, h, lq, dv), dtype=q.dtype, device=q.device)
+    out = out.transpose(1, 2) if varlen else out
+    lse = torch.empty((h, lq) if varlen else (b, h, lq), dtype=torch.float32, device=q.device)
+    lse = lse.unsqueeze(0) if varlen else lse
     if out.numel() == 0 and lse.numel() == 0:
         return out, lse
-    if interpret and not interpreter_ready():
-        from ..errors import InputError
-
-        raise InputError("backend='triton' on CPU tensors runs the kernels in Triton's interpreter, which must be "
-                         "switched on before triton is imported: set TRITON_INTERPRET=1 in the environment")
-    plan = plan_for(root)
-    from ..ir.printer import to_text
-
-    fixed = interpret or config is not None
-    src, name = kernel_source(plan, to_text(root), fixed, d, (config or (16, 16))[1] if fixed else None)
-    module = load_source(src, name)
-    kernel = getattr(module, name)
-    precision = "ieee" if q.dtype in (torch.float32, torch.float64) else "tf32"
-    if q.dtype == torch.float64:
-        raise NotImplementedError("float64 runs on the reference backend")
-    meta = dict(HEAD_DIM=d, HEAD_DIM_V=dv, BLOCK_D=_pow2(d), BLOCK_DV=_pow2(dv), RATE=plan.rate, WIDE=plan.wide,
-                DOT_PRECISION=precision)
-    rows_per_class = -(-lq // plan.rate) + 1
-
-    def grid(meta_):
-        return (plan.rate * -(-rows_per_class // meta_["BLOCK_M"]), h, b)
-
-    args = (q, k, v, out, lse, *q.stride(), *k.stride(), *v.stride(), *out.stride(), *lse.stride(),
-            h, hk, lq, lk, scale * LOG2E)
-    if interpret or config is not None:
-        bm, bn, *rest = config or (16, 16)
-        launch = dict(zip(("num_warps", "num_stages"), rest))
-        kernel[grid({"BLOCK_M": bm})](*args, **meta, BLOCK_M=bm, BLOCK_N=bn, **launch)
-    else:
-        kernel[grid](*args, **meta)
+    run = _Launch(root, q, k, v, interpret, config, varlen)
+    if run.batch == 0:
+        return out, lse
+    st = run.strides
+    args = (q, k, v, out, lse, *run.cu, *st(q), *st(k), *st(v), *st(out), *st(lse),
+            h, run.hk, run.lq, run.lk, scale * LOG2E)
+    run.run("fwd", run.lq, h, args)
     return out, lse
+
+
+def backward(root: ir.Pattern, q, k, v, out, lse, dout, scale: float, interpret: bool, config=None,
+             varlen: Varlen | None = None, dlse=None):
+    """(dq, dk, dv), each shaped like q, k, v. `dlse`: the gradient of the LSE
+    output, if it was used. No atomics: every gradient element is written by
+    one program, so the result is bitwise repeatable."""
+    grads = [torch.empty_like(t) for t in (q, k, v)]
+    if q.numel() == 0 or k.numel() == 0:
+        return tuple(g.zero_() for g in grads)
+    # a gradient shares its input's strides (the kernels take one set); an input
+    # whose strides empty_like cannot reproduce (overlapping, e.g. expanded) is copied
+    q, k, v = (t if g.stride() == t.stride() else t.contiguous() for t, g in zip((q, k, v), grads))
+    dq, dk, dv = (g if g.stride() == t.stride() else torch.empty_like(t) for t, g in zip((q, k, v), grads))
+    run = _Launch(root, q, k, v, interpret, config, varlen)
+    if run.batch == 0:
+        return dq, dk, dv
+    # delta_i = sum_j P_ij dP_ij = dO_i . O_i (minus dLSE_i: d lse_i / d s_ij = P_ij), in LSE's layout
+    delta = (dout.float() * out.float()).sum(-1)
+    if dlse is not None:
+        delta = delta - dlse.float()
+    delta = torch.empty_like(lse).copy_(delta)
+    st = run.strides
+    common = (*st(q), *st(k), *st(v), *st(dout), *st(lse), run.h, run.hk, run.lq, run.lk, scale * LOG2E, scale)
+    run.run("dq", run.lq, run.h, (q, k, v, dout, lse, delta, dq, *run.cu, *common))
+    run.run("dkdv", run.lk, run.hk, (q, k, v, dout, lse, delta, dk, dv, *run.cu, *common))
+    return dq, dk, dv

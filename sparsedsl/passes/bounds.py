@@ -5,7 +5,13 @@ mask needed there). Exact for the atoms, conservative for where(...) on
 positions, complements and differences (never drops a visible key, may call a
 full tile partial). The results are IR expressions over q0, q1, Lk and the head
 symbols, evaluated in the kernel per tile: nothing depends on the sequence
-length at compile time and nothing costs O(L^2)."""
+length at compile time and nothing costs O(L^2).
+
+The transposed analysis (transposed=True, used by the backward's dK/dV kernel)
+answers the same for a tile of keys whose positions lie in [k0, k1): the query
+segments that can see some key of the tile, and inside each segment the
+queries that see every key of the tile. Query positions run over
+[Lk - Lq, Lk); a transposed segment is never strided."""
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
@@ -14,7 +20,7 @@ from ..ir import build
 from ..ir import nodes as ir
 from ..ir.atoms import atom_arg
 
-Q0, Q1, LK = (ir.Sym(n) for n in ("q0", "q1", "Lk"))
+Q0, Q1, K0, K1, LK, LQ = (ir.Sym(n) for n in ("q0", "q1", "k0", "k1", "Lk", "Lq"))
 ZERO, ONE = ir.Const(0), ir.Const(1)
 TRUE = ir.Bool(True)
 
@@ -80,27 +86,30 @@ class Segment:
 
 
 EVERYTHING = (Segment(ZERO, LK),)
+Q_START = build.int_op("-", LK, LQ)  # the first query position
+EVERY_QUERY = (Segment(Q_START, LK),)
 
 
-def segments(node: ir.Node, rate: int = 1) -> tuple[Segment, ...]:
-    """Segments whose union holds every key visible to some query of the tile.
+def segments(node: ir.Node, rate: int = 1, transposed: bool = False) -> tuple[Segment, ...]:
+    """Segments whose union holds every key visible to some query of the tile
+    (transposed: every query that sees some key of the key tile).
 
     `rate` is the layout's residue step: queries and keys of a tile are then
     congruent modulo rate (plan.py)."""
     if isinstance(node, ir.Atom):
-        return _atom(node, rate)
+        return _atom_t(node, rate) if transposed else _atom(node, rate)
     if isinstance(node, ir.Union):
-        return tuple(s for a in node.args for s in segments(a, rate))
+        return tuple(s for a in node.args for s in segments(a, rate, transposed))
     if isinstance(node, ir.Inter):
-        out = segments(node.args[0], rate)
+        out = segments(node.args[0], rate, transposed)
         for a in node.args[1:]:
-            out = _intersect(out, segments(a, rate))
+            out = _intersect(out, segments(a, rate, transposed))
         return out
-    if isinstance(node, ir.Diff):  # the keys of a; b may hide some, so nothing is known full
-        return tuple(s.partial() for s in segments(node.a, rate))
+    if isinstance(node, ir.Diff):  # the pairs of a; b may hide some, so nothing is known full
+        return tuple(s.partial() for s in segments(node.a, rate, transposed))
     if isinstance(node, ir.Heads):  # a nested per-head choice: the union, all partial
-        return tuple(s.partial() for b in node.branches for s in segments(b.body, rate))
-    return EVERYTHING  # a complement
+        return tuple(s.partial() for b in node.branches for s in segments(b.body, rate, transposed))
+    return EVERY_QUERY if transposed else EVERYTHING  # a complement
 
 
 def _intersect(xs, ys):
@@ -158,3 +167,57 @@ def _atom(a: ir.Atom, rate: int) -> tuple[Segment, ...]:
     if kind == "where" and not ir.symbols(a.args[0]) & {"q", "k"}:
         return (Segment(ZERO, LK, ZERO, LK, guard=a.args[0]),)  # a condition on the head only
     return EVERYTHING  # where over positions, topk (until selection is planned)
+
+
+def _atom_t(a: ir.Atom, rate: int) -> tuple[Segment, ...]:
+    """The transposed table: query segments for the key tile k0 <= k < k1."""
+    kind = a.kind
+    arg = lambda name: atom_arg(a, name)  # noqa: E731
+    last = _sub(K1, ONE)  # the last key position of the tile
+    start, end = Q_START, LK
+
+    def upto(flag):  # queries [start, start + flag * Lq): all of them when flag is 1, none when 0
+        return _add(start, _mul(flag, LQ))
+
+    if kind in ("none", "landmarks"):
+        return ()
+    if kind == "full":
+        return (Segment(start, end, start, end),)
+    if kind == "causal":  # every query q >= last sees the whole tile
+        return (Segment(K0, end, last, end),)
+    if kind == "window":  # k <= q < k + w
+        w = arg("size")
+        return (Segment(K0, _add(last, w), last, _add(K0, w)),)
+    if kind == "band":  # k - right <= q <= k + left
+        left, right = arg("left"), arg("right")
+        return (Segment(_sub(K0, right), _add(_add(last, left), ONE), _sub(last, right),
+                        _add(_add(K0, left), ONE)),)
+    if kind == "sink":  # a condition on k only: every query, when some (every) key of the tile is a sink
+        n = arg("n")
+        return (Segment(start, upto(_flag(_sub(n, K0))), start, upto(_flag(_sub(n, last)))),)
+    if kind == "global":  # queries < n see everything; every query sees keys < n
+        n = arg("n")
+        return (Segment(start, _max(n, upto(_flag(_sub(n, K0)))), start, _max(n, upto(_flag(_sub(n, last))))),)
+    if kind == "dilated":  # k <= q <= k + (size - 1) * rate
+        size, r = arg("size"), arg("rate")
+        seg = Segment(K0, _add(last, _add(_mul(_sub(size, ONE), r), ONE)))
+        if isinstance(r, ir.Const) and rate % r.value == 0:
+            return (replace(seg, full_lo=last, full_hi=_add(K0, _mul(size, r))),)
+        return (seg,)
+    if kind == "local_blocks":  # k // b <= q // b < k // b + n
+        b, n = arg("block"), arg("n")
+        lo = _mul(_div(K0, b), b)
+        hi = _mul(_add(_div(last, b), n), b)
+        full_lo = _mul(_div(last, b), b)
+        full_hi = _mul(_add(_div(K0, b), n), b)
+        return (Segment(lo, hi, full_lo, full_hi),)
+    if kind == "strided":  # a condition on k only: blocks ja..jb of the tile
+        block, stride, offset = arg("block"), arg("stride"), arg("offset")
+        ja, jb = _div(K0, block), _div(last, block)
+        first = _add(ja, build.int_op("%", build.int_op("neg", _add(ja, offset)), stride))
+        some = _flag(_add(_sub(jb, first), ONE))  # a lattice block lies in [ja, jb]
+        every = _max(ZERO, _sub(_sub(ONE, _sub(jb, ja)), _min(ONE, build.int_op("%", _add(ja, offset), stride))))
+        return (Segment(start, upto(some), start, upto(every)),)
+    if kind == "where" and not ir.symbols(a.args[0]) & {"q", "k"}:
+        return (Segment(start, end, start, end, guard=a.args[0]),)  # a condition on the head only
+    return EVERY_QUERY  # where over positions, topk

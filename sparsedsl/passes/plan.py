@@ -9,7 +9,9 @@ IR into a KernelPlan, the input of code generation.
   dilated(w, r)), the kernel walks one residue class of queries and keys at a
   time, so it does dense work (rate = r).
 - plan: per branch, the key segments to iterate (bounds.segments), plain
-  ranges first, each with the interval where no element mask is needed.
+  ranges first, each with the interval where no element mask is needed; and
+  the transposed plan for the backward's dK/dV kernel: per key tile, the query
+  segments that see it.
 """
 from __future__ import annotations
 
@@ -27,6 +29,7 @@ class BranchPlan:
     cond: ir.Node  # over h, H, Hk: the heads of this branch (first match wins)
     mask: ir.Node  # the element mask
     segments: tuple[bounds.Segment, ...]  # ranges first, then strided
+    query_segments: tuple[bounds.Segment, ...] = ()  # transposed: for a key tile, the queries that see it
 
 
 @dataclass(frozen=True)
@@ -89,7 +92,7 @@ def make_plan(root: ir.Pattern) -> KernelPlan:
         for s in segs:
             if s.strided and isinstance(s.block, ir.Const):
                 blocks.add(s.block.value)
-        branches.append(BranchPlan(cond, mask, segs))
+        branches.append(BranchPlan(cond, mask, segs, bounds.segments(mask, rate, transposed=True)))
     return KernelPlan(root.name, tuple(branches), rate, _needs_wide(root), tuple(sorted(blocks)))
 
 

@@ -66,3 +66,40 @@ def check_qkv(q, k, v, scale) -> float | None:
             raise InputError(f"attention: scale must be a finite number, got {scale!r}")
         return float(scale)
     return None
+
+
+def check_varlen(q, k, v, cu_q, cu_k, max_q, max_k, scale):
+    """Packed variable-length inputs (FlashAttention's convention): q [Tq, H, D],
+    k/v [Tk, Hk, D/Dv], cu_seqlens int32 [S + 1] on q's device. The values of
+    cu_seqlens are checked on CPU tensors only (on a GPU that would sync)."""
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if not isinstance(t, torch.Tensor):
+            raise InputError(f"attention: {name} must be a torch.Tensor, got {type(t).__name__}")
+        if t.dim() != 3:
+            raise InputError(f"attention with cu_seqlens: {name} must be packed as [total_tokens, heads, head_dim], "
+                             f"got shape {tuple(t.shape)}")
+    as_batch = [t.transpose(0, 1).unsqueeze(0) for t in (q, k, v)]  # [1, H, T, D]
+    check_qkv(*as_batch, None)
+    if cu_q is None or cu_k is None or max_q is None or max_k is None:
+        raise InputError("attention with a packed batch needs all four of cu_seqlens_q, cu_seqlens_k, "
+                         "max_seqlen_q and max_seqlen_k")
+    for name, cu, total in (("cu_seqlens_q", cu_q, q.shape[0]), ("cu_seqlens_k", cu_k, k.shape[0])):
+        if not isinstance(cu, torch.Tensor) or cu.dim() != 1 or cu.dtype != torch.int32 or cu.numel() < 1:
+            raise InputError(f"{name} must be an int32 tensor [num_seqs + 1] of cumulative starts, got "
+                             f"{getattr(cu, 'dtype', type(cu).__name__)} {tuple(getattr(cu, 'shape', ()))}")
+        if cu.device != q.device:
+            raise InputError(f"{name} is on {cu.device} but q is on {q.device}")
+        if not cu.is_cuda:
+            vals = cu.tolist()
+            if vals[0] != 0 or any(b < a for a, b in zip(vals, vals[1:])) or vals[-1] != total:
+                raise InputError(f"{name} must start at 0, never decrease and end at the number of packed tokens "
+                                 f"({total}), got {vals if len(vals) <= 12 else vals[:6] + ['...'] + vals[-6:]}")
+    if cu_q.numel() != cu_k.numel():
+        raise InputError(f"cu_seqlens_q and cu_seqlens_k must describe the same number of sequences, got "
+                         f"{cu_q.numel() - 1} and {cu_k.numel() - 1}")
+    max_q, max_k = check_size("max_seqlen_q", max_q), check_size("max_seqlen_k", max_k)
+    for name, cu, m in (("q", cu_q, max_q), ("k", cu_k, max_k)):
+        if not cu.is_cuda and cu.numel() > 1 and int((cu[1:] - cu[:-1]).max()) > m:
+            raise InputError(f"max_seqlen_{name} ({m}) is smaller than the longest sequence "
+                             f"({int((cu[1:] - cu[:-1]).max())})")
+    return check_qkv(*as_batch, scale)

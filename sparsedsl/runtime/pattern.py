@@ -190,41 +190,65 @@ class CompiledPattern:
         out = tuple(selection[a] for a in atoms)
         return out[0] if len(out) == 1 else out
 
-    def __call__(self, q, k, v, *, scale=None, return_lse=False, backend="auto", selection=None, _config=None):
+    def __call__(self, q, k, v, *, scale=None, return_lse=False, backend="auto", selection=None,
+                 cu_seqlens_q=None, cu_seqlens_k=None, max_seqlen_q=None, max_seqlen_k=None, _config=None):
         """Attention under the pattern. q [B, H, Lq, D], k/v [B, Hk, Lk, D/Dv].
 
         Returns out [B, H, Lq, Dv] (q's dtype), and lse [B, H, Lq] (natural log,
-        float32, float64 for float64 inputs) with return_lse=True."""
+        float32, float64 for float64 inputs) with return_lse=True. Differentiable
+        in q, k and v (generated backward kernels on the Triton backend).
+
+        A packed batch (cu_seqlens_q, cu_seqlens_k: int32 [S + 1] cumulative
+        starts; max_seqlen_q/k: the longest sequences): q [Tq, H, D], k/v
+        [Tk, Hk, D/Dv], out [Tq, H, Dv], lse [H, Tq]; positions restart at 0 in
+        every sequence and the pattern applies within each sequence only."""
         if backend not in BACKENDS:
             raise InputError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
-        scale = inputs.check_qkv(q, k, v, scale)
-        self._heads(q.shape[1], k.shape[1])
-        needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
+        packed = any(x is not None for x in (cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k))
+        if packed:
+            scale = inputs.check_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, scale)
+            if selection is not None or self.is_dynamic:
+                raise InputError(f"pattern {self.name!r}: packed batches (cu_seqlens) take static patterns only")
+            self._heads(q.shape[1], k.shape[1])
+        else:
+            scale = inputs.check_qkv(q, k, v, scale)
+            self._heads(q.shape[1], k.shape[1])
         use_triton = backend == "triton" or (backend == "auto" and q.is_cuda and not self.is_dynamic
-                                             and q.dtype != torch.float64 and not needs_grad)
+                                             and q.dtype != torch.float64)
         if use_triton:
-            if needs_grad:
-                raise InputError("backend='triton' has no backward kernel yet: inputs that require grad run on "
-                                 "backend='reference' (or call under torch.no_grad())")
             if self.is_dynamic:
                 raise InputError("backend='triton': kernels for landmarks/topk patterns are not generated yet; "
                                  "use backend='reference'")
             if q.dtype == torch.float64:
                 raise InputError("backend='triton' takes float16, bfloat16 or float32; float64 runs on "
                                  "backend='reference'")
-            from ..kernels.launch import forward
+            from .ops import attention, pattern_key
 
-            d = q.shape[-1]
-            out, lse = forward(self.root, q, k, v, d ** -0.5 if scale is None else scale,
-                               interpret=not q.is_cuda, config=_config)
+            scale = q.shape[-1] ** -0.5 if scale is None else scale
+            bm, bn = (_config or (0, 0))[:2]
+            out, lse = attention(q, k, v, pattern_key(self.root), scale, cu_seqlens_q, cu_seqlens_k,
+                                 max_seqlen_q or 0, max_seqlen_k or 0, bm, bn)
             return (out, lse) if return_lse else out
-        sel = None
-        if selection is not None:
-            sel = self._selection_dict(selection, q, k)
-        out, lse = reference_attention(self.root, q, k, v, scale=scale, selection=sel)
+        if packed:
+            out, lse = self._reference_packed(q, k, v, scale, cu_seqlens_q, cu_seqlens_k)
+        else:
+            sel = None if selection is None else self._selection_dict(selection, q, k)
+            out, lse = reference_attention(self.root, q, k, v, scale=scale, selection=sel)
         if return_lse:
             return out, (lse if q.dtype == torch.float64 else lse.float())
         return out
+
+    def _reference_packed(self, q, k, v, scale, cu_q, cu_k):
+        """The reference on a packed batch: each sequence on its own."""
+        outs, lses = [], []
+        for (a, b), (c, d) in zip(zip(cu_q.tolist(), cu_q.tolist()[1:]), zip(cu_k.tolist(), cu_k.tolist()[1:])):
+            o, lse = reference_attention(self.root, q[a:b].transpose(0, 1)[None], k[c:d].transpose(0, 1)[None],
+                                         v[c:d].transpose(0, 1)[None], scale=scale)
+            outs.append(o[0].transpose(0, 1))
+            lses.append(lse[0])
+        if not outs:
+            return (q.new_zeros((0, q.shape[1], v.shape[-1])), q.new_zeros((q.shape[1], 0), dtype=torch.float32))
+        return torch.cat(outs, 0), torch.cat(lses, 1)
 
     def _selection_dict(self, selection, q, k) -> dict:
         atoms = [a for a in self.dynamic_atoms if a.kind == "topk"]
