@@ -97,6 +97,15 @@ def cmd_kernel(args) -> int:
     if p.is_dynamic:
         print("sparsedsl: kernels for landmarks/topk patterns are not generated yet", file=sys.stderr)
         return 1
+    if args.compile is not None:
+        from .kernels.aot import compile_kernels
+
+        arch = int(args.compile.lower().removeprefix("sm_"))
+        for varlen in (False, True):
+            shared = compile_kernels(p.root, args.head_dim, arch=arch, varlen=varlen)
+            print(f"sm_{arch}{' varlen' if varlen else ''}: " + ", ".join(f"{k} ok ({v} B shared)"
+                                                                         for k, v in shared.items()))
+        return 0
     src, _ = kernel_source(plan_for(p.root), to_text(p.root), False, args.head_dim)
     print(src, end="")
     return 0
@@ -200,9 +209,11 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--passes", action="store_true", help="also print the IR after each optimizer pass and the plan")
     i.set_defaults(run=cmd_ir)
 
-    kern = sub.add_parser("kernel", help="print the generated Triton forward kernel")
+    kern = sub.add_parser("kernel", help="print the generated Triton kernels (forward, backward dQ and dK/dV)")
     pattern_args(kern)
     kern.add_argument("--head-dim", type=int, default=128, help="head dim the tile configs are chosen for")
+    kern.add_argument("--compile", metavar="sm_90", default=None,
+                      help="instead, compile the kernels for this GPU target (no GPU needed) and report")
     kern.set_defaults(run=cmd_kernel)
 
     d = sub.add_parser("demo", help="compile a shipped pattern, draw it and check attention against SDPA")
@@ -224,16 +235,17 @@ def cmd_fuzz(args) -> int:
     return fuzz_main(args)
 
 
-def _interpreter_without_cuda() -> None:
+def _interpreter_without_cuda(args) -> None:
     """Kernels on a machine without CUDA run in Triton's interpreter, which must
     be switched on before triton is imported (sparsedsl imports it lazily)."""
-    if "TRITON_INTERPRET" not in os.environ and not torch.cuda.is_available():
+    compiling = getattr(args, "compile", None) is not None  # ahead-of-time: Triton's real compiler
+    if "TRITON_INTERPRET" not in os.environ and not torch.cuda.is_available() and not compiling:
         os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    _interpreter_without_cuda()
+    _interpreter_without_cuda(args)
     try:
         return args.run(args)
     except SparseDSLError as e:

@@ -1,0 +1,60 @@
+"""Compile a pattern's kernels for a GPU target without a GPU (Triton's own
+compiler, down to the binary): catches compile errors and reports each
+kernel's shared memory. Needs Triton in normal mode (not TRITON_INTERPRET=1)."""
+from __future__ import annotations
+
+from ..ir import nodes as ir
+from ..ir.printer import to_text
+from .cache import load_source
+from .generate import kernel_source
+from .launch import _pow2, plan_for
+
+KINDS = ("fwd", "dq", "dkdv")
+_SIZES = ("H", "Hk", "Lq", "Lk")
+
+
+def _signature(fn, consts: dict, dtype: str) -> dict:
+    sig = {}
+    for name in fn.arg_names:
+        if name in consts:
+            sig[name] = "constexpr"
+        elif name.startswith("CU_"):
+            sig[name] = "*i32"
+        elif name in ("LSE", "DELTA"):
+            sig[name] = "*fp32"
+        elif name[0].isupper() and name not in _SIZES:
+            sig[name] = f"*{dtype}"
+        elif name in ("qk_scale", "sm_scale"):
+            sig[name] = "fp32"
+        else:
+            sig[name] = "i32"
+    return sig
+
+
+def compile_kernels(root: ir.Pattern, head_dim: int = 128, head_dim_v: int | None = None, dtype: str = "bf16",
+                    arch: int = 90, varlen: bool = False, config=(128, 64, 8, 2)) -> dict[str, int]:
+    """{kind: shared memory bytes} after compiling the forward, dQ and dK/dV
+    kernels of `root` for CUDA compute capability `arch` with fixed tiles."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    plan = plan_for(root)
+    bm, bn, warps, stages = config
+    dv = head_dim if head_dim_v is None else head_dim_v
+    src, names = kernel_source(plan, to_text(root), True, head_dim, bn)
+    module = load_source(src, names["fwd"])
+    consts = dict(HEAD_DIM=head_dim, HEAD_DIM_V=dv, BLOCK_D=_pow2(head_dim), BLOCK_DV=_pow2(dv), RATE=plan.rate,
+                  WIDE=plan.wide, DOT_PRECISION="ieee" if dtype == "fp32" else "tf32", VARLEN=varlen,
+                  BLOCK_M=bm, BLOCK_N=bn)
+    out = {}
+    for kind in KINDS:
+        fn = getattr(module, names[kind])
+        if not isinstance(fn, triton.runtime.jit.JITFunction):
+            raise RuntimeError("compile_kernels needs Triton in normal mode: unset TRITON_INTERPRET")
+        index = {n: i for i, n in enumerate(fn.arg_names)}
+        source = ASTSource(fn, _signature(fn, consts, dtype), {(index[n],): v for n, v in consts.items()})
+        compiled = triton.compile(source, target=GPUTarget("cuda", arch, 32),
+                                  options=dict(num_warps=warps, num_stages=stages))
+        out[kind] = compiled.metadata.shared
+    return out
