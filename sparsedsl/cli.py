@@ -102,7 +102,12 @@ def cmd_kernel(args) -> int:
 
         arch = int(args.compile.lower().removeprefix("sm_"))
         for varlen in (False, True):
-            shared = compile_kernels(p.root, args.head_dim, arch=arch, varlen=varlen)
+            try:
+                shared = compile_kernels(p.root, args.head_dim, arch=arch, varlen=varlen)
+            except Exception as e:  # Triton's CompilationError and friends: report, exit 1
+                print(f"sparsedsl: compiling for sm_{arch}{' (varlen)' if varlen else ''} failed:\n{e}",
+                      file=sys.stderr)
+                return 1
             print(f"sm_{arch}{' varlen' if varlen else ''}: " + ", ".join(f"{k} ok ({v} B shared)"
                                                                          for k, v in shared.items()))
         return 0

@@ -352,18 +352,21 @@ def test_segments_cover_visible_keys_and_full_is_full(root, shape, size, start):
 @given(st.one_of(atoms(), st.tuples(atoms(), atoms(), st.sampled_from(("union", "inter", "diff")))),
        shapes(max_len=40, blocks=(4, 8, 16), max_heads=4), st.integers(1, 17))
 def test_segments_of_atoms_and_pairs(mask, shape, size):
-    """The same, aimed at each atom's closed form (and at meet / union of two)."""
+    """The same, aimed at each atom's closed form (and at meet / union of two),
+    for query tiles (the forward plan) and key tiles (the transposed plan)."""
     if isinstance(mask, tuple):
         a, b, how = mask
         mask = build.union(a, b) if how == "union" else build.inter(a, b) if how == "inter" else build.diff(a, b)
     note(to_text(mask))
     lq, lk, H, Hk = _shape_tuple(shape)
     m = dense(ir.Pattern("p", mask), lq, lk, H, Hk)
-    segs = bounds.segments(mask)
+    segs, query_segs = bounds.segments(mask), bounds.segments(mask, transposed=True)
     for h in range(H):
         for n in sorted({1, 2, 3, 16, size}):
             for rows in tiles(lq, n) + tiles(lq, n, n // 2):
                 check_tile(segs, m[h], rows, lk - lq, lk, h, H, Hk)
+            for cols in tiles(lk, n) + tiles(lk, n, n // 2):
+                check_key_tile(query_segs, m[h], cols, lq, lk, h, H, Hk)
 
 
 def check_key_tile(segs, m_head, cols, lq, lk, h, H, Hk, rate=1, what=""):
@@ -418,23 +421,6 @@ def test_transposed_segments_cover_visible_queries_and_full_is_full(root, shape,
     for h in range(H):
         for n in sorted({1, 2, 16, size}):
             for cols in tiles(lk, n) + tiles(lk, n, min(start, max(lk - 1, 0))):
-                check_key_tile(segs, m[h], cols, lq, lk, h, H, Hk)
-
-
-@_MANY
-@given(st.one_of(atoms(), st.tuples(atoms(), atoms(), st.sampled_from(("union", "inter", "diff")))),
-       shapes(max_len=40, blocks=(4, 8, 16), max_heads=4), st.integers(1, 17))
-def test_transposed_segments_of_atoms_and_pairs(mask, shape, size):
-    if isinstance(mask, tuple):
-        a, b, how = mask
-        mask = build.union(a, b) if how == "union" else build.inter(a, b) if how == "inter" else build.diff(a, b)
-    note(to_text(mask))
-    lq, lk, H, Hk = _shape_tuple(shape)
-    m = dense(ir.Pattern("p", mask), lq, lk, H, Hk)
-    segs = bounds.segments(mask, transposed=True)
-    for h in range(H):
-        for n in sorted({1, 2, 3, 16, size}):
-            for cols in tiles(lk, n) + tiles(lk, n, n // 2):
                 check_key_tile(segs, m[h], cols, lq, lk, h, H, Hk)
 
 
