@@ -34,7 +34,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import sparsedsl  # noqa: E402
-from bench_forward import PATTERNS, bench  # noqa: E402
+from bench_forward import PATTERNS, bench, timed_block_mask  # noqa: E402
 
 NAN = math.nan
 FWD_FLOPS, BWD_FLOPS, FB_FLOPS = 4, 10, 14          # per visible pair, times D
@@ -322,12 +322,7 @@ def run_pattern(L, name, args, flex, dtype):
     free()
     if not args.no_flex:
         try:
-            bm = p.to_flex_block_mask(L, L, h, hk, device="cuda", compile=True)  # warm the compile
-            torch.cuda.synchronize()
-            t0 = time.perf_counter()
-            bm = p.to_flex_block_mask(L, L, h, hk, device="cuda", compile=True)
-            torch.cuda.synchronize()
-            row["build"] = (time.perf_counter() - t0) * 1e3
+            bm, row["build"] = timed_block_mask(p, L, h, hk)
             gqa = hk != h
             t, out, flex_grads = measure(lambda a, b, c: flex(a, b, c, block_mask=bm, enable_gqa=gqa), (q, k, v),
                                          do)

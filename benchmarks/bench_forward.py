@@ -31,6 +31,16 @@ PATTERNS = {
 }
 
 
+def timed_block_mask(p, L, h, hk):
+    """FlexAttention's BlockMask for the pattern, and its build time in ms (after a warm-up build)."""
+    p.to_flex_block_mask(L, L, h, hk, device="cuda", compile=True)  # warm the compile
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    bm = p.to_flex_block_mask(L, L, h, hk, device="cuda", compile=True)
+    torch.cuda.synchronize()
+    return bm, (time.perf_counter() - t0) * 1e3
+
+
 def bench(fn, warmup=25, rep=100):
     import triton
 
@@ -76,12 +86,7 @@ def main(argv=None):
             row = dict(L=L, pattern=name, density=density, ours=t_ours, flex=math.nan, build=math.nan,
                        cudnn=math.nan, flash=math.nan, err=math.nan)
             if not args.no_flex:
-                bm = p.to_flex_block_mask(L, L, h, hk, device="cuda", compile=True)  # warm the compile
-                torch.cuda.synchronize()
-                t0 = time.perf_counter()
-                bm = p.to_flex_block_mask(L, L, h, hk, device="cuda", compile=True)
-                torch.cuda.synchronize()
-                row["build"] = (time.perf_counter() - t0) * 1e3
+                bm, row["build"] = timed_block_mask(p, L, h, hk)
                 gqa = hk != h
                 ref = flex(q, k, v, block_mask=bm, enable_gqa=gqa)
                 row["flex"] = bench(lambda: flex(q, k, v, block_mask=bm, enable_gqa=gqa))

@@ -4,10 +4,7 @@ kernel's shared memory. Needs Triton in normal mode (not TRITON_INTERPRET=1)."""
 from __future__ import annotations
 
 from ..ir import nodes as ir
-from ..ir.printer import to_text
-from .cache import load_source
-from .generate import kernel_source
-from .launch import _pow2, plan_for
+from .launch import _pow2, kernels_for, plan_for
 
 KINDS = ("fwd", "dq", "dkdv")
 _SIZES = ("H", "Hk", "Lq", "Lk")
@@ -42,8 +39,7 @@ def compile_kernels(root: ir.Pattern, head_dim: int = 128, head_dim_v: int | Non
     plan = plan_for(root)
     bm, bn, warps, stages = config
     dv = head_dim if head_dim_v is None else head_dim_v
-    src, names = kernel_source(plan, to_text(root), True, head_dim, bn)
-    module = load_source(src, names["fwd"])
+    module, names = kernels_for(root, True, head_dim, bn)
     consts = dict(HEAD_DIM=head_dim, HEAD_DIM_V=dv, BLOCK_D=_pow2(head_dim), BLOCK_DV=_pow2(dv), RATE=plan.rate,
                   WIDE=plan.wide, DOT_PRECISION="ieee" if dtype == "fp32" else "tf32", VARLEN=varlen,
                   BLOCK_M=bm, BLOCK_N=bn)

@@ -20,6 +20,7 @@ from .generate import kernel_source
 
 LOG2E = 1.4426950408889634
 _PLANS: dict = {}
+_KERNELS: dict = {}  # (root, fixed tiles, head dim, iterated tile) -> (module, kernel names)
 
 
 def plan_for(root: ir.Pattern) -> KernelPlan:
@@ -27,6 +28,17 @@ def plan_for(root: ir.Pattern) -> KernelPlan:
     if plan is None:
         plan = _PLANS[root] = make_plan(optimize(root))
     return plan
+
+
+def kernels_for(root: ir.Pattern, fixed_tiles: bool, head_dim: int, block_n: int | None):
+    """(module, {kind: kernel name}) of a pattern's kernels, generated once: a
+    call costs a dict lookup, not code generation (milliseconds of host time)."""
+    key = (root, fixed_tiles, head_dim, block_n)
+    hit = _KERNELS.get(key)
+    if hit is None:
+        src, names = kernel_source(plan_for(root), to_text(root), fixed_tiles, head_dim, block_n)
+        hit = _KERNELS[key] = (load_source(src, names["fwd"]), names)
+    return hit
 
 
 def interpreter_ready() -> bool:
@@ -64,9 +76,7 @@ class _Launch:
         self.plan = plan = plan_for(root)
         d, dv = q.shape[-1], v.shape[-1]
         self.fixed = (config or (16, 16)) if (interpret or config is not None) else None
-        src, self.names = kernel_source(plan, to_text(root), self.fixed is not None, d,
-                                        self.fixed[1] if self.fixed else None)
-        self.module = load_source(src, self.names["fwd"])
+        self.module, self.names = kernels_for(root, self.fixed is not None, d, self.fixed[1] if self.fixed else None)
         self.varlen = varlen
         self.h, self.hk = q.shape[1], k.shape[1]
         if varlen is None:

@@ -78,8 +78,7 @@ def check_varlen(q, k, v, cu_q, cu_k, max_q, max_k, scale):
         if t.dim() != 3:
             raise InputError(f"attention with cu_seqlens: {name} must be packed as [total_tokens, heads, head_dim], "
                              f"got shape {tuple(t.shape)}")
-    as_batch = [t.transpose(0, 1).unsqueeze(0) for t in (q, k, v)]  # [1, H, T, D]
-    check_qkv(*as_batch, None)
+    scale = check_qkv(*(t.transpose(0, 1).unsqueeze(0) for t in (q, k, v)), scale)  # as [1, H, T, D]
     if cu_q is None or cu_k is None or max_q is None or max_k is None:
         raise InputError("attention with a packed batch needs all four of cu_seqlens_q, cu_seqlens_k, "
                          "max_seqlen_q and max_seqlen_k")
@@ -99,7 +98,7 @@ def check_varlen(q, k, v, cu_q, cu_k, max_q, max_k, scale):
                          f"{cu_q.numel() - 1} and {cu_k.numel() - 1}")
     max_q, max_k = check_size("max_seqlen_q", max_q), check_size("max_seqlen_k", max_k)
     for name, cu, m in (("q", cu_q, max_q), ("k", cu_k, max_k)):
-        if not cu.is_cuda and cu.numel() > 1 and int((cu[1:] - cu[:-1]).max()) > m:
-            raise InputError(f"max_seqlen_{name} ({m}) is smaller than the longest sequence "
-                             f"({int((cu[1:] - cu[:-1]).max())})")
-    return check_qkv(*as_batch, scale)
+        longest = int((cu[1:] - cu[:-1]).max()) if not cu.is_cuda and cu.numel() > 1 else 0
+        if longest > m:
+            raise InputError(f"max_seqlen_{name} ({m}) is smaller than the longest sequence ({longest})")
+    return scale

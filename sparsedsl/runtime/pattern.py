@@ -241,7 +241,8 @@ class CompiledPattern:
     def _reference_packed(self, q, k, v, scale, cu_q, cu_k):
         """The reference on a packed batch: each sequence on its own."""
         outs, lses = [], []
-        for (a, b), (c, d) in zip(zip(cu_q.tolist(), cu_q.tolist()[1:]), zip(cu_k.tolist(), cu_k.tolist()[1:])):
+        starts_q, starts_k = cu_q.tolist(), cu_k.tolist()
+        for a, b, c, d in zip(starts_q, starts_q[1:], starts_k, starts_k[1:]):
             o, lse = reference_attention(self.root, q[a:b].transpose(0, 1)[None], k[c:d].transpose(0, 1)[None],
                                          v[c:d].transpose(0, 1)[None], scale=scale)
             outs.append(o[0].transpose(0, 1))
