@@ -7,7 +7,7 @@ from ..ir import nodes as ir
 from .launch import _pow2, kernels_for, plan_for
 
 KINDS = ("fwd", "dq", "dkdv")
-_SIZES = ("H", "Hk", "Lq", "Lk")
+_SIZES = ("H", "Hk", "Lq", "Lk", "LONG_KEYS", "LONG_PAD", "SPLIT")
 
 
 def _signature(fn, consts: dict, dtype: str) -> dict:
@@ -17,7 +17,7 @@ def _signature(fn, consts: dict, dtype: str) -> dict:
             sig[name] = "constexpr"
         elif name.startswith("CU_"):
             sig[name] = "*i32"
-        elif name in ("LSE", "DELTA"):
+        elif name in ("LSE", "DELTA", "WSK", "WSV"):
             sig[name] = "*fp32"
         elif name[0].isupper() and name not in _SIZES:
             sig[name] = f"*{dtype}"

@@ -21,9 +21,11 @@ GPU_CONFIGS = [
     (128, 128, 8, 2), (128, 64, 8, 3), (64, 64, 4, 3), (64, 64, 4, 2), (64, 32, 4, 2), (128, 32, 4, 3),
 ]
 # Backward: (own tile, iterated tile, warps, stages); the dK/dV kernel's own tile is keys.
-# Few configs: each costs a compile of the kernel on first use.
-DQ_CONFIGS = [(128, 32, 4, 3), (128, 64, 8, 2), (64, 64, 4, 2)]
-DKDV_CONFIGS = [(128, 32, 4, 3), (128, 64, 8, 2), (64, 64, 4, 2)]
+# Few configs: each costs a compile of the kernel on first use. The best three of a sweep
+# on an H100 at 16K, D=128 (benchmarks/tile_sweep.py): 128 keys with 4 warps spill the
+# dK/dV accumulators (3x slower), so dK/dV owns 64 keys or uses 8 warps.
+DQ_CONFIGS = [(128, 64, 8, 3), (64, 64, 4, 2), (64, 32, 4, 3)]
+DKDV_CONFIGS = [(64, 32, 4, 3), (64, 64, 4, 2), (128, 64, 8, 2)]
 TUNE_KEY = '["HEAD_DIM", "HEAD_DIM_V", "RATE", "H", "Hk", "VARLEN"]'
 
 
@@ -157,6 +159,7 @@ class Traversal:
     def __init__(self, transposed: bool, call: str):
         self.transposed, self.call = transposed, call
         self.clip = "off" if transposed else "0"
+        self.split = transposed  # the dK/dV kernel may take a share (`part` of SPLIT) of a tile's loop
 
     def segments(self, br):
         return br.query_segments if self.transposed else br.segments
@@ -195,7 +198,13 @@ def _branch_body(i: int, br, plan: KernelPlan, walk: bool, how: Traversal) -> li
     lines.append("c_0 = 0")
     for n, p in enumerate(pieces):
         lines.append(f"c_{n + 1} = c_{n} + n_{p.name}")
-    lines.append(f"for t in range(0, c_{len(pieces)}):")
+    total = f"c_{len(pieces)}"
+    if how.split:
+        lines += [f"t_a = tl.where(part >= 0, part * {total} // SPLIT, 0)",
+                  f"t_b = tl.where(part >= 0, (part + 1) * {total} // SPLIT, {total})",
+                  "for t in range(t_a, t_b):"]
+    else:
+        lines.append(f"for t in range(0, {total}):")
     body = []
     for n in reversed(range(len(pieces))):  # the last piece first, earlier ones override by t < c_{n+1}
         p = pieces[n]

@@ -64,8 +64,12 @@ class Varlen:
 
 
 class _Launch:
-    """What the three kernels of one call share: the module, the meta-parameters,
-    fixed tiles or the autotuner, and the grid."""
+    """What the kernels of one call share: the plan, the meta-parameters, the
+    tiles (fixed per kernel kind, or autotuned) and the grid.
+
+    `config`: None (autotune; (16, 16) in the interpreter), a tuple (BLOCK_M,
+    BLOCK_N[, num_warps, num_stages]) for every kernel, or a dict from kernel
+    kind ("fwd", "dq", "dkdv") to such a tuple (kinds left out autotune)."""
 
     def __init__(self, root, q, k, v, interpret, config, varlen: Varlen | None):
         if interpret and not interpreter_ready():
@@ -73,10 +77,10 @@ class _Launch:
                              "be switched on before triton is imported: set TRITON_INTERPRET=1 in the environment")
         if q.dtype == torch.float64:
             raise NotImplementedError("float64 runs on the reference backend")
+        self.root, self.interpret, self.config = root, interpret, config
         self.plan = plan = plan_for(root)
         d, dv = q.shape[-1], v.shape[-1]
-        self.fixed = (config or (16, 16)) if (interpret or config is not None) else None
-        self.module, self.names = kernels_for(root, self.fixed is not None, d, self.fixed[1] if self.fixed else None)
+        self.head_dim = d
         self.varlen = varlen
         self.h, self.hk = q.shape[1], k.shape[1]
         if varlen is None:
@@ -89,23 +93,32 @@ class _Launch:
                          WIDE=plan.wide, DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
                          VARLEN=varlen is not None)
 
+    def fixed(self, kind: str):
+        """The fixed tiles of kernel `kind`, or None to autotune."""
+        cfg = self.config.get(kind) if isinstance(self.config, dict) else self.config
+        return (16, 16) if cfg is None and self.interpret else cfg
+
     def strides(self, t: torch.Tensor) -> tuple[int, ...]:
         """A tensor's strides for the kernels; a packed batch has no batch stride
         (the batch axis picks a sequence, whose rows start at its cumulative start)."""
         return (0, *t.stride()[1:]) if self.varlen is not None else t.stride()
 
-    def run(self, kind: str, own_len: int, heads: int, args: tuple) -> None:
+    def run(self, kind: str, own_len: int, heads: int, args: tuple, extra=None) -> None:
         """Launch kernel `kind` over tiles of `own_len` positions (+1: with Lq != Lk
-        a residue class may hold one more), `heads` per batch entry."""
-        kernel = getattr(self.module, self.names[kind])
+        a residue class may hold one more), `heads` per batch entry; `extra(BLOCK_M)`
+        more programs on the first grid axis."""
+        fixed = self.fixed(kind)
+        module, names = kernels_for(self.root, fixed is not None, self.head_dim, fixed[1] if fixed else None)
+        kernel = getattr(module, names[kind])
         rate = self.plan.rate
         per_class = -(-own_len // rate) + 1
 
         def grid(meta):
-            return (rate * -(-per_class // meta["BLOCK_M"]), heads, self.batch)
+            more = extra(meta["BLOCK_M"]) if extra else 0
+            return (rate * -(-per_class // meta["BLOCK_M"]) + more, heads, self.batch)
 
-        if self.fixed is not None:
-            bm, bn, *rest = self.fixed
+        if fixed is not None:
+            bm, bn, *rest = fixed
             launch = dict(zip(("num_warps", "num_stages"), rest))
             kernel[grid({"BLOCK_M": bm})](*args, **self.meta, BLOCK_M=bm, BLOCK_N=bn, **launch)
         else:
@@ -134,10 +147,11 @@ def forward(root: ir.Pattern, q, k, v, scale: float, interpret: bool, config=Non
 
 
 def backward(root: ir.Pattern, q, k, v, out, lse, dout, scale: float, interpret: bool, config=None,
-             varlen: Varlen | None = None, dlse=None):
+             varlen: Varlen | None = None, dlse=None, kinds=("dq", "dkdv")):
     """(dq, dk, dv), each shaped like q, k, v. `dlse`: the gradient of the LSE
     output, if it was used. No atomics: every gradient element is written by
-    one program, so the result is bitwise repeatable."""
+    one program, so the result is bitwise repeatable. `kinds` launches only
+    some of the kernels (a benchmark timing them one by one)."""
     grads = [torch.empty_like(t) for t in (q, k, v)]
     if q.numel() == 0 or k.numel() == 0:
         return tuple(g.zero_() for g in grads)
@@ -148,13 +162,82 @@ def backward(root: ir.Pattern, q, k, v, out, lse, dout, scale: float, interpret:
     run = _Launch(root, q, k, v, interpret, config, varlen)
     if run.batch == 0:
         return dq, dk, dv
-    # delta_i = sum_j P_ij dP_ij = dO_i . O_i (minus dLSE_i: d lse_i / d s_ij = P_ij), in LSE's layout
-    delta = (dout.float() * out.float()).sum(-1)
-    if dlse is not None:
-        delta = delta - dlse.float()
-    delta = torch.empty_like(lse).copy_(delta)
+    delta = backward_delta(out, dout, lse, dlse)
     st = run.strides
     common = (*st(q), *st(k), *st(v), *st(dout), *st(lse), run.h, run.hk, run.lq, run.lk, scale * LOG2E, scale)
-    run.run("dq", run.lq, run.h, (q, k, v, dout, lse, delta, dq, *run.cu, *common))
-    run.run("dkdv", run.lk, run.hk, (q, k, v, dout, lse, delta, dk, dv, *run.cu, *common))
+    if "dq" in kinds:
+        run.run("dq", run.lq, run.h, (q, k, v, dout, lse, delta, dq, *run.cu, *common))
+    if "dkdv" in kinds:
+        long_keys, parts = split_plan(root, run)
+        wsk = wsv = dk  # no split: unused pointers
+        if parts > 1:
+            shape = (parts, run.batch, run.hk, long_keys)
+            wsk = torch.empty((*shape, run.meta["BLOCK_D"]), device=q.device, dtype=torch.float32)
+            wsv = torch.empty((*shape, run.meta["BLOCK_DV"]), device=q.device, dtype=torch.float32)
+        run.run("dkdv", run.lk, run.hk, (q, k, v, dout, lse, delta, dk, dv, wsk, wsv, *run.cu, *common,
+                                         long_keys, long_keys, parts),
+                extra=lambda bm: -(-long_keys // bm) * (parts - 1))
+        if parts > 1:
+            from .aux_kernels import split_sum_kernel
+
+            for ws, g, d, s in ((wsk, dk, q.shape[-1], scale), (wsv, dv, v.shape[-1], 1.0)):
+                split_sum_kernel[(-(-long_keys // 64), run.hk, run.batch)](
+                    ws, g, run.cu[1], *st(g), run.lk, long_keys, long_keys, parts, s, HEAD_DIM=d,
+                    BLOCK_D=ws.shape[-1], VARLEN=run.varlen is not None, BLOCK=64)
     return dq, dk, dv
+
+
+# A key tile seen by more than about this many queries (times the query heads of
+# its KV head) is split over several programs of the dK/dV kernel.
+SPLIT_QUERIES = 2048
+_LONG: dict = {}
+
+
+def long_keys(root: ir.Pattern) -> int:
+    """How many leading keys every query may see: the largest n of the pattern's
+    sink(n) and global(n) atoms (0 if none). Their tiles are the dK/dV kernel's
+    long ones; splitting any tile is correct, so this is only a schedule."""
+    n = _LONG.get(root)
+    if n is None:
+        n, stack = 0, [root]
+        while stack:
+            node = stack.pop()
+            if isinstance(node, ir.Atom) and node.kind in ("sink", "global"):
+                arg = node.args[0]
+                arg = arg.value if isinstance(arg, ir.Const) else arg
+                n = max(n, arg if isinstance(arg, int) else 0)
+            stack.extend(node.children())
+        _LONG[root] = n
+    return n
+
+
+def split_plan(root: ir.Pattern, run: _Launch) -> tuple[int, int]:
+    """(long keys, parts): the dK/dV kernel splits the tiles of keys [0, long keys)
+    into `parts` programs each (1: no split). Long keys are rounded up to a multiple
+    of 128, so that they are whole tiles for every BLOCK_M. Residue layouts (RATE > 1)
+    are not split."""
+    n = -(-min(long_keys(root), run.lk) // 128) * 128
+    work = run.lq * (run.h // run.hk)
+    if n == 0 or run.plan.rate != 1 or work <= SPLIT_QUERIES:
+        return 0, 1
+    parts = min(64, -(-work // SPLIT_QUERIES))
+    # workspace cap: about 256 MiB of float32 partial sums
+    per_part = run.batch * run.hk * n * (run.meta["BLOCK_D"] + run.meta["BLOCK_DV"]) * 4
+    parts = max(1, min(parts, (256 << 20) // per_part))
+    return (n, parts) if parts > 1 else (0, 1)
+
+
+def backward_delta(out, dout, lse, dlse=None):
+    """delta_i = sum_j P_ij dP_ij = dO_i . O_i (minus dLSE_i: d lse_i / d s_ij = P_ij),
+    float32 in LSE's layout; one fused pass over O and dO."""
+    from .aux_kernels import delta_kernel
+
+    delta = torch.empty_like(lse)
+    b, h, rows, dv = out.shape
+    has = dlse is not None
+    dl = dlse if has else lse
+    block = 64
+    delta_kernel[(-(-rows // block), h, b)](
+        out, dout, dl, delta, *out.stride(), *dout.stride(), *dl.stride(), *delta.stride(), rows,
+        HEAD_DIM_V=dv, BLOCK_DV=_pow2(dv), HAS_DLSE=has, BLOCK=block)
+    return delta

@@ -4,7 +4,8 @@ with a fake implementation for shapes, and no graph break) and made
 differentiable with register_autograd.
 
 A pattern travels through the op as a key into a table of compiled IRs (ops
-take tensors and plain values only)."""
+take tensors and plain values only). Triton is imported on the first launch,
+not with this module, so that TRITON_INTERPRET can still be set before it."""
 from __future__ import annotations
 
 from typing import Optional
@@ -12,7 +13,6 @@ from typing import Optional
 import torch
 
 from ..ir import nodes as ir
-from ..kernels import launch
 
 _PATTERNS: dict[str, ir.Pattern] = {}
 _KEYS: dict[ir.Pattern, str] = {}
@@ -28,6 +28,8 @@ def pattern_key(root: ir.Pattern) -> str:
 
 
 def _varlen(cu_q, cu_k, max_q, max_k):
+    from ..kernels import launch
+
     return None if cu_q is None else launch.Varlen(cu_q, cu_k, max_q, max_k)
 
 
@@ -36,24 +38,27 @@ def _view(t: torch.Tensor, packed: bool) -> torch.Tensor:
     return t.transpose(0, 1).unsqueeze(0) if packed else t
 
 
-def _config(block_m: int, block_n: int):
-    return None if block_m <= 0 else (block_m, block_n)
+def _config(config: list[int]):
+    """[] = autotune; [block_m, block_n] or [block_m, block_n, num_warps, num_stages] = fixed tiles."""
+    return tuple(config) or None
 
 
 @torch.library.custom_op("sparsedsl::attention", mutates_args=())
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pattern: str, scale: float,
               cu_seqlens_q: Optional[torch.Tensor], cu_seqlens_k: Optional[torch.Tensor], max_seqlen_q: int,
-              max_seqlen_k: int, block_m: int, block_n: int) -> tuple[torch.Tensor, torch.Tensor]:
+              max_seqlen_k: int, config: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
     """out like q (v's head dim) and lse float32: [B, H, Lq], or [H, T] for a packed batch."""
+    from ..kernels import launch
+
     packed = cu_seqlens_q is not None
     out, lse = launch.forward(_PATTERNS[pattern], _view(q, packed), _view(k, packed), _view(v, packed), scale,
-                              interpret=not q.is_cuda, config=_config(block_m, block_n),
+                              interpret=not q.is_cuda, config=_config(config),
                               varlen=_varlen(cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k))
     return (out[0].transpose(0, 1), lse[0]) if packed else (out, lse)
 
 
 @attention.register_fake
-def _(q, k, v, pattern, scale, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, block_m, block_n):
+def _(q, k, v, pattern, scale, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, config):
     if cu_seqlens_q is not None:
         return q.new_empty((*q.shape[:2], v.shape[-1])), q.new_empty((q.shape[1], q.shape[0]), dtype=torch.float32)
     return q.new_empty((*q.shape[:3], v.shape[-1])), q.new_empty(q.shape[:3], dtype=torch.float32)
@@ -63,12 +68,14 @@ def _(q, k, v, pattern, scale, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seq
 def attention_backward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor, lse: torch.Tensor,
                        dout: torch.Tensor, dlse: Optional[torch.Tensor], pattern: str, scale: float,
                        cu_seqlens_q: Optional[torch.Tensor], cu_seqlens_k: Optional[torch.Tensor],
-                       max_seqlen_q: int, max_seqlen_k: int, block_m: int,
-                       block_n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                       max_seqlen_q: int, max_seqlen_k: int,
+                       config: list[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    from ..kernels import launch
+
     packed = cu_seqlens_q is not None
     grads = launch.backward(_PATTERNS[pattern], _view(q, packed), _view(k, packed), _view(v, packed),
                             _view(out, packed), lse.unsqueeze(0) if packed else lse, _view(dout, packed),
-                            scale, interpret=not q.is_cuda, config=_config(block_m, block_n),
+                            scale, interpret=not q.is_cuda, config=_config(config),
                             varlen=_varlen(cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k),
                             dlse=None if dlse is None else (dlse.unsqueeze(0) if packed else dlse))
     return tuple(g[0].transpose(0, 1) if packed else g for g in grads)
@@ -76,25 +83,25 @@ def attention_backward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: t
 
 @attention_backward.register_fake
 def _(q, k, v, out, lse, dout, dlse, pattern, scale, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
-      block_m, block_n):
+      config):
     return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
 
 
 def _setup(ctx, inputs, output):
-    q, k, v, pattern, scale, cu_q, cu_k, max_q, max_k, block_m, block_n = inputs
+    q, k, v, pattern, scale, cu_q, cu_k, max_q, max_k, config = inputs
     out, lse = output
     ctx.save_for_backward(q, k, v, out, lse, cu_q, cu_k)
-    ctx.args = (pattern, scale, max_q, max_k, block_m, block_n)
+    ctx.args = (pattern, scale, max_q, max_k, config)
 
 
 def _backward(ctx, dout, dlse):
     q, k, v, out, lse, cu_q, cu_k = ctx.saved_tensors
-    pattern, scale, max_q, max_k, block_m, block_n = ctx.args
+    pattern, scale, max_q, max_k, config = ctx.args
     if dout is None:
         dout = torch.zeros_like(out)
     dq, dk, dv = attention_backward(q, k, v, out, lse, dout, dlse, pattern, scale, cu_q, cu_k, max_q, max_k,
-                                    block_m, block_n)
-    return dq, dk, dv, None, None, None, None, None, None, None, None
+                                    config)
+    return dq, dk, dv, None, None, None, None, None, None, None
 
 
 attention.register_autograd(_backward, setup_context=_setup)

@@ -13,6 +13,7 @@ from ..reference.heads import check_heads as check_head_args
 from ..reference.heads import dynamic_atoms
 from ..reference.select import num_groups
 from . import inputs
+from .ops import attention, pattern_key
 
 BACKENDS = ("auto", "reference", "triton")
 
@@ -27,6 +28,9 @@ class CompiledPattern:
         self._spans = spans
         self._checked: set[tuple[int, int]] = set()
         self.dynamic_atoms = tuple(dynamic_atoms(root))
+        # registered now, not in __call__: under torch.compile the call is traced, and a
+        # traced registration would only take effect after the graph that needs it has run
+        self._op_key = pattern_key(root)
 
     # -- description -------------------------------------------------------------------
 
@@ -222,12 +226,10 @@ class CompiledPattern:
             if q.dtype == torch.float64:
                 raise InputError("backend='triton' takes float16, bfloat16 or float32; float64 runs on "
                                  "backend='reference'")
-            from .ops import attention, pattern_key
 
             scale = q.shape[-1] ** -0.5 if scale is None else scale
-            bm, bn = (_config or (0, 0))[:2]
-            out, lse = attention(q, k, v, pattern_key(self.root), scale, cu_seqlens_q, cu_seqlens_k,
-                                 max_seqlen_q or 0, max_seqlen_k or 0, bm, bn)
+            out, lse = attention(q, k, v, self._op_key, scale, cu_seqlens_q, cu_seqlens_k,
+                                 max_seqlen_q or 0, max_seqlen_k or 0, list(_config or ()))
             return (out, lse) if return_lse else out
         if packed:
             out, lse = self._reference_packed(q, k, v, scale, cu_seqlens_q, cu_seqlens_k)
