@@ -362,3 +362,18 @@ def test_split_plan_only_for_long_keys():
     assert plan("global(130) | band(8, 8)") == (256, 8)
     assert plan("causal & window(64)") == (0, 1)
     assert plan("dilated(4, 3) & sink(4)") == (0, 1)  # residue layout
+
+
+def test_short_sequences_skip_autotuning():
+    """Up to 256 positions, a GPU call runs one fixed config instead of compiling the whole list."""
+    from sparsedsl.kernels import launch
+
+    p = P("causal")
+
+    def fixed(lq, lk, d):
+        q, k = torch.randn(1, 2, lq, d), torch.randn(1, 1, lk, d)
+        return launch._Launch(p.root, q, k, k, False, None, None).fixed("dkdv")
+
+    assert fixed(64, 64, 64) == (64, 32, 4, 2)
+    assert fixed(256, 200, 256) == (32, 32, 4, 2)
+    assert fixed(257, 64, 64) is None and fixed(64, 300, 64) is None

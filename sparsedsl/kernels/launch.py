@@ -63,6 +63,9 @@ class Varlen:
     max_k: int
 
 
+SHORT = 256  # sequences up to this long run on one fixed config (no autotuning)
+
+
 class _Launch:
     """What the kernels of one call share: the plan, the meta-parameters, the
     tiles (fixed per kernel kind, or autotuned) and the grid.
@@ -94,9 +97,15 @@ class _Launch:
                          VARLEN=varlen is not None)
 
     def fixed(self, kind: str):
-        """The fixed tiles of kernel `kind`, or None to autotune."""
+        """The fixed tiles of kernel `kind`, or None to autotune. Short sequences
+        take one small config: autotuning them would compile every config of the
+        list for kernels that run for microseconds."""
         cfg = self.config.get(kind) if isinstance(self.config, dict) else self.config
-        return (16, 16) if cfg is None and self.interpret else cfg
+        if cfg is None and self.interpret:
+            return (16, 16)
+        if cfg is None and max(self.lq, self.lk) <= SHORT:
+            return (64, 32, 4, 2) if self.head_dim <= 128 else (32, 32, 4, 2)
+        return cfg
 
     def strides(self, t: torch.Tensor) -> tuple[int, ...]:
         """A tensor's strides for the kernels; a packed batch has no batch stride
