@@ -15,9 +15,9 @@ def _signature(fn, consts: dict, dtype: str) -> dict:
     for name in fn.arg_names:
         if name in consts:
             sig[name] = "constexpr"
-        elif name.startswith("CU_"):
+        elif name.startswith("CU_") or name in ("BT", "SEL"):
             sig[name] = "*i32"
-        elif name in ("LSE", "DELTA", "WSK", "WSV"):
+        elif name in ("LSE", "DELTA", "WSK", "WSV", "KL", "VL"):
             sig[name] = "*fp32"
         elif name[0].isupper() and name not in _SIZES:
             sig[name] = f"*{dtype}"
@@ -41,15 +41,16 @@ def compile_kernels(root: ir.Pattern, head_dim: int = 128, head_dim_v: int | Non
     dv = head_dim if head_dim_v is None else head_dim_v
     module, names = kernels_for(root, True, head_dim, bn)
     consts = dict(HEAD_DIM=head_dim, HEAD_DIM_V=dv, BLOCK_D=_pow2(head_dim), BLOCK_DV=_pow2(dv), RATE=plan.rate,
-                  WIDE=plan.wide, DOT_PRECISION="ieee" if dtype == "fp32" else "tf32", VARLEN=varlen,
-                  BLOCK_M=bm, BLOCK_N=bn)
+                  WIDE=plan.wide, DOT_PRECISION="ieee" if dtype == "fp32" else "tf32", VARLEN=int(varlen),
+                  PAGE=0, BLOCK_M=bm, BLOCK_N=bn)
     out = {}
     for kind in KINDS:
         fn = getattr(module, names[kind])
         if not isinstance(fn, triton.runtime.jit.JITFunction):
             raise RuntimeError("compile_kernels needs Triton in normal mode: unset TRITON_INTERPRET")
         index = {n: i for i, n in enumerate(fn.arg_names)}
-        source = ASTSource(fn, _signature(fn, consts, dtype), {(index[n],): v for n, v in consts.items()})
+        mine = {n: v for n, v in consts.items() if n in index}
+        source = ASTSource(fn, _signature(fn, mine, dtype), {(index[n],): v for n, v in mine.items()})
         compiled = triton.compile(source, target=GPUTarget("cuda", arch, 32),
                                   options=dict(num_warps=warps, num_stages=stages))
         out[kind] = compiled.metadata.shared

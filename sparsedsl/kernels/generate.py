@@ -44,14 +44,28 @@ def _indent(lines: list[str], n: int) -> str:
     return "\n".join((" " * n + line) if line else "" for line in lines)
 
 
+def selected_mask_id(plan: KernelPlan, i: int) -> int:
+    """The mask id of branch i's selected-block pairs (its landmarks: this + 1)."""
+    return len(plan.branches) + 2 * i
+
+
 def _mask_functions(plan: KernelPlan) -> str:
-    out = []
+    masks = {}
     for i, br in enumerate(plan.branches):
+        masks[i] = (to_text(br.mask), mask_expr(br.mask))
+        if br.topk is not None:
+            masks[selected_mask_id(plan, i)] = (f"selected blocks: {to_text(br.topk.mask)}", mask_expr(br.topk.mask))
+        if br.landmarks is not None:
+            masks[selected_mask_id(plan, i) + 1] = (
+                f"landmark entries (k_pos: the entry): k < q // {br.landmarks}",
+                f"(k_pos < _fdiv(q_pos, {br.landmarks}))")
+    out = []
+    for i, (text, expr) in masks.items():
         out += ["", "@jit", f"def _mask_{i}(q_pos, k_pos, h, hk, H, Hk):",
-                f"    # {to_text(br.mask)}", f"    return {mask_expr(br.mask)}", ""]
+                f"    # {text}", f"    return {expr}", ""]
     out += ["", "@jit", "def _visible(MASK_ID: tl.constexpr, q_pos, k_pos, h, hk, H, Hk):"]
-    for i in range(len(plan.branches)):
-        out.append(f"    {'if' if i == 0 else 'elif'} MASK_ID == {i}:")
+    for n, i in enumerate(masks):
+        out.append(f"    {'if' if n == 0 else 'elif'} MASK_ID == {i}:")
         out.append(f"        return _mask_{i}(q_pos, k_pos, h, hk, H, Hk)")
     return "\n".join(out) + "\n"
 
@@ -156,19 +170,28 @@ class Traversal:
     """How a kernel walks a branch: which segments, which step function it
     calls per tile (with the branch's mask id as {i}), where positions start."""
 
-    def __init__(self, transposed: bool, call: str):
+    def __init__(self, transposed: bool, call: str, split: str = "", selected: str = "", landmark: str = ""):
         self.transposed, self.call = transposed, call
         self.clip = "off" if transposed else "0"
-        self.split = transposed  # the dK/dV kernel may take a share (`part` of SPLIT) of a tile's loop
+        # "parts": the program walks share `part` of SPLIT of the tile's loop (the forward when
+        # decoding); "long": only split key tiles do (part >= 0, the dK/dV kernel)
+        self.split = split
+        self.selected, self.landmark = selected, landmark  # the calls for dynamic parts (forward)
 
     def segments(self, br):
         return br.query_segments if self.transposed else br.segments
 
 
 FORWARD = Traversal(False, (
-    "acc, l_i, m_i = _attend(acc, l_i, m_i, q, q_pos, k_base, v_base, offs_d, offs_dv, "
-    "stride_kn, stride_kd, stride_vn, stride_vd, u0, c, lo_v, hi_v, masked, h, hk, H, Hk, qk_scale, "
-    "RATE, BLOCK_N, HEAD_DIM, HEAD_DIM_V, {i}, DOT_PRECISION, WIDE)"))
+    "acc, l_i, m_i = _attend(acc, l_i, m_i, q, q_pos, k_base, v_base, bt_base, offs_d, offs_dv, "
+    "stride_kn, stride_kd, stride_kp, stride_vn, stride_vd, stride_vp, u0, c, lo_v, hi_v, masked, "
+    "h, hk, H, Hk, qk_scale, RATE, BLOCK_N, HEAD_DIM, HEAD_DIM_V, {i}, DOT_PRECISION, WIDE, PAGE)"), "parts", (
+    "acc, l_i, m_i = _attend_rows(acc, l_i, m_i, q, q_pos, k_base, v_base, bt_base, offs_d, offs_dv, "
+    "stride_kn, stride_kd, stride_kp, stride_vn, stride_vd, stride_vp, u0, lo_v, hi_v, q_lo, q_lo + {block}, "
+    "h, hk, H, Hk, qk_scale, BLOCK_N, HEAD_DIM, HEAD_DIM_V, {i}, DOT_PRECISION, PAGE)"), (
+    "acc, l_i, m_i = _attend(acc, l_i, m_i, q, q_pos, kl_base, vl_base, bt_base, offs_d, offs_dv, "
+    "stride_kln, stride_kld, 0, stride_vln, stride_vld, 0, u0, 0, 0, nl, t >= 0, "
+    "h, hk, H, Hk, qk_scale, 1, BLOCK_N, HEAD_DIM, HEAD_DIM_V, {i}, DOT_PRECISION, WIDE, 0)"))
 DQ = Traversal(False, (
     "dq = _dq_step(dq, q, do, lse2, delta, q_pos, k_base, v_base, offs_d, offs_dv, "
     "stride_kn, stride_kd, stride_vn, stride_vd, u0, c, lo_v, hi_v, masked, h, hk, H, Hk, qk_scale, "
@@ -176,11 +199,13 @@ DQ = Traversal(False, (
 DKDV = Traversal(True, (
     "dk, dv = _kv_step(dk, dv, k, v, k_pos, q_base, do_base, lse_base, delta_base, offs_d, offs_dv, "
     "stride_qm, stride_qd, stride_dom, stride_dod, stride_lm, off, u0, c, lo_v, hi_v, masked, "
-    "h, hk, H, Hk, qk_scale, RATE, BLOCK_N, HEAD_DIM, HEAD_DIM_V, {i}, DOT_PRECISION, WIDE)"))
+    "h, hk, H, Hk, qk_scale, RATE, BLOCK_N, HEAD_DIM, HEAD_DIM_V, {i}, DOT_PRECISION, WIDE)"), "long")
 
 
 def _branch_body(i: int, br, plan: KernelPlan, walk: bool, how: Traversal) -> list[str]:
-    """All segments of a branch as one loop over a flattened tile index."""
+    """All segments of a branch as one loop over a flattened tile index; then, in the
+    forward, the branch's selected blocks and landmark entries, each a loop that
+    continues the same index (a split program takes a share of the whole range)."""
     lines: list[str] = []
     pieces: list[_Piece] = []
     full = {}
@@ -192,19 +217,34 @@ def _branch_body(i: int, br, plan: KernelPlan, walk: bool, how: Traversal) -> li
         pieces += ps
         for p in ps:
             full[p.name] = _has_full(seg) and (_strided_here(seg, plan, walk) or not seg.strided)
-    if not pieces:
+    dynamic = how.selected and (br.topk is not None or br.landmarks is not None)
+    if not pieces and not dynamic:
         return ["pass  # no key is visible to these heads"]
     lines.append("# one loop over the tiles of all pieces, in order")
     lines.append("c_0 = 0")
     for n, p in enumerate(pieces):
         lines.append(f"c_{n + 1} = c_{n} + n_{p.name}")
     total = f"c_{len(pieces)}"
-    if how.split:
+    if dynamic:
+        extra, loops, total = _dynamic_parts(i, br, plan, how, total)
+        lines += extra
+    if how.split == "long":
         lines += [f"t_a = tl.where(part >= 0, part * {total} // SPLIT, 0)",
-                  f"t_b = tl.where(part >= 0, (part + 1) * {total} // SPLIT, {total})",
-                  "for t in range(t_a, t_b):"]
+                  f"t_b = tl.where(part >= 0, (part + 1) * {total} // SPLIT, {total})"]
+    elif how.split == "parts":
+        lines += [f"t_a = part * {total} // SPLIT", f"t_b = (part + 1) * {total} // SPLIT"]
     else:
-        lines.append(f"for t in range(0, {total}):")
+        lines += ["t_a = 0", f"t_b = {total}"]
+    if pieces:
+        stop = f"tl.minimum(t_b, c_{len(pieces)})" if dynamic else "t_b"
+        lines.append(f"for t in range(t_a, {stop}):")
+        lines += ["    " + b for b in _static_loop_body(i, pieces, full, how)]
+    if dynamic:
+        lines += loops
+    return lines
+
+
+def _static_loop_body(i: int, pieces: list[_Piece], full: dict, how: Traversal) -> list[str]:
     body = []
     for n in reversed(range(len(pieces))):  # the last piece first, earlier ones override by t < c_{n+1}
         p = pieces[n]
@@ -224,8 +264,42 @@ def _branch_body(i: int, br, plan: KernelPlan, walk: bool, how: Traversal) -> li
     if how.transposed:  # the first query tile may start before the first query
         body.append("lo_v = tl.maximum(lo_v, u_lo)")
     body.append(how.call.format(i=i))
-    lines += ["    " + b for b in body]
-    return lines
+    return body
+
+
+def _dynamic_parts(i: int, br, plan: KernelPlan, how: Traversal, start: str):
+    """(setup lines, loop lines, new total) of a branch's selected blocks and landmarks."""
+    setup, loops, total = [], [], start
+    if br.topk is not None:
+        tk = br.topk
+        per_group = f"({tk.n} * (({tk.block} + BLOCK_N - 1) // BLOCK_N))"
+        setup += [f"# topk(n={tk.n}, block={tk.block}): for each query group of the tile, its selected blocks",
+                  f"fg = _fdiv(Lk - Lq, {tk.block})  # the group of SEL row 0",
+                  f"g_a = _fdiv(q0, {tk.block})",
+                  f"n_sel = (_fdiv(q1 - 1, {tk.block}) + 1 - g_a) * {per_group}",
+                  f"s_0 = {total}", "s_1 = s_0 + n_sel"]
+        loops += ["for t in range(tl.maximum(t_a, s_0), tl.minimum(t_b, s_1)):",
+                  "    tt = t - s_0",
+                  f"    g = g_a + tt // {per_group}",
+                  f"    slot = (tt // (({tk.block} + BLOCK_N - 1) // BLOCK_N)) % {tk.n}",
+                  "    j = tl.load(sel_base + (g - fg).to(tl.int64) * stride_sr + slot * stride_sn)",
+                  f"    lo_v = j * {tk.block}",
+                  f"    hi_v = tl.minimum(lo_v + {tk.block}, Lk)",
+                  f"    u0 = lo_v + (tt % (({tk.block} + BLOCK_N - 1) // BLOCK_N)) * BLOCK_N",
+                  f"    q_lo = g * {tk.block}",
+                  "    if j >= 0:",
+                  "        " + how.selected.format(i=selected_mask_id(plan, i), block=tk.block)]
+        total = "s_1"
+    if br.landmarks is not None:
+        lb = br.landmarks
+        setup += [f"# landmarks(block={lb}): entry j is seen by the queries with j < q // {lb}",
+                  f"nl = tl.maximum(tl.minimum(_fdiv(q1 - 1, {lb}), Lk // {lb}), 0)",
+                  f"l_0 = {total}", "l_1 = l_0 + (nl + BLOCK_N - 1) // BLOCK_N"]
+        loops += ["for t in range(tl.maximum(t_a, l_0), tl.minimum(t_b, l_1)):",
+                  "    u0 = (t - l_0) * BLOCK_N",
+                  "    " + how.landmark.format(i=selected_mask_id(plan, i) + 1)]
+        total = "l_1"
+    return setup, loops, total
 
 
 def _branches(plan: KernelPlan, walk: bool, how: Traversal, indent: int = 8) -> str:

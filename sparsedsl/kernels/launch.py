@@ -94,7 +94,7 @@ class _Launch:
             self.cu = (varlen.cu_q, varlen.cu_k)
         self.meta = dict(HEAD_DIM=d, HEAD_DIM_V=dv, BLOCK_D=_pow2(d), BLOCK_DV=_pow2(dv), RATE=plan.rate,
                          WIDE=plan.wide, DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
-                         VARLEN=varlen is not None)
+                         VARLEN=1 if varlen is not None else 0, PAGE=0)
 
     def fixed(self, kind: str):
         """The fixed tiles of kernel `kind`, or None to autotune. Short sequences
@@ -134,9 +134,12 @@ class _Launch:
             kernel[grid](*args, **self.meta)
 
 
-def forward(root: ir.Pattern, q, k, v, scale: float, interpret: bool, config=None, varlen: Varlen | None = None):
+def forward(root: ir.Pattern, q, k, v, scale: float, interpret: bool, config=None, varlen: Varlen | None = None,
+            selection=None, landmarks=None):
     """out (q's dtype, shaped like q with v's head dim), lse float32 ([B, H, Lq];
-    varlen: [1, H, T] views of an [H, T] tensor)."""
+    varlen: [1, H, T] views of an [H, T] tensor). Dynamic patterns take the
+    topk selection (int32 [B, H, R, n]) and the landmark entries (float32 K and
+    V means, [B, Hk, NL, D]) of kernels/selection.py."""
     b, h, lq, _ = q.shape
     dv = v.shape[-1]
     out = torch.empty((b, lq, h, dv) if varlen else (b, h, lq, dv), dtype=q.dtype, device=q.device)
@@ -149,10 +152,32 @@ def forward(root: ir.Pattern, q, k, v, scale: float, interpret: bool, config=Non
     if run.batch == 0:
         return out, lse
     st = run.strides
-    args = (q, k, v, out, lse, *run.cu, *st(q), *st(k), *st(v), *st(out), *st(lse),
-            h, run.hk, run.lq, run.lk, scale * LOG2E)
+    args = (q, k, v, out, lse, *run.cu, *dynamic_args(run, q, selection, landmarks, k, v, out, lse),
+            h, run.hk, run.lq, run.lk, 1, scale * LOG2E)
     run.run("fwd", run.lq, h, args)
     return out, lse
+
+
+def dynamic_args(run: "_Launch", q, selection, landmarks, k, v, out, lse, block_table=None, parts=False):
+    """The forward's pointer and stride arguments after CU_K: the block table, selection and
+    landmark tensors (q where unused) and every tensor's strides; `parts`: out and lse are
+    split-KV workspaces with a leading part axis; a paged cache has no batch stride."""
+    st = run.strides
+    sel = selection if selection is not None else q
+    kl, vl = landmarks if landmarks is not None else (q, q)
+    bt = block_table if block_table is not None else q
+    if block_table is not None:  # pages [P, PAGE, Hk, D]: a position's page comes from the table
+        kst = (0, k.stride(2), k.stride(1), k.stride(3), k.stride(0))
+        vst = (0, v.stride(2), v.stride(1), v.stride(3), v.stride(0))
+    else:
+        kst, vst = (*st(k), 0), (*st(v), 0)
+    ost = (*out.stride()[1:], out.stride(0)) if parts else (*st(out), 0)
+    lst = (*lse.stride()[1:], lse.stride(0)) if parts else (*st(lse), 0)
+    sst = selection.stride() if selection is not None else (0, 0, 0, 0)
+    klst = kl.stride() if landmarks is not None else (0, 0, 0, 0)
+    vlst = vl.stride() if landmarks is not None else (0, 0, 0, 0)
+    return (bt, sel, kl, vl, *st(q), *kst, *vst, *ost, *lst, bt.stride(0) if block_table is not None else 0,
+            *sst, *klst, *vlst)
 
 
 def backward(root: ir.Pattern, q, k, v, out, lse, dout, scale: float, interpret: bool, config=None,

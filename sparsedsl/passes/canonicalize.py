@@ -15,7 +15,22 @@ def _order(args) -> tuple:
     return tuple(sorted(unique, key=lambda n: (type(n).__name__ != "Atom", expr(n))))
 
 
+def has_landmarks(n: ir.Node) -> bool:
+    """Landmark entries are extra keys that no mask operator restricts: a
+    rewrite may drop an operand only when it holds none."""
+    stack = [n]
+    while stack:
+        x = stack.pop()
+        if isinstance(x, ir.Atom) and x.kind == "landmarks":
+            return True
+        stack.extend(x.children())
+    return False
+
+
 def rule(n: ir.Node):
+    if isinstance(n, (ir.Union, ir.Inter)) and (FULL if isinstance(n, ir.Union) else NONE) in n.args \
+            and any(has_landmarks(a) for a in n.args):
+        return None  # full | landmarks and none & (x | landmarks) keep their landmarks
     if isinstance(n, ir.Atom) and n.kind == "where" and isinstance(n.args[0], ir.Bool):
         return FULL if n.args[0].value else NONE
     if isinstance(n, ir.Union):

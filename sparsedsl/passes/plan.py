@@ -22,6 +22,7 @@ from ..ir import nodes as ir
 from ..ir.atoms import atom_arg, is_dynamic
 from ..ir.heads import branch_condition
 from . import bounds
+from .dynamic import TopkPart, Unsupported, split
 
 
 @dataclass(frozen=True)
@@ -30,6 +31,8 @@ class BranchPlan:
     mask: ir.Node  # the element mask
     segments: tuple[bounds.Segment, ...]  # ranges first, then strided
     query_segments: tuple[bounds.Segment, ...] = ()  # transposed: for a key tile, the queries that see it
+    topk: TopkPart | None = None  # the branch's selected blocks (segments and mask are its static part)
+    landmarks: int | None = None  # the landmark block size, if the branch sees landmarks
 
 
 @dataclass(frozen=True)
@@ -39,6 +42,12 @@ class KernelPlan:
     rate: int  # residue layout step (1: plain)
     wide: bool  # 64-bit index arithmetic in masks and bounds
     blocks: tuple[int, ...]  # block sizes of strided segments (the key tile must divide them)
+    topk: ir.Atom | None = None  # the pattern's topk atom (one selection tensor for all branches)
+    landmarks: int | None = None  # the pattern's landmark block size
+
+    @property
+    def dynamic(self) -> bool:
+        return self.topk is not None or self.landmarks is not None
 
 
 def group_heads(body: ir.Node) -> list[tuple[ir.Node, ir.Node]]:
@@ -81,19 +90,31 @@ def _needs_wide(root: ir.Node) -> bool:
 
 
 def make_plan(root: ir.Pattern) -> KernelPlan:
-    if any(is_dynamic(n) for n in _walk(root)):
-        raise NotImplementedError("kernels for landmarks/topk are not generated yet")
-    rate = residue_rate(root.body)
+    """Raises dynamic.Unsupported for data-dependent patterns without kernels."""
+    dynamic = any(is_dynamic(n) for n in _walk(root))
+    rate = 1 if dynamic else residue_rate(root.body)
     branches = []
     blocks = set()
+    topk_atoms, landmark_blocks = set(), set()
     for cond, mask in group_heads(root.body):
+        parts = split(mask)
+        if parts.topk:
+            topk_atoms.add(parts.topk.atom)
+        if parts.landmarks:
+            landmark_blocks.add(parts.landmarks)
+        mask = parts.static
         segs = bounds.segments(mask, rate)  # the kernel clips them to [0, Lk)
         segs = tuple(s for s in segs if not s.strided) + tuple(s for s in segs if s.strided)
         for s in segs:
             if s.strided and isinstance(s.block, ir.Const):
                 blocks.add(s.block.value)
-        branches.append(BranchPlan(cond, mask, segs, bounds.segments(mask, rate, transposed=True)))
-    return KernelPlan(root.name, tuple(branches), rate, _needs_wide(root), tuple(sorted(blocks)))
+        branches.append(BranchPlan(cond, mask, segs, bounds.segments(mask, rate, transposed=True),
+                                   parts.topk, parts.landmarks))
+    if len(topk_atoms) > 1 or len(landmark_blocks) > 1:
+        raise Unsupported("kernels take one topk(...) atom and one landmark block size per pattern; "
+                          "use backend='reference'")
+    return KernelPlan(root.name, tuple(branches), rate, _needs_wide(root), tuple(sorted(blocks)),
+                      next(iter(topk_atoms), None), next(iter(landmark_blocks), None))
 
 
 def _walk(node):

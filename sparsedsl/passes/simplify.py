@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from ..ir import nodes as ir
 from .base import Pass, rewrite
-from .canonicalize import FULL, NONE
+from .canonicalize import FULL, NONE, has_landmarks
 from .canonicalize import rule as canonical
 
 CAUSAL = ir.Atom("causal", ())
@@ -58,7 +58,7 @@ def set_rule(n: ir.Node):
         args = list(n.args)
         # absorption: a | (a & b) = a, a & (a | b) = a
         inner = ir.Inter if union else ir.Union
-        absorbed = [x for x in args if isinstance(x, inner) and any(a in x.args for a in args if a is not x)]
+        absorbed = [x for x in args if isinstance(x, inner) and not has_landmarks(x) and any(a in x.args for a in args if a is not x)]
         if absorbed:
             kept = [x for x in args if x not in absorbed]
             return type(n)(tuple(kept)) if len(kept) > 1 else kept[0]

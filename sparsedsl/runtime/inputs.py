@@ -102,3 +102,58 @@ def check_varlen(q, k, v, cu_q, cu_k, max_q, max_k, scale):
         if longest > m:
             raise InputError(f"max_seqlen_{name} ({m}) is smaller than the longest sequence ({longest})")
     return scale
+
+
+def check_decode(q, k_cache, v_cache, cache_seqlens, block_table, scale):
+    """Decoding inputs: q [B, H, Lq, D]; a contiguous cache k/v [B, Hk, Lmax, D/Dv], or a
+    paged one [pages, page_size, Hk, D/Dv] with block_table int32 [B, pages per sequence]
+    (FlashAttention/vLLM's layout); cache_seqlens int32 [B]: each sequence's key count,
+    the new queries' own keys included. Values are checked on CPU tensors only."""
+    what = "decode"
+    for name, t in (("q", q), ("k_cache", k_cache), ("v_cache", v_cache)):
+        if not isinstance(t, torch.Tensor) or t.dim() != 4:
+            raise InputError(f"{what}: {name} must be a 4-dimensional tensor, got "
+                             f"{tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__}")
+        if t.device != q.device:
+            raise InputError(f"{what}: {name} is on {t.device} but q is on {q.device}")
+    if q.dtype not in FLOAT_DTYPES or not (q.dtype == k_cache.dtype == v_cache.dtype):
+        raise InputError(f"{what}: q, k_cache and v_cache must share one floating dtype, "
+                         f"got {q.dtype}, {k_cache.dtype}, {v_cache.dtype}")
+    b, h, lq, d = q.shape
+    paged = block_table is not None
+    if paged:
+        if not isinstance(block_table, torch.Tensor) or block_table.dim() != 2 or block_table.dtype != torch.int32 \
+                or block_table.shape[0] != b or block_table.device != q.device:
+            raise InputError(f"{what}: block_table must be an int32 tensor [{b}, pages per sequence] on {q.device}, "
+                             f"got {getattr(block_table, 'dtype', type(block_table).__name__)} "
+                             f"{tuple(getattr(block_table, 'shape', ()))}")
+        hk, kd = k_cache.shape[2], k_cache.shape[3]
+        layout = "[pages, page_size, kv_heads, head_dim]"
+        if v_cache.shape[:3] != k_cache.shape[:3]:
+            raise InputError(f"{what}: paged k_cache and v_cache must agree in [pages, page_size, kv_heads], got "
+                             f"{tuple(k_cache.shape)} and {tuple(v_cache.shape)}")
+    else:
+        hk, kd = k_cache.shape[1], k_cache.shape[3]
+        layout = "[batch, kv_heads, max_len, head_dim]"
+        if k_cache.shape[0] != b or v_cache.shape[:3] != k_cache.shape[:3]:
+            raise InputError(f"{what}: k_cache and v_cache must be {layout} with batch {b}, got "
+                             f"{tuple(k_cache.shape)} and {tuple(v_cache.shape)}")
+    if kd != d:
+        raise InputError(f"{what}: head dims differ: q has {d}, k_cache {layout} has {kd}")
+    if hk == 0 or h % hk:
+        raise InputError(f"{what}: the number of query heads ({h}) must be a multiple of the number of KV heads "
+                         f"({hk}); k_cache is read as {layout}")
+    if not isinstance(cache_seqlens, torch.Tensor) or cache_seqlens.dtype != torch.int32 \
+            or tuple(cache_seqlens.shape) != (b,) or cache_seqlens.device != q.device:
+        raise InputError(f"{what}: cache_seqlens must be an int32 tensor [{b}] on {q.device}, got "
+                         f"{getattr(cache_seqlens, 'dtype', type(cache_seqlens).__name__)} "
+                         f"{tuple(getattr(cache_seqlens, 'shape', ()))}")
+    capacity = block_table.shape[1] * k_cache.shape[1] if paged else k_cache.shape[2]
+    if not cache_seqlens.is_cuda and cache_seqlens.numel():
+        lo, hi = int(cache_seqlens.min()), int(cache_seqlens.max())
+        if lo < 0 or hi > capacity:
+            raise InputError(f"{what}: cache_seqlens must lie in [0, {capacity}] (the cache's capacity), "
+                             f"got values in [{lo}, {hi}]")
+        if paged and block_table.numel() and (int(block_table.min()) < 0 or int(block_table.max()) >= k_cache.shape[0]):
+            raise InputError(f"{what}: block_table holds page ids outside [0, {k_cache.shape[0]})")
+    return check_qkv(q, q[:, :1], q[:, :1], scale)

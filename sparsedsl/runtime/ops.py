@@ -46,19 +46,27 @@ def _config(config: list[int]):
 @torch.library.custom_op("sparsedsl::attention", mutates_args=())
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pattern: str, scale: float,
               cu_seqlens_q: Optional[torch.Tensor], cu_seqlens_k: Optional[torch.Tensor], max_seqlen_q: int,
-              max_seqlen_k: int, config: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-    """out like q (v's head dim) and lse float32: [B, H, Lq], or [H, T] for a packed batch."""
+              max_seqlen_k: int, config: list[int],
+              selection: Optional[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """out like q (v's head dim) and lse float32: [B, H, Lq], or [H, T] for a packed batch.
+    `selection`: the topk selection of a dynamic pattern (sparsedsl::select)."""
     from ..kernels import launch
+    from ..kernels.selection import prefill_inputs
 
     packed = cu_seqlens_q is not None
-    out, lse = launch.forward(_PATTERNS[pattern], _view(q, packed), _view(k, packed), _view(v, packed), scale,
+    root = _PATTERNS[pattern]
+    landmarks = None
+    if launch.plan_for(root).dynamic:
+        selection, landmarks = prefill_inputs(launch.plan_for(root), q, k, v, selection)
+    out, lse = launch.forward(root, _view(q, packed), _view(k, packed), _view(v, packed), scale,
                               interpret=not q.is_cuda, config=_config(config),
-                              varlen=_varlen(cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k))
+                              varlen=_varlen(cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k),
+                              selection=selection, landmarks=landmarks)
     return (out[0].transpose(0, 1), lse[0]) if packed else (out, lse)
 
 
 @attention.register_fake
-def _(q, k, v, pattern, scale, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, config):
+def _(q, k, v, pattern, scale, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, config, selection):
     if cu_seqlens_q is not None:
         return q.new_empty((*q.shape[:2], v.shape[-1])), q.new_empty((q.shape[1], q.shape[0]), dtype=torch.float32)
     return q.new_empty((*q.shape[:3], v.shape[-1])), q.new_empty(q.shape[:3], dtype=torch.float32)
@@ -68,8 +76,8 @@ def _(q, k, v, pattern, scale, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seq
 def attention_backward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor, lse: torch.Tensor,
                        dout: torch.Tensor, dlse: Optional[torch.Tensor], pattern: str, scale: float,
                        cu_seqlens_q: Optional[torch.Tensor], cu_seqlens_k: Optional[torch.Tensor],
-                       max_seqlen_q: int, max_seqlen_k: int,
-                       config: list[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                       max_seqlen_q: int, max_seqlen_k: int, config: list[int],
+                       selection: Optional[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     from ..kernels import launch
 
     packed = cu_seqlens_q is not None
@@ -77,31 +85,53 @@ def attention_backward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: t
                             _view(out, packed), lse.unsqueeze(0) if packed else lse, _view(dout, packed),
                             scale, interpret=not q.is_cuda, config=_config(config),
                             varlen=_varlen(cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k),
-                            dlse=None if dlse is None else (dlse.unsqueeze(0) if packed else dlse))
+                            dlse=None if dlse is None else (dlse.unsqueeze(0) if packed else dlse),
+                            selection=selection)
     return tuple(g[0].transpose(0, 1) if packed else g for g in grads)
 
 
 @attention_backward.register_fake
 def _(q, k, v, out, lse, dout, dlse, pattern, scale, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
-      config):
+      config, selection):
     return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
 
 
 def _setup(ctx, inputs, output):
-    q, k, v, pattern, scale, cu_q, cu_k, max_q, max_k, config = inputs
+    q, k, v, pattern, scale, cu_q, cu_k, max_q, max_k, config, selection = inputs
     out, lse = output
-    ctx.save_for_backward(q, k, v, out, lse, cu_q, cu_k)
+    ctx.save_for_backward(q, k, v, out, lse, cu_q, cu_k, selection)
     ctx.args = (pattern, scale, max_q, max_k, config)
 
 
 def _backward(ctx, dout, dlse):
-    q, k, v, out, lse, cu_q, cu_k = ctx.saved_tensors
+    q, k, v, out, lse, cu_q, cu_k, selection = ctx.saved_tensors
     pattern, scale, max_q, max_k, config = ctx.args
     if dout is None:
         dout = torch.zeros_like(out)
     dq, dk, dv = attention_backward(q, k, v, out, lse, dout, dlse, pattern, scale, cu_q, cu_k, max_q, max_k,
-                                    config)
-    return dq, dk, dv, None, None, None, None, None, None, None
+                                    config, selection)
+    return dq, dk, dv, None, None, None, None, None, None, None, None
 
 
 attention.register_autograd(_backward, setup_context=_setup)
+
+
+@torch.library.custom_op("sparsedsl::select", mutates_args=())
+def select(q: torch.Tensor, k: torch.Tensor, pattern: str) -> torch.Tensor:
+    """The topk selection of a dynamic pattern: int32 [B, H, R, n] (kernels/selection.py)."""
+    from ..kernels import launch
+    from ..kernels.selection import prefill_inputs
+
+    return prefill_inputs(launch.plan_for(_PATTERNS[pattern]), q, k, k)[0]
+
+
+@select.register_fake
+def _(q, k, pattern):
+    from ..ir.atoms import atom_arg
+    from ..reference.heads import dynamic_atoms
+    from ..reference.select import num_groups
+
+    atom = next(a for a in dynamic_atoms(_PATTERNS[pattern]) if a.kind == "topk")
+    block = atom_arg(atom, "block").value
+    return q.new_empty((q.shape[0], q.shape[1], num_groups(q.shape[2], k.shape[2], block),
+                        atom_arg(atom, "n").value), dtype=torch.int32)

@@ -13,7 +13,7 @@ from ..reference.heads import check_heads as check_head_args
 from ..reference.heads import dynamic_atoms
 from ..reference.select import num_groups
 from . import inputs
-from .ops import attention, pattern_key
+from .ops import attention, pattern_key, select
 
 BACKENDS = ("auto", "reference", "triton")
 
@@ -180,16 +180,26 @@ class CompiledPattern:
 
     # -- data-dependent ----------------------------------------------------------------
 
-    def select_blocks(self, q, k):
+    def select_blocks(self, q, k, *, backend="auto"):
         """The key blocks each topk atom selects: int32 [B, H, R, n], ids ascending, -1 = empty.
 
         Row r is the absolute query block (Lk - Lq) // block + r. A tuple, in
-        source order, when the pattern has several topk atoms."""
+        source order, when the pattern has several topk atoms. On the Triton
+        backend (CUDA tensors under "auto") the selection kernel computes it on
+        the device, without host synchronisation."""
         inputs.check_qk(q, k)
         self._heads(q.shape[1], k.shape[1])
         atoms = [a for a in self.dynamic_atoms if a.kind == "topk"]
         if not atoms:
             raise InputError(f"select_blocks: pattern {self.name!r} has no topk(...) atom")
+        if backend not in BACKENDS:
+            raise InputError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+        if backend == "triton" or (backend == "auto" and q.is_cuda and q.dtype != torch.float64):
+            if len(atoms) > 1 or q.dtype == torch.float64:
+                raise InputError("select_blocks on backend='triton' takes one topk atom and float16, bfloat16 "
+                                 "or float32 inputs; use backend='reference'")
+            self._kernel_plan()
+            return select(q, k, self._op_key)
         selection = compute_selection(self.root, q, k)
         out = tuple(selection[a] for a in atoms)
         return out[0] if len(out) == 1 else out
@@ -217,19 +227,15 @@ class CompiledPattern:
         else:
             scale = inputs.check_qkv(q, k, v, scale)
             self._heads(q.shape[1], k.shape[1])
-        use_triton = backend == "triton" or (backend == "auto" and q.is_cuda and not self.is_dynamic
-                                             and q.dtype != torch.float64)
+        use_triton = backend == "triton" or (backend == "auto" and q.is_cuda and q.dtype != torch.float64)
         if use_triton:
-            if self.is_dynamic:
-                raise InputError("backend='triton': kernels for landmarks/topk patterns are not generated yet; "
-                                 "use backend='reference'")
             if q.dtype == torch.float64:
                 raise InputError("backend='triton' takes float16, bfloat16 or float32; float64 runs on "
                                  "backend='reference'")
-
+            sel = self._kernel_selection(q, k, selection)
             scale = q.shape[-1] ** -0.5 if scale is None else scale
             out, lse = attention(q, k, v, self._op_key, scale, cu_seqlens_q, cu_seqlens_k,
-                                 max_seqlen_q or 0, max_seqlen_k or 0, list(_config or ()))
+                                 max_seqlen_q or 0, max_seqlen_k or 0, list(_config or ()), sel)
             return (out, lse) if return_lse else out
         if packed:
             out, lse = self._reference_packed(q, k, v, scale, cu_seqlens_q, cu_seqlens_k)
@@ -239,6 +245,98 @@ class CompiledPattern:
         if return_lse:
             return out, (lse if q.dtype == torch.float64 else lse.float())
         return out
+
+    # -- decoding ----------------------------------------------------------------------
+
+    def summarize(self, k_cache, v_cache, cache_seqlens, *, block_table=None, into=None, new=None):
+        """The block summaries a dynamic pattern's decode() reads (float32, one pass
+        over the cache). `into` + `new`: refresh only the blocks touched by each
+        sequence's last `new` keys (after appending them). decode() itself
+        refreshes the blocks of the tokens of its own call."""
+        if not self.is_dynamic:
+            raise InputError(f"summarize: pattern {self.name!r} is static; its decode() needs no summaries")
+        if not isinstance(k_cache, torch.Tensor) or k_cache.dim() != 4:
+            raise InputError("summarize: k_cache must be a 4-dimensional tensor")
+        paged = isinstance(block_table, torch.Tensor) and block_table.dim() == 2
+        shape = (block_table.shape[0], k_cache.shape[2]) if paged else k_cache.shape[:2]
+        inputs.check_decode(k_cache.new_empty((*shape, 1, k_cache.shape[3])), k_cache, v_cache, cache_seqlens,
+                            block_table, None)
+        from ..kernels.decode import summarize
+
+        self._kernel_plan()
+        if new is not None:
+            new = inputs.check_size("new", new, 1)
+            if into is None:
+                raise InputError("summarize: new= refreshes existing summaries: pass them as into=")
+        return summarize(self.root, k_cache, v_cache, cache_seqlens, block_table, into, new)
+
+    def decode(self, q, k_cache, v_cache, cache_seqlens, *, block_table=None, summaries=None, scale=None,
+               return_lse=False, num_splits=None, backend="auto"):
+        """Attention of a few new queries per sequence against a KV cache (flash-decoding).
+
+        q [B, H, Lq, D]: the queries at positions cache_seqlens[b] - Lq .. - 1;
+        k_cache/v_cache [B, Hk, Lmax, D/Dv] (or paged [pages, page_size, Hk, D]
+        with block_table int32 [B, pages]); cache_seqlens int32 [B], the new keys
+        included. Equals the prefill call with these queries on each sequence's
+        first cache_seqlens[b] keys. Dynamic patterns read `summaries`
+        (summarize(); refreshed here for this call's tokens) or, without them,
+        summarize the whole cache first. Returns out [B, H, Lq, Dv] (and lse)."""
+        scale = inputs.check_decode(q, k_cache, v_cache, cache_seqlens, block_table, scale)
+        hk = k_cache.shape[2] if block_table is not None else k_cache.shape[1]
+        self._heads(q.shape[1], hk)
+        if backend not in BACKENDS:
+            raise InputError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+        if num_splits is not None:
+            num_splits = inputs.check_size("num_splits", num_splits, 1)
+        scale = q.shape[-1] ** -0.5 if scale is None else scale
+        if backend == "reference" or (backend == "auto" and not q.is_cuda):
+            out, lse = self._reference_decode(q, k_cache, v_cache, cache_seqlens, block_table, scale)
+        else:
+            from ..kernels.decode import decode
+
+            if q.dtype == torch.float64:
+                raise InputError("decode on backend='triton' takes float16, bfloat16 or float32; float64 runs on "
+                                 "backend='reference'")
+            self._kernel_plan()
+            out, lse = decode(self.root, q, k_cache, v_cache, cache_seqlens, scale, not q.is_cuda, block_table,
+                              summaries, num_splits)
+        return (out, lse) if return_lse else out
+
+    def _reference_decode(self, q, k_cache, v_cache, lens, block_table, scale):
+        """The reference, sequence by sequence (gathers paged caches)."""
+        outs, lses = [], []
+        for b, n in enumerate(lens.tolist()):
+            if block_table is None:
+                k, v = k_cache[b:b + 1, :, :n], v_cache[b:b + 1, :, :n]
+            else:
+                page = k_cache.shape[1]
+                pages = block_table[b, :-(-n // page)].long()
+                k = k_cache[pages].flatten(0, 1)[:n].transpose(0, 1)[None]
+                v = v_cache[pages].flatten(0, 1)[:n].transpose(0, 1)[None]
+            o, lse = reference_attention(self.root, q[b:b + 1], k, v, scale=scale)
+            outs.append(o)
+            lses.append(lse.float() if q.dtype != torch.float64 else lse)
+        return torch.cat(outs), torch.cat(lses)
+
+    def _kernel_selection(self, q, k, selection):
+        """The int32 selection tensor the kernels read (None for patterns without topk)."""
+        self._kernel_plan()
+        if selection is not None:
+            sel = self._selection_dict(selection, q, k)
+            return next(iter(sel.values())).to(device=q.device, dtype=torch.int32)
+        if any(a.kind == "topk" for a in self.dynamic_atoms):
+            return select(q, k, self._op_key)
+        return None
+
+    def _kernel_plan(self):
+        """The kernel plan, or InputError when the pattern has no generated kernels."""
+        from ..kernels.launch import plan_for
+        from ..passes.dynamic import Unsupported
+
+        try:
+            return plan_for(self.root)
+        except Unsupported as e:
+            raise InputError(f"pattern {self.name!r}: {e}") from None
 
     def _reference_packed(self, q, k, v, scale, cu_q, cu_k):
         """The reference on a packed batch: each sequence on its own."""
@@ -269,7 +367,10 @@ class CompiledPattern:
                                  f"of shape {want}, got {getattr(sel, 'dtype', type(sel).__name__)} "
                                  f"{tuple(getattr(sel, 'shape', ()))}")
             nb = -(-k.shape[2] // block)
-            if sel.numel() and (int(sel.min()) < -1 or int(sel.max()) >= nb):
+            if sel.device != q.device:
+                raise InputError(f"selection is on {sel.device}, q on {q.device}")
+            # (checked where it costs no host synchronisation; the kernels skip ids outside [0, nb))
+            if sel.numel() and not sel.is_cuda and (int(sel.min()) < -1 or int(sel.max()) >= nb):
                 raise InputError(f"selection for {atom.kind}(n={n}, block={block}) holds block ids outside "
                                  f"[-1, {nb}) (-1 marks an empty slot; there are {nb} key blocks)")
             out[atom] = sel

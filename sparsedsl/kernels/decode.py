@@ -1,0 +1,203 @@
+"""Decoding: a few new queries per sequence against a KV cache, split over the key
+axis (flash-decoding). The generated forward kernel runs in its decoding mode
+(per-sequence key counts, optional paged cache, a share of each tile loop per
+program) and writes float32 partial outputs and LSEs; merge_kernel combines the
+parts with the LSE rule. Static patterns visit only the key tiles their
+segments name, so sink + window decoding reads the same bytes at any length;
+dynamic patterns read the block summaries (BlockSummaries, refreshed for the
+new tokens on every call) and the selected blocks."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import triton
+import triton.language as tl
+
+from ..ir import nodes as ir
+from ..ir.atoms import atom_arg
+from ..reference.evaluate import eval_int
+from .generate import keep_config
+from .launch import LOG2E, _Launch, dynamic_args, plan_for
+from .selection import select
+from .summaries import _pow2, stats
+
+
+@dataclass
+class BlockSummaries:
+    """The block summaries of a KV cache that a dynamic pattern's decoding reads,
+    float32 [B, Hk, capacity blocks, D]: `topk` (mean,) or (max, min) of key
+    blocks, `landmarks` (K mean, V mean) of landmark blocks."""
+
+    topk: tuple[torch.Tensor, ...] | None
+    landmarks: tuple[torch.Tensor, torch.Tensor] | None
+
+
+def _cache_dims(k_cache, block_table):
+    """(Hk, capacity, D) of a contiguous [B, Hk, Lmax, D] or paged [pages, PAGE, Hk, D] cache."""
+    if block_table is None:
+        return k_cache.shape[1], k_cache.shape[2], k_cache.shape[3]
+    return k_cache.shape[2], block_table.shape[1] * k_cache.shape[1], k_cache.shape[3]
+
+
+def summarize(root: ir.Pattern, k_cache, v_cache, lens, block_table=None, into: BlockSummaries | None = None,
+              new: int | None = None) -> BlockSummaries:
+    """Compute (or, with `into` and `new`, refresh the blocks touched by each
+    sequence's last `new` keys of) the summaries the pattern's decoding needs."""
+    plan = plan_for(root)
+    hk, cap, d = _cache_dims(k_cache, block_table)
+    b = lens.shape[0]
+
+    def alloc(block, count):
+        return tuple(torch.zeros((b, hk, -(-cap // block), d), device=k_cache.device, dtype=torch.float32)
+                     for _ in range(count))
+
+    if into is None:
+        into = BlockSummaries(None, None)
+        new = None
+        if plan.topk is not None:
+            into.topk = alloc(atom_arg(plan.topk, "block").value, 2 if _minmax(plan) else 1)
+        if plan.landmarks is not None:
+            into.landmarks = alloc(plan.landmarks, 2)
+    kw = dict(lens=lens, new=new, block_table=block_table)
+    if into.topk is not None:
+        block = atom_arg(plan.topk, "block").value
+        if _minmax(plan):  # stored (max, min): the scoring kernel's order
+            mx, mn = into.topk
+            stats(k_cache, block, (torch.empty_like(mx), mn, mx), minmax=True, **kw)
+        else:
+            stats(k_cache, block, into.topk, minmax=False, **kw)
+    if into.landmarks is not None:
+        stats(k_cache, plan.landmarks, into.landmarks[:1], minmax=False, **kw)
+        stats(v_cache, plan.landmarks, into.landmarks[1:], minmax=False, **kw)
+    return into
+
+
+def _minmax(plan) -> bool:
+    return atom_arg(plan.topk, "score") == "minmax"
+
+
+def _tiles(plan, cap: int, lq: int, bn: int, num_heads: int, num_kv_heads: int) -> int:
+    """An estimate of the key tiles a query tile visits at a full cache (for the split count)."""
+    env = {"q0": cap - lq, "q1": cap, "Lk": cap, "Lq": lq, "h": 0, "hk": 0, "H": num_heads, "Hk": num_kv_heads}
+    most = 1
+    for br in plan.branches:
+        keys = 0
+        for seg in br.segments:
+            try:
+                keys += max(0, min(eval_int(seg.hi, env), cap) - max(eval_int(seg.lo, env), 0))
+            except (KeyError, ZeroDivisionError):
+                keys += cap
+        tiles = -(-keys // bn)
+        if br.topk is not None:
+            tiles += br.topk.n * -(-br.topk.block // bn) * (2 if lq > 1 else 1)
+        if br.landmarks is not None:
+            tiles += -(-(cap // br.landmarks) // bn)
+        most = max(most, tiles)
+    return most
+
+
+_SMS: dict = {}
+
+
+def _sm_count(device) -> int:
+    if device.type != "cuda":
+        return 4
+    n = _SMS.get(device.index)
+    if n is None:
+        n = _SMS[device.index] = torch.cuda.get_device_properties(device).multi_processor_count
+    return n
+
+
+def decode_config(plan, head_dim: int, lq: int, interpret: bool):
+    """(BLOCK_M, BLOCK_N, warps, stages): a tile of all new queries (up to 64), and key
+    tiles no longer than the topk blocks (a selected block is walked whole)."""
+    bm = max(16, min(64, _pow2(lq)))
+    bn = 64 if head_dim <= 128 else 32
+    if plan.topk is not None:
+        bn = min(bn, max(16, 1 << (atom_arg(plan.topk, "block").value.bit_length() - 1)))
+    while bn > 16 and not keep_config(plan, bn, head_dim):
+        bn //= 2
+    return (16, 16) if interpret else (bm, bn, 4, 2)
+
+
+def decode(root: ir.Pattern, q, k_cache, v_cache, lens, scale: float, interpret: bool, block_table=None,
+           summaries: BlockSummaries | None = None, splits: int | None = None, config=None):
+    """(out [B, H, Lq, Dv] in q's dtype, lse float32 [B, H, Lq])."""
+    plan = plan_for(root)
+    b, h, lq, d = q.shape
+    hk, cap, _ = _cache_dims(k_cache, block_table)
+    dv = v_cache.shape[-1]
+    out = torch.empty((b, h, lq, dv), device=q.device, dtype=q.dtype)
+    lse = torch.empty((b, h, lq), device=q.device, dtype=torch.float32)
+    if out.numel() == 0:
+        return out, lse
+    selection = landmarks = None
+    if plan.dynamic:
+        summaries = summarize(root, k_cache, v_cache, lens, block_table, summaries,
+                              None if summaries is None else lq)
+        landmarks = summaries.landmarks
+        if plan.topk is not None:
+            a = plan.topk
+            block = atom_arg(a, "block").value
+            rows = (lq + block - 2) // block + 1
+            selection = select(q, summaries.topk, atom_arg(a, "n").value, block, cap, rows, _minmax(plan),
+                               atom_arg(a, "causal").value, lens=lens, num_blocks=-(-cap // block))
+    config = config or decode_config(plan, d, lq, interpret)
+    if splits is None:
+        tiles = _tiles(plan, cap, lq, config[1], h, hk)
+        want = -(-4 * _sm_count(q.device) // max(1, b * h * -(-lq // config[0])))
+        splits = max(1, min(want, -(-tiles // 4), 256))
+    o_part = torch.empty((splits, b, h, lq, dv), device=q.device, dtype=torch.float32)
+    l_part = torch.empty((splits, b, h, lq), device=q.device, dtype=torch.float32)
+    kv = k_cache if block_table is None else k_cache.permute(0, 2, 1, 3)  # shapes only: [., Hk, ., D]
+    run = _Launch(root, q, kv, v_cache if block_table is None else v_cache.permute(0, 2, 1, 3), interpret,
+                  config, None)
+    run.lk = cap
+    run.meta.update(VARLEN=2, PAGE=k_cache.shape[1] if block_table is not None else 0)
+    args = (q, k_cache, v_cache, o_part, l_part, q, lens,
+            *dynamic_args(run, q, selection, landmarks, k_cache, v_cache, o_part, l_part, block_table, parts=True),
+            h, hk, lq, cap, splits, scale * LOG2E)
+    run.run("fwd", lq, h * splits, args)
+    merge_kernel[(triton.cdiv(lq, 16), h, b)](o_part, l_part, out, lse, *o_part.stride(), *l_part.stride(),
+                                             *out.stride(), *lse.stride(), lq, splits,
+                                             HEAD_DIM_V=dv, BLOCK_DV=_pow2(max(dv, 16)), BLOCK=16)
+    return out, lse
+
+
+@triton.jit(do_not_specialize=["rows", "PARTS"])
+def merge_kernel(OP, LP, O, LSE, stride_pp, stride_pb, stride_ph, stride_pm, stride_pd,
+                 stride_lp, stride_lb, stride_lh, stride_lm,
+                 stride_ob, stride_oh, stride_om, stride_od, stride_sb, stride_sh, stride_sm,
+                 rows, PARTS, HEAD_DIM_V: tl.constexpr, BLOCK_DV: tl.constexpr, BLOCK: tl.constexpr):
+    # out = sum_p exp(lse_p - lse) o_p with lse = log sum_p exp(lse_p); parts that saw no key
+    # have lse_p = -inf and weigh 0; a row no part saw gets out 0, lse -inf (never NaN)
+    h = tl.program_id(1).to(tl.int64)
+    b = tl.program_id(2).to(tl.int64)
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    offs_d = tl.arange(0, BLOCK_DV)
+    ok = offs < rows
+    m = tl.full([BLOCK], float("-inf"), dtype=tl.float32)
+    for p in range(0, PARTS):
+        lp = tl.load(LP + p * stride_lp + b * stride_lb + h * stride_lh + offs * stride_lm, mask=ok,
+                     other=float("-inf"))
+        m = tl.maximum(m, lp)
+    m_safe = tl.where(m == float("-inf"), 0.0, m)
+    acc = tl.zeros([BLOCK, BLOCK_DV], dtype=tl.float32)
+    total = tl.zeros([BLOCK], dtype=tl.float32)
+    for p in range(0, PARTS):
+        lp = tl.load(LP + p * stride_lp + b * stride_lb + h * stride_lh + offs * stride_lm, mask=ok,
+                     other=float("-inf"))
+        w = tl.exp(lp - m_safe)
+        op = tl.load(OP + p * stride_pp + b * stride_pb + h * stride_ph + offs[:, None] * stride_pm
+                     + offs_d[None, :] * stride_pd, mask=ok[:, None] & (offs_d[None, :] < HEAD_DIM_V) & (w[:, None] > 0),
+                     other=0.0)
+        acc += w[:, None] * op
+        total += w
+    seen = total > 0
+    out = acc / tl.where(seen, total, 1.0)[:, None]
+    lse = tl.where(seen, m_safe + tl.log(tl.where(seen, total, 1.0)), float("-inf"))
+    tl.store(O + b * stride_ob + h * stride_oh + offs[:, None] * stride_om + offs_d[None, :] * stride_od,
+             out.to(O.dtype.element_ty), mask=ok[:, None] & (offs_d[None, :] < HEAD_DIM_V))
+    tl.store(LSE + b * stride_sb + h * stride_sh + offs * stride_sm, lse, mask=ok)
+

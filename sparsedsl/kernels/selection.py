@@ -1,0 +1,177 @@
+"""Top-k block selection on the GPU, with the semantics of reference/select.py:
+each query group (the rows of one absolute query block) is scored by its mean
+query against every candidate key block (the block mean, or the min/max bound
+of score=minmax), and the n best blocks win, ties to the lower block.
+
+Three steps, all with fixed-size outputs and no host synchronisation (a call is
+CUDA-graph capturable): a kernel for the group means; a scoring kernel that
+writes one int64 sort key per (group, block), score in the high half (its
+float32 bits made order-preserving) and the complement of the block id in the
+low half, so that torch.topk picks the best scores and, among equal scores, the
+lower block; then the chosen ids, ascending, -1 for empty slots."""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from .summaries import _pow2
+
+NO_CANDIDATE = -(1 << 63)
+LOW = (1 << 31) - 1
+KEY_BUDGET = 1 << 25  # int64 sort keys per scoring pass (256 MiB); longer calls go in row chunks
+
+
+@triton.jit
+def _floor_div(a, b):
+    q = a // b
+    return q - ((a % b != 0) & ((a < 0) != (b < 0))).to(q.dtype)
+
+
+@triton.jit(do_not_specialize=["Lq", "Lk"])
+def group_means_kernel(Q, QBAR, LENS, stride_qb, stride_qh, stride_qm, stride_qd,
+                       stride_gb, stride_gh, stride_gr, Lq, Lk,
+                       HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK: tl.constexpr, CHUNK: tl.constexpr,
+                       PER_SEQ: tl.constexpr):
+    # program (r, h, b): the mean of the query rows of group first + r, first = (Lk - Lq) // BLOCK
+    # (row i sits at position Lk - Lq + i; PER_SEQ: Lk = LENS[b]); float32, 0 for an empty group
+    r = tl.program_id(0)
+    h = tl.program_id(1).to(tl.int64)
+    b = tl.program_id(2).to(tl.int64)
+    if PER_SEQ:
+        Lk = tl.load(LENS + b)
+    off = Lk - Lq
+    start = (_floor_div(off, BLOCK) + r) * BLOCK
+    offs_d = tl.arange(0, BLOCK_D)
+    total = tl.zeros([BLOCK_D], dtype=tl.float32)
+    for c in range(0, BLOCK, CHUNK):
+        inner = c + tl.arange(0, CHUNK)
+        row = start + inner - off
+        ok = (inner < BLOCK) & (row >= 0) & (row < Lq)
+        x = tl.load(Q + b * stride_qb + h * stride_qh + row.to(tl.int64)[:, None] * stride_qm
+                    + offs_d[None, :] * stride_qd, mask=ok[:, None] & (offs_d[None, :] < HEAD_DIM), other=0.0)
+        total += tl.sum(x.to(tl.float32), 0)
+    count = tl.minimum(start + BLOCK, Lk) - tl.maximum(start, off)
+    mean = total / tl.maximum(count, 1).to(tl.float32)
+    tl.store(QBAR + b * stride_gb + h * stride_gh + r * stride_gr + offs_d, mean, mask=offs_d < HEAD_DIM)
+
+
+@triton.jit(do_not_specialize=["Lq", "Lk", "R", "R0", "NB", "G"])
+def score_kernel(QBAR, S1, S2, KEYS, LENS,
+                 stride_gb, stride_gh, stride_gr, stride_sb, stride_sh, stride_sn,
+                 stride_kb, stride_kh, stride_kr, Lq, Lk, R, R0, NB, G,
+                 HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK: tl.constexpr, CAUSAL: tl.constexpr,
+                 MINMAX: tl.constexpr, PER_SEQ: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_J: tl.constexpr):
+    # program (key-block tile, row tile x KV head, b): rows x = (g, r) over the G query heads of
+    # KV head hk and selection rows r in [R0, R0 + R) (the summaries are read once per KV head).
+    # S1 = block means (MINMAX: block maxima) and S2 = block minima, [B, Hk, nb, D] float32.
+    # KEYS [B, H, R, NB] int64: the sort key of (row, block), NO_CANDIDATE where j is no candidate.
+    n_rt = tl.cdiv(G * R, BLOCK_R)
+    hk = tl.program_id(1) // n_rt
+    xs = (tl.program_id(1) % n_rt) * BLOCK_R + tl.arange(0, BLOCK_R)
+    b = tl.program_id(2).to(tl.int64)
+    js = tl.program_id(0) * BLOCK_J + tl.arange(0, BLOCK_J)
+    g = xs // R
+    r = R0 + xs % R
+    x_ok = xs < G * R
+    if PER_SEQ:
+        Lk = tl.load(LENS + b)
+    offs_d = tl.arange(0, BLOCK_D)
+    d_ok = offs_d < HEAD_DIM
+    h = (hk * G + g).to(tl.int64)
+    qbar = tl.load(QBAR + b * stride_gb + h[:, None] * stride_gh + r.to(tl.int64)[:, None] * stride_gr
+                   + offs_d[None, :], mask=x_ok[:, None] & d_ok[None, :], other=0.0)
+    s_off = b * stride_sb + hk.to(tl.int64) * stride_sh + js.to(tl.int64)[None, :] * stride_sn + offs_d[:, None]
+    s_ok = (js[None, :] < NB) & d_ok[:, None]
+    s1 = tl.load(S1 + s_off, mask=s_ok, other=0.0)  # [BD, BJ]
+    if MINMAX:  # sum_d max(q_d kmin_d, q_d kmax_d) = max(q, 0) . kmax + min(q, 0) . kmin
+        s2 = tl.load(S2 + s_off, mask=s_ok, other=0.0)
+        score = tl.dot(tl.maximum(qbar, 0.0), s1, input_precision="ieee") \
+            + tl.dot(tl.minimum(qbar, 0.0), s2, input_precision="ieee")
+    else:
+        score = tl.dot(qbar, s1, input_precision="ieee")
+    first = _floor_div(Lk - Lq, BLOCK)
+    group = first + r
+    nb = (Lk + BLOCK - 1) // BLOCK  # this sequence's key blocks
+    cand = (js[None, :] < nb) & (group[:, None] <= (Lk - 1) // BLOCK) & x_ok[:, None]
+    if CAUSAL:
+        cand = cand & (js[None, :] <= group[:, None])
+    bits = score.to(tl.int32, bitcast=True)
+    ordered = tl.where(bits >= 0, bits, bits ^ 0x7FFFFFFF).to(tl.int64)  # float order as signed integers
+    key = ordered * 4294967296 + (0x7FFFFFFF - js)[None, :].to(tl.int64)
+    key = tl.where(cand, key, -9223372036854775808)
+    dst = KEYS + b * stride_kb + h[:, None] * stride_kh + (r - R0).to(tl.int64)[:, None] * stride_kr + js[None, :]
+    tl.store(dst, key, mask=x_ok[:, None] & (js[None, :] < NB))
+
+
+def group_means(q: torch.Tensor, kv_len, block: int, rows: int, lens=None) -> torch.Tensor:
+    """float32 [B, H, rows, D]: the mean query of groups first .. first + rows - 1."""
+    b, h, lq, d = q.shape
+    out = torch.empty((b, h, rows, d), device=q.device, dtype=torch.float32)
+    if out.numel():
+        group_means_kernel[(rows, h, b)](q, out, lens if lens is not None else q, *q.stride(), *out.stride()[:3],
+                                         lq, kv_len, HEAD_DIM=d, BLOCK_D=_pow2(d), BLOCK=block,
+                                         CHUNK=min(64, _pow2(block)), PER_SEQ=lens is not None)
+    return out
+
+
+def select(q: torch.Tensor, stats, n: int, block: int, kv_len: int, rows: int, minmax: bool, causal: bool,
+           lens=None, num_blocks: int | None = None) -> torch.Tensor:
+    """int32 [B, H, rows, n]: the selected key blocks, ascending, -1 for empty slots.
+    `stats`: (mean,) or (max, min) block summaries [B, Hk, nb, D] float32; `lens`:
+    per-sequence key counts (decoding), else kv_len for all."""
+    b, h, lq, d = q.shape
+    hk = stats[0].shape[1]
+    nb = stats[0].shape[2] if num_blocks is None else num_blocks
+    out = torch.full((b, h, rows, n), -1, device=q.device, dtype=torch.int32)
+    take = min(n, nb)
+    if out.numel() == 0 or take == 0:
+        return out
+    qbar = group_means(q, kv_len, block, rows, lens)
+    s1, s2 = (stats[0], stats[1]) if minmax else (stats[0], stats[0])
+    g = h // hk
+    step = max(1, KEY_BUDGET // max(1, b * h * nb))
+    for r0 in range(0, rows, step):
+        rn = min(step, rows - r0)
+        keys = torch.empty((b, h, rn, nb), device=q.device, dtype=torch.int64)
+        br = 16 if g * rn <= 16 else 32
+        bj = 64 if d <= 128 else 32
+        grid = (triton.cdiv(nb, bj), triton.cdiv(g * rn, br) * hk, b)
+        score_kernel[grid](qbar, s1, s2, keys, lens if lens is not None else q, *qbar.stride()[:3],
+                           *s1.stride()[:3], *keys.stride()[:3], lq, kv_len, rn, r0, nb, g,
+                           HEAD_DIM=d, BLOCK_D=_pow2(max(d, 16)), BLOCK=block, CAUSAL=causal, MINMAX=minmax,
+                           PER_SEQ=lens is not None, BLOCK_R=br, BLOCK_J=bj)
+        best = torch.topk(keys, take, dim=-1, sorted=False).values
+        ids = LOW - (best & 0xFFFFFFFF)
+        ids = torch.where(best == NO_CANDIDATE, LOW, ids).sort(dim=-1).values
+        out[:, :, r0:r0 + rn, :take] = torch.where(ids == LOW, -1, ids).to(torch.int32)
+    return out
+
+
+def summaries(x: torch.Tensor, block: int, minmax: bool, **kw) -> tuple[torch.Tensor, ...]:
+    """(mean,) or (max, min) float32 [B, H, ceil(L / block), D] of x [B, H, L, D]."""
+    from .summaries import stats
+
+    b, hx, length, d = x.shape
+    parts = tuple(torch.empty((b, hx, -(-length // block), d), device=x.device, dtype=torch.float32)
+                  for _ in range(3 if minmax else 1))
+    stats(x, block, parts, minmax=minmax, **kw)
+    return (parts[2], parts[1]) if minmax else parts
+
+
+def prefill_inputs(plan, q, k, v, selection=None):
+    """(selection, landmarks) of a prefill call of a dynamic plan: the topk
+    selection (given, or computed here) and the landmark K/V means."""
+    from ..ir.atoms import atom_arg
+
+    lq, lk = q.shape[2], k.shape[2]
+    if plan.topk is not None and selection is None:
+        a = plan.topk
+        block, minmax = atom_arg(a, "block").value, atom_arg(a, "score") == "minmax"
+        rows = 0 if lq == 0 else (lk - 1) // block - (lk - lq) // block + 1
+        selection = select(q, summaries(k, block, minmax), atom_arg(a, "n").value, block, lk, rows, minmax,
+                           atom_arg(a, "causal").value)
+    landmarks = None
+    if plan.landmarks is not None:
+        landmarks = (summaries(k, plan.landmarks, False)[0], summaries(v, plan.landmarks, False)[0])
+    return selection, landmarks

@@ -1,0 +1,85 @@
+"""dynamic split: a branch mask with data-dependent atoms -> what its kernels walk.
+
+The language lets topk/landmarks stand only in the top-level union, optionally
+under one enclosing intersection C with static masks (ir/check.py). So a
+branch mask reads  C & (S | topk | landmarks)  or  S | topk | landmarks, and
+
+- the static part is the mask with the dynamic atoms replaced by `none`
+  (walked by the ordinary segment plan);
+- a selected key block adds the pairs  C & ~static  (keys already visible
+  through the static part are not counted twice; a block whose keys are all
+  static for the tile's queries is skipped);
+- landmark entries are extra keys that C does not restrict.
+
+At most one topk atom and one landmarks atom per branch are compiled to kernels.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..ir import build
+from ..ir import nodes as ir
+from ..ir.atoms import atom_arg, is_dynamic
+from .base import rewrite
+from .simplify import rule as simplify_rule
+
+NONE = build.atom("none")
+
+
+@dataclass(frozen=True)
+class TopkPart:
+    atom: ir.Atom
+    n: int
+    block: int
+    score: str
+    causal: bool
+    mask: ir.Node  # the element mask of a selected block's pairs: C & ~static
+
+
+@dataclass(frozen=True)
+class DynamicSplit:
+    static: ir.Node
+    topk: TopkPart | None = None
+    landmarks: int | None = None  # the landmark block size
+
+
+class Unsupported(ValueError):
+    """The pattern is valid but has no generated kernel (the reference runs it)."""
+
+
+def _atoms(mask: ir.Node) -> list[ir.Atom]:
+    out, stack = [], [mask]
+    while stack:
+        n = stack.pop()
+        if is_dynamic(n) and n not in out:
+            out.append(n)
+        stack.extend(n.children())
+    return out
+
+
+def _static(mask: ir.Node) -> ir.Node:
+    return rewrite(rewrite(mask, lambda n: NONE if is_dynamic(n) else None), simplify_rule)
+
+
+def split(mask: ir.Node) -> DynamicSplit:
+    found = _atoms(mask)
+    if not found:
+        return DynamicSplit(mask)
+    topks = [a for a in found if a.kind == "topk"]
+    marks = [a for a in found if a.kind == "landmarks"]
+    if len(topks) > 1 or len(marks) > 1:
+        raise Unsupported("kernels take at most one topk(...) and one landmarks(...) atom per head branch; "
+                          "use backend='reference'")
+    static = _static(mask)
+    context, inner = [], static
+    if isinstance(mask, ir.Inter):  # C & (S | dynamic): C & ~(C & S) = C & ~S
+        context = [a for a in mask.args if not _atoms(a)]
+        inner = _static(build.union(*[a for a in mask.args if _atoms(a)]))
+    topk = None
+    if topks:
+        a = topks[0]
+        sel_mask = build.inter(*context, build.compl(inner)) if context else build.compl(inner)
+        topk = TopkPart(a, atom_arg(a, "n").value, atom_arg(a, "block").value, atom_arg(a, "score"),
+                        atom_arg(a, "causal").value, rewrite(sel_mask, simplify_rule))
+    landmarks = atom_arg(marks[0], "block").value if marks else None
+    return DynamicSplit(static, topk, landmarks)
