@@ -2,7 +2,9 @@
 # One call on the lent GPU: install, run the GPU test suite, run the benchmarks,
 # print the tables last. Usage (repo root): bash benchmarks/gpu.sh [tests|bench|fwd|bwd|all]
 #   tests: pytest -m gpu only; fwd: the forward benchmark only; bwd: the backward benchmark only;
-#   bench: both benchmarks; all (default): tests and both benchmarks.
+#   bench: both benchmarks; dyntests: the dynamic/decode tests on CUDA tensors; dyn: those tests
+#   and benchmarks/bench_dynamic.py (prefill with selection, decoding); all (default): tests and
+#   the forward and backward benchmarks.
 # Environment: LENGTHS (default "16384 65536"), BENCH_ARGS (extra bench_forward.py arguments),
 # BWD_ARGS (extra bench_backward.py arguments), VARLEN=0 skips the packed varlen rows of the
 # backward benchmark, PYTEST_ARGS, OUT (default /tmp/sparsedsl-out).
@@ -10,8 +12,8 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 what=${1:-all}
 case $what in
-  tests|bench|fwd|bwd|all) ;;
-  *) echo "usage: bash benchmarks/gpu.sh [tests|bench|fwd|bwd|all]" >&2; exit 2 ;;
+  tests|bench|fwd|bwd|dyn|dyntests|all) ;;
+  *) echo "usage: bash benchmarks/gpu.sh [tests|bench|fwd|bwd|dyn|dyntests|all]" >&2; exit 2 ;;
 esac
 OUT=${OUT:-/tmp/sparsedsl-out}; mkdir -p "$OUT"
 if [ -d .whl ]; then  # packages the GPU image lacks (lark), carried as wheels
@@ -21,12 +23,26 @@ fi
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} SPARSEDSL_CACHE_DIR=/tmp/sparsedsl-cache PYTHONUNBUFFERED=1
 python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__, torch.cuda.get_device_name())"
 status=0
+tables=()
 if [ "$what" = tests ] || [ "$what" = all ]; then
   python3 -m pytest -q -m gpu -p no:cacheprovider tests/test_kernels_gpu.py tests/test_backward_gpu.py ${PYTEST_ARGS:-} 2>&1 | tee "$OUT/gpu_tests.txt" | tail -40
   status=${PIPESTATUS[0]}
 fi
+if [ "$what" = dyn ] || [ "$what" = dyntests ]; then
+  python3 -m pytest -q -p no:cacheprovider tests/test_dynamic.py tests/test_selection.py tests/test_summaries.py \
+    ${PYTEST_ARGS:-} 2>&1 | tee "$OUT/gpu_dyn_tests.txt" | tail -25
+  status=${PIPESTATUS[0]}
+fi
+if [ "$what" = dyn ]; then
+  for part in prefill decode; do
+    t0=$SECONDS
+    python3 benchmarks/bench_dynamic.py $part ${DYN_ARGS:-} --out "$OUT/bench_$part.md" >> "$OUT/bench_dyn.log" 2>&1
+    echo "bench_dynamic.py $part: exit $?, $((SECONDS - t0)) s"
+    grep "^L=\|failed" "$OUT/bench_dyn.log" | tail -n 8
+    tables+=("$OUT/bench_$part.md")
+  done
+fi
 # one process per length: FlexAttention's mask compile does not survive many shapes in one process
-tables=()
 if [ "$what" = fwd ] || [ "$what" = bench ] || [ "$what" = all ]; then
   for L in ${LENGTHS:-16384 65536}; do
     rm -f "$OUT/bench_$L.md"

@@ -103,9 +103,30 @@ def dense_attention(q, k, v, mask, scale=None):
     return w @ vv, lse
 
 
+def _kernels_run() -> bool:
+    if torch.cuda.is_available():
+        return True
+    try:
+        from sparsedsl.kernels.launch import interpreter_ready
+    except ImportError:  # no triton
+        return False
+    return interpreter_ready()
+
+
+KERNEL_DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+
 def select(p, q, k):
-    sel = p.select_blocks(q, k)
+    """The reference's selection; with the kernels available (GPU, or the interpreter),
+    also the selection kernel's, which must be the same tensor (float64 data goes
+    to the kernel as float32: these tests' scores are exact or far from ties there)."""
+    sel = p.select_blocks(q, k, backend="reference")
     assert sel.dtype == torch.int32
+    if _kernels_run() and sum(a.kind == "topk" for a in p.dynamic_atoms) == 1:
+        cast = (lambda t: t.float()) if q.dtype == torch.float64 else (lambda t: t)
+        got = p.select_blocks(cast(q).to(KERNEL_DEVICE), cast(k).to(KERNEL_DEVICE), backend="triton")
+        assert got.dtype == torch.int32 and got.shape == sel.shape
+        assert torch.equal(got.cpu(), sel), f"selection kernel {got.tolist()} != reference {sel.tolist()}"
     return sel
 
 

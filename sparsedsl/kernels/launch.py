@@ -181,7 +181,7 @@ def dynamic_args(run: "_Launch", q, selection, landmarks, k, v, out, lse, block_
 
 
 def backward(root: ir.Pattern, q, k, v, out, lse, dout, scale: float, interpret: bool, config=None,
-             varlen: Varlen | None = None, dlse=None, kinds=("dq", "dkdv")):
+             varlen: Varlen | None = None, dlse=None, kinds=("dq", "dkdv"), selection=None):
     """(dq, dk, dv), each shaped like q, k, v. `dlse`: the gradient of the LSE
     output, if it was used. No atomics: every gradient element is written by
     one program, so the result is bitwise repeatable. `kinds` launches only
@@ -194,6 +194,10 @@ def backward(root: ir.Pattern, q, k, v, out, lse, dout, scale: float, interpret:
     q, k, v = (t if g.stride() == t.stride() else t.contiguous() for t, g in zip((q, k, v), grads))
     dq, dk, dv = (g if g.stride() == t.stride() else torch.empty_like(t) for t, g in zip((q, k, v), grads))
     run = _Launch(root, q, k, v, interpret, config, varlen)
+    if run.plan.landmarks is not None or run.plan.topk is not None:
+        kinds_ = " and ".join(x for x, y in (("topk", run.plan.topk), ("landmarks", run.plan.landmarks)) if y)
+        raise InputError(f"pattern {root.name!r}: the backward through {kinds_} is not generated yet "
+                         "(backend='reference' differentiates it)")
     if run.batch == 0:
         return dq, dk, dv
     delta = backward_delta(out, dout, lse, dlse)

@@ -323,7 +323,8 @@ class CompiledPattern:
         self._kernel_plan()
         if selection is not None:
             sel = self._selection_dict(selection, q, k)
-            return next(iter(sel.values())).to(device=q.device, dtype=torch.int32)
+            # ascending rows (the kernels skip a repeated id when it follows itself)
+            return next(iter(sel.values())).to(device=q.device, dtype=torch.int32).sort(dim=-1).values
         if any(a.kind == "topk" for a in self.dynamic_atoms):
             return select(q, k, self._op_key)
         return None
