@@ -341,3 +341,34 @@ def test_compute_selection_is_the_reference():  # the oracle the tests above lea
     k[0, 0, 0:4, 0] = -1.0
     k[0, 0, 4:8, 0] = 2.0
     assert compute_selection(p.root, q, k)[p.dynamic_atoms[0]].flatten().tolist() == [0, 1]
+
+
+@pytest.mark.skipif(not GPU, reason="CUDA graphs need a GPU")
+def test_selection_prefill_and_decode_capture_in_a_cuda_graph():
+    """No host synchronisation and fixed-size outputs: selection + attention (prefill)
+    and summaries refresh + selection + split-KV decode are captured once and replayed
+    on new inputs (copied into the captured tensors), matching eager calls."""
+    p = C("causal & (sink(4) | window(64) | topk(4, block=64) | landmarks(block=32))")
+    q, k, v = qkv(1, 4, 2, 512, 512, d=64, seed=1, dtype=torch.bfloat16)
+    lens = torch.tensor([300, 512], dtype=torch.int32, device=DEV)
+    qd = rand(2, 4, 1, 64, seed=2, dtype=torch.bfloat16)
+    kc, vc = rand(2, 2, 512, 64, seed=3, dtype=torch.bfloat16), rand(2, 2, 512, 64, seed=4, dtype=torch.bfloat16)
+    summ = p.summarize(kc, vc, lens)
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):  # warm up (compiles) outside the capture
+        p(q, k, v)
+        p.decode(qd, kc, vc, lens, summaries=summ)
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = p(q, k, v)
+        dout = p.decode(qd, kc, vc, lens, summaries=summ)
+    for seed in (5, 6):
+        q.copy_(rand(*q.shape, seed=seed, dtype=q.dtype))
+        qd.copy_(rand(*qd.shape, seed=seed + 10, dtype=qd.dtype))
+        kc[:, :, 200:].copy_(rand(2, 2, 312, 64, seed=seed + 20, dtype=kc.dtype))
+        graph.replay()
+        torch.cuda.synchronize()
+        assert torch.equal(out, p(q, k, v))
+        assert torch.equal(dout, p.decode(qd, kc, vc, lens, summaries=p.summarize(kc, vc, lens)))

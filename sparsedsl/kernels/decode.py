@@ -8,6 +8,7 @@ dynamic patterns read the block summaries (BlockSummaries, refreshed for the
 new tokens on every call) and the selected blocks."""
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -77,6 +78,7 @@ def _minmax(plan) -> bool:
     return atom_arg(plan.topk, "score") == "minmax"
 
 
+@functools.lru_cache(maxsize=256)
 def _tiles(plan, cap: int, lq: int, bn: int, num_heads: int, num_kv_heads: int) -> int:
     """An estimate of the key tiles a query tile visits at a full cache (for the split count)."""
     env = {"q0": cap - lq, "q1": cap, "Lk": cap, "Lq": lq, "h": 0, "hk": 0, "H": num_heads, "Hk": num_kv_heads}

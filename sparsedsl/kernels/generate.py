@@ -190,7 +190,7 @@ FORWARD = Traversal(False, (
     "stride_kn, stride_kd, stride_kp, stride_vn, stride_vd, stride_vp, u0, lo_v, hi_v, q_lo, q_lo + {block}, "
     "h, hk, H, Hk, qk_scale, BLOCK_N, HEAD_DIM, HEAD_DIM_V, {i}, DOT_PRECISION, PAGE)"), (
     "acc, l_i, m_i = _attend(acc, l_i, m_i, q, q_pos, kl_base, vl_base, bt_base, offs_d, offs_dv, "
-    "stride_kln, stride_kld, 0, stride_vln, stride_vld, 0, u0, 0, 0, nl, t >= 0, "
+    "stride_kln, stride_kld, 0, stride_vln, stride_vld, 0, u0, 0, 0, nl, u0 + BLOCK_N > nl_all, "
     "h, hk, H, Hk, qk_scale, 1, BLOCK_N, HEAD_DIM, HEAD_DIM_V, {i}, DOT_PRECISION, WIDE, 0)"))
 DQ = Traversal(False, (
     "dq = _dq_step(dq, q, do, lse2, delta, q_pos, k_base, v_base, offs_d, offs_dv, "
@@ -297,6 +297,7 @@ def _dynamic_parts(i: int, br, plan: KernelPlan, how: Traversal, start: str):
         lb = br.landmarks
         setup += [f"# landmarks(block={lb}): entry j is seen by the queries with j < q // {lb}",
                   f"nl = tl.maximum(tl.minimum(_fdiv(q1 - 1, {lb}), Lk // {lb}), 0)",
+                  f"nl_all = tl.maximum(tl.minimum(_fdiv(q0, {lb}), Lk // {lb}), 0)  # entries every row sees",
                   f"l_0 = {total}", "l_1 = l_0 + (nl + BLOCK_N - 1) // BLOCK_N"]
         loops += ["for t in range(tl.maximum(t_a, l_0), tl.minimum(t_b, l_1)):",
                   "    u0 = (t - l_0) * BLOCK_N",
