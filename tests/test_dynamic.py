@@ -367,8 +367,11 @@ def test_selection_prefill_and_decode_capture_in_a_cuda_graph():
     for seed in (5, 6):
         q.copy_(rand(*q.shape, seed=seed, dtype=q.dtype))
         qd.copy_(rand(*qd.shape, seed=seed + 10, dtype=qd.dtype))
-        kc[:, :, 200:].copy_(rand(2, 2, 312, 64, seed=seed + 20, dtype=kc.dtype))
+        # a decode step: each sequence's newest key (the one decode() refreshes the summaries for)
+        kc[0, :, 299].copy_(rand(2, 64, seed=seed + 20, dtype=kc.dtype))
+        kc[1, :, 511].copy_(rand(2, 64, seed=seed + 30, dtype=kc.dtype))
         graph.replay()
         torch.cuda.synchronize()
-        assert torch.equal(out, p(q, k, v))
-        assert torch.equal(dout, p.decode(qd, kc, vc, lens, summaries=p.summarize(kc, vc, lens)))
+        assert torch.equal(out, p(q, k, v)), "prefill: graph replay != eager"
+        assert torch.equal(dout, p.decode(qd, kc, vc, lens, summaries=p.summarize(kc, vc, lens))), \
+            "decode: graph replay != eager"
