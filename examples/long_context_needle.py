@@ -10,7 +10,7 @@ them from the block summaries and recovers dense attention's output:
     python examples/long_context_needle.py --device cpu --length 4096
 
 Prints, for the last query block, each pattern's error against dense attention,
-the share of the output that comes from the needles, whether the selection
+the mean value of its output there (the needles' values are 1.0), whether the selection
 found every planted block, and the time of each call.
 """
 from __future__ import annotations
@@ -38,8 +38,8 @@ def make_inputs(length, heads, dim, needles, device, dtype, seed=0):
     direction = direction / direction.norm(dim=-1, keepdim=True)
     q[:, :, -64:] += 9.0 * direction  # the last queries ask about one topic
     blocks = [int(length * f) // 64 for f in torch.linspace(0.1, 0.7, needles).tolist()]
-    for j in blocks:  # keys on that topic (logits ~ +8 above the noise); value +1 in every dimension
-        k[:, :, j * 64:(j + 1) * 64] = 10.0 * direction + 0.3 * torch.randn(1, heads, 64, dim, generator=g)
+    for j in blocks:  # keys on that topic (logits ~ +12 above the noise); value +1 in every dimension
+        k[:, :, j * 64:(j + 1) * 64] = 15.0 * direction + 0.3 * torch.randn(1, heads, 64, dim, generator=g)
         v[:, :, j * 64:(j + 1) * 64] = 1.0
     return (t.to(device=device, dtype=dtype) for t in (q, k, v)), blocks
 
@@ -77,9 +77,9 @@ def main(argv=None):
     for name, src in (("sink+window", STREAMING), ("sink+window+topk", RETRIEVAL)):
         p = sparsedsl.compile_pattern(src)
         out, ms = timed(lambda: p(q, k, v), args.device)  # the whole sequence (every query)
-        err = (out[:, :, last].float() - dense.float()).abs().max().item()
+        err = (out[:, :, last].float() - dense.float()).abs().mean().item()
         results[name] = err
-        line = f"{name:>17}: whole sequence {ms:8.2f} ms; last block: max |out - dense| = {err:.3f}, " \
+        line = f"{name:>17}: whole sequence {ms:8.2f} ms; last block: mean |out - dense| = {err:.3f}, " \
                f"mean value {out[:, :, last].float().mean():.3f}"
         if p.is_dynamic:
             sel = p.select_blocks(q, k)[0, :, -1]  # the last query group's blocks, every head

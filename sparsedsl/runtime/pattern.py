@@ -320,7 +320,10 @@ class CompiledPattern:
 
     def _kernel_selection(self, q, k, selection):
         """The int32 selection tensor the kernels read (None for patterns without topk)."""
-        self._kernel_plan()
+        if not self.is_dynamic:
+            return None
+        if not torch.compiler.is_compiling():  # (traced, the op itself raises the same error)
+            self._kernel_plan()
         if selection is not None:
             sel = self._selection_dict(selection, q, k)
             # ascending rows (the kernels skip a repeated id when it follows itself)
