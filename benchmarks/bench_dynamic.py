@@ -154,8 +154,7 @@ def decode(args, versions):
                     bm = create_block_mask(mod, None, None, 1, L, device="cuda", _compile=True)
                     flex_ms = bench(lambda: flex(q, kc, vc, block_mask=bm, enable_gqa=True))
                 else:
-                    sel = p.decode  # Flex given the same selection: its BlockMask per step
-                    from sparsedsl.kernels.decode import summarize  # noqa: F401
+                    # Flex given the same selection: its BlockMask for this step
                     blocks = p.select_blocks(q, kc[:, :, :L], backend="triton")  # [B, H, 1, 16]
                     nb = -(-L // 64)
                     hit = torch.zeros((b, h, nb + 1), dtype=torch.bool, device="cuda")
@@ -166,7 +165,6 @@ def decode(args, versions):
                         return (ki <= qq) & ((ki < 64) | (qq - ki < 1024) | hit[bb, hh, ki // 64])
                     bm = create_block_mask(mod2, b, h, 1, L, device="cuda", _compile=True)
                     flex_ms = bench(lambda: flex(q, kc, vc, block_mask=bm, enable_gqa=True))
-                    del sel
             except Exception as e:  # noqa: BLE001 - report, keep the other rows
                 print(f"flex decode failed at L={L} {name}: {type(e).__name__}: {str(e)[:200]}", flush=True)
             gbs = need / ours / 1e6

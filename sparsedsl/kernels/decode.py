@@ -65,7 +65,7 @@ def summarize(root: ir.Pattern, k_cache, v_cache, lens, block_table=None, into: 
         block = atom_arg(plan.topk, "block").value
         if _minmax(plan):  # stored (max, min): the scoring kernel's order
             mx, mn = into.topk
-            stats(k_cache, block, (torch.empty_like(mx), mn, mx), minmax=True, **kw)
+            stats(k_cache, block, (None, mn, mx), minmax=True, **kw)
         else:
             stats(k_cache, block, into.topk, minmax=False, **kw)
     if into.landmarks is not None:

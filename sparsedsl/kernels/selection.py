@@ -154,9 +154,9 @@ def summaries(x: torch.Tensor, block: int, minmax: bool, **kw) -> tuple[torch.Te
 
     b, hx, length, d = x.shape
     parts = tuple(torch.empty((b, hx, -(-length // block), d), device=x.device, dtype=torch.float32)
-                  for _ in range(3 if minmax else 1))
-    stats(x, block, parts, minmax=minmax, **kw)
-    return (parts[2], parts[1]) if minmax else parts
+                  for _ in range(2 if minmax else 1))
+    stats(x, block, (None, *parts) if minmax else parts, minmax=minmax, **kw)  # minmax: no mean
+    return (parts[1], parts[0]) if minmax else parts
 
 
 def prefill_inputs(plan, q, k, v, selection=None):

@@ -18,7 +18,7 @@ def block_stats_kernel(X, MEAN, XMIN, XMAX, LENS, BT,
                        stride_xb, stride_xh, stride_xn, stride_xd, stride_xp, stride_btb,
                        stride_sb, stride_sh, stride_sn, L, NEW,
                        HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK: tl.constexpr, CHUNK: tl.constexpr,
-                       PER_SEQ: tl.constexpr, PAGE: tl.constexpr, MINMAX: tl.constexpr):
+                       PER_SEQ: tl.constexpr, PAGE: tl.constexpr, MINMAX: tl.constexpr, MEAN_OUT: tl.constexpr):
     # One program per (block, head, batch entry). A sequence holds L positions (PER_SEQ: LENS[b]);
     # program i recomputes block (max(len - NEW, 0) // BLOCK) + i, the blocks that its last NEW
     # positions touched. PAGE > 0: X is [pages, PAGE, H, D], found through BT [B, pages].
@@ -52,7 +52,8 @@ def block_stats_kernel(X, MEAN, XMIN, XMAX, LENS, BT,
                 hi = tl.maximum(hi, tl.max(tl.where(ok[:, None], x, float("-inf")), 0))
         count = tl.maximum(tl.minimum(n - j * BLOCK, BLOCK), 1).to(tl.float32)
         out = b.to(tl.int64) * stride_sb + hx.to(tl.int64) * stride_sh + j.to(tl.int64) * stride_sn + offs_d
-        tl.store(MEAN + out, total / count, mask=d_ok)
+        if MEAN_OUT:
+            tl.store(MEAN + out, total / count, mask=d_ok)
         if MINMAX:
             tl.store(XMIN + out, lo, mask=d_ok)
             tl.store(XMAX + out, hi, mask=d_ok)
@@ -63,7 +64,8 @@ def _pow2(n: int) -> int:
 
 
 def stats(x: torch.Tensor, block: int, out, *, lens=None, new=None, block_table=None, minmax=True) -> None:
-    """Fill `out` (float32 [B, H, nb, D] mean[, min, max], contiguous rows) with the
+    """Fill `out` (float32 [B, H, nb, D] mean[, min, max], contiguous rows; a None mean
+    is not computed) with the
     summaries of x [B, H, L, D] (any strides), or of a paged x [pages, PAGE, H, D]
     through block_table [B, pages]. `lens` (int32 [B]): per-sequence lengths (else
     all L); `new`: recompute only the blocks touched by each sequence's last `new`
@@ -76,17 +78,19 @@ def stats(x: torch.Tensor, block: int, out, *, lens=None, new=None, block_table=
     else:
         b, hx, length, d = x.shape
         xst = (*x.stride(), 0)
-    nb = out[0].shape[2]
+    nb = out[-1].shape[2]
     new = length if new is None else int(new)
     programs = nb if new >= length else min(nb, -(-new // block) + 1)
     if programs <= 0 or b * hx == 0:
         return
     mean, xmin, xmax = (out[0], out[0], out[0]) if not minmax else out
+    mean_out = mean is not None
+    mean = xmin if mean is None else mean
     block_stats_kernel[(programs, hx, b)](
         x, mean, xmin, xmax, lens if lens is not None else x, block_table if paged else x, *xst,
-        block_table.stride(0) if paged else 0, *mean.stride()[:3], length, new,
+        block_table.stride(0) if paged else 0, *xmin.stride()[:3], length, new,
         HEAD_DIM=d, BLOCK_D=_pow2(d), BLOCK=block, CHUNK=min(64, _pow2(block)),
-        PER_SEQ=lens is not None, PAGE=x.shape[1] if paged else 0, MINMAX=minmax)
+        PER_SEQ=lens is not None, PAGE=x.shape[1] if paged else 0, MINMAX=minmax, MEAN_OUT=mean_out)
 
 
 def block_stats(k: torch.Tensor, block: int, out=None, first_block: int = 0):

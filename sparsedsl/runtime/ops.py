@@ -56,8 +56,9 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pattern: str, s
     packed = cu_seqlens_q is not None
     root = _PATTERNS[pattern]
     landmarks = None
-    if launch.plan_for(root).dynamic:
-        selection, landmarks = prefill_inputs(launch.plan_for(root), q, k, v, selection)
+    plan = launch.plan_for(root)
+    if plan.dynamic:
+        selection, landmarks = prefill_inputs(plan, q, k, v, selection)
     out, lse = launch.forward(root, _view(q, packed), _view(k, packed), _view(v, packed), scale,
                               interpret=not q.is_cuda, config=_config(config),
                               varlen=_varlen(cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k),
