@@ -2,13 +2,14 @@
 selection) vs dense SDPA, in one process.
 
     python benchmarks/bench_dynamic.py prefill [--lengths 16384 65536] [--out FILE]
+    python benchmarks/bench_dynamic.py train [--lengths 16384 65536] [--out FILE]
     python benchmarks/bench_dynamic.py decode [--lengths 32768 131072 1048576] [--out FILE]
 
 prefill (B=1, H=16, D=128, bf16): sparsedsl's time includes its selection step
 (block summaries, scoring, top-k); FlexAttention gets the same selection as a
 BlockMask (its build time reported separately) and, for landmarks, the landmark
 entries appended to K/V with a mask_mod that sees entry j from query blocks
-> j. decode (B=8, H=32, Hk=8, D=128, bf16, one new token, full caches):
+> j. train: the same, forward + backward. decode (B=8, H=32, Hk=8, D=128, bf16, one new token, full caches):
 sparsedsl's decode (selection included) vs SDPA over the whole cache and
 FlexAttention decoding with the pattern's BlockMask; "GB/s" is the bytes the
 kernel must read (visible K/V rows once per KV head, plus block summaries)
@@ -116,6 +117,60 @@ def prefill(args, versions):
     return "\n".join(lines)
 
 
+def train(args, versions):
+    """Forward + backward (the gradients of q, k, v) with the same selection in both: the
+    selection is part of sparsedsl's forward, Flex gets it as a BlockMask built outside."""
+    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+
+    flex = torch.compile(flex_attention, dynamic=False)
+    rows = []
+    for L in args.lengths:
+        h, d, dev = 16, 128, "cuda"
+        g = torch.Generator(device=dev).manual_seed(0)
+        q, k, v, do = (torch.randn(1, h, L, d, device=dev, dtype=torch.bfloat16, generator=g) for _ in range(4))
+        q, k, v = (t.requires_grad_() for t in (q, k, v))
+        for name, src in (("sink64+window1024+topk(16, block=64)", TOPK),
+                          ("sink64+window1024 + landmarks(block=64)", LANDMARK)):
+            p = sparsedsl.compile_pattern(src)
+            if p.dynamic_atoms[0].kind == "topk":
+                sel = p.select_blocks(q.detach(), k.detach())
+                bm = selection_block_mask(sel, L, h, 64, create_block_mask)
+
+                def ours_fn():
+                    return torch.autograd.grad(p(q, k, v), (q, k, v), do)
+
+                def flex_fn():
+                    return torch.autograd.grad(flex(q, k, v, block_mask=bm), (q, k, v), do)
+            else:
+                bm = landmark_block_mask(L, h, 64, create_block_mask)
+
+                def ours_fn():
+                    return torch.autograd.grad(p(q, k, v), (q, k, v), do)
+
+                def flex_fn():  # landmark entries: block means appended to K/V (differentiable)
+                    kl = k.unflatten(2, (L // 64, 64)).mean(3)
+                    vl = v.unflatten(2, (L // 64, 64)).mean(3)
+                    out = flex(q, torch.cat([k, kl], 2), torch.cat([v, vl], 2), block_mask=bm)
+                    return torch.autograd.grad(out, (q, k, v), do)
+            ours = bench(ours_fn)
+            flex_ms = bench(flex_fn)
+            err = max(((a.float() - b.float()).abs().max() / b.float().abs().max()).item()
+                      for a, b in zip(ours_fn(), flex_fn()))
+            rows.append(dict(L=L, name=name, ours=ours, flex=flex_ms, err=err))
+            print(f"L={L} {name} fwd+bwd: sparsedsl {ours:.3f} ms, flex {flex_ms:.3f} ms, "
+                  f"speed-up {flex_ms / ours:.2f}x, max |diff| / max |grad| {err:.1e}", flush=True)
+            del bm
+            torch.cuda.empty_cache()
+    lines = [f"Forward + backward with data-dependent selection ({versions}; B=1, H=16, D=128, bf16; the "
+             "gradients of q, k and v). sparsedsl's time includes its selection step (not differentiated); "
+             "FlexAttention is given the same selection as a BlockMask built outside the timing.", "",
+             "| L | pattern | sparsedsl ms | Flex ms | speed-up | max grad diff (relative) |", "|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['L']} | {r['name']} | {r['ours']:.3f} | {r['flex']:.3f} | {r['flex'] / r['ours']:.2f}x "
+                     f"| {r['err']:.1e} |")
+    return "\n".join(lines)
+
+
 def decode(args, versions):
     import torch.nn.functional as F
     from torch.nn.attention.flex_attention import create_block_mask, flex_attention
@@ -190,7 +245,7 @@ def decode(args, versions):
 
 def main(argv=None):
     ap = argparse.ArgumentParser()
-    ap.add_argument("what", choices=["prefill", "decode"])
+    ap.add_argument("what", choices=["prefill", "train", "decode"])
     ap.add_argument("--lengths", type=int, nargs="+")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
@@ -199,8 +254,8 @@ def main(argv=None):
 
     versions = f"{torch.cuda.get_device_name()}, torch {torch.__version__}, triton {triton.__version__}"
     if args.lengths is None:
-        args.lengths = [16384, 65536] if args.what == "prefill" else [32768, 131072, 1048576]
-    table = (prefill if args.what == "prefill" else decode)(args, versions)
+        args.lengths = [32768, 131072, 1048576] if args.what == "decode" else [16384, 65536]
+    table = {"prefill": prefill, "train": train, "decode": decode}[args.what](args, versions)
     print(table)
     if args.out:
         Path(args.out).write_text(table + "\n")

@@ -3,7 +3,8 @@
 # print the tables last. Usage (repo root): bash benchmarks/gpu.sh [tests|bench|fwd|bwd|all]
 #   tests: pytest -m gpu only; fwd: the forward benchmark only; bwd: the backward benchmark only;
 #   bench: both benchmarks; dyntests: the dynamic/decode tests on CUDA tensors; dyn: those tests
-#   and benchmarks/bench_dynamic.py (prefill with selection, decoding); all (default): tests and
+#   and benchmarks/bench_dynamic.py (prefill with selection, train: forward + backward, decoding;
+#   DYN_PARTS picks some); all (default): tests and
 #   the forward and backward benchmarks.
 # Environment: LENGTHS (default "16384 65536"), BENCH_ARGS (extra bench_forward.py arguments),
 # BWD_ARGS (extra bench_backward.py arguments), VARLEN=0 skips the packed varlen rows of the
@@ -16,7 +17,7 @@ case $what in
   *) echo "usage: bash benchmarks/gpu.sh [tests|bench|fwd|bwd|dyn|dyntests|all]" >&2; exit 2 ;;
 esac
 OUT=${OUT:-/tmp/sparsedsl-out}; mkdir -p "$OUT"
-if [ -d .whl ]; then  # packages the GPU image lacks (lark), carried as wheels
+if [ -d .whl ]; then  # packages the GPU image lacks (lark; pytest-xdist), carried as wheels
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
     && export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
 fi
@@ -24,17 +25,19 @@ export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} SPARSEDSL_CACHE_DIR=/tmp/spars
 python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__, torch.cuda.get_device_name())"
 status=0
 tables=()
+# the kernels' compile time dominates the tests: spread them over processes when pytest-xdist is there
+workers=$(python3 -c "import xdist" 2>/dev/null && echo "-n ${WORKERS:-8}")
 if [ "$what" = tests ] || [ "$what" = all ]; then
-  python3 -m pytest -q -m gpu -p no:cacheprovider tests/test_kernels_gpu.py tests/test_backward_gpu.py ${PYTEST_ARGS:-} 2>&1 | tee "$OUT/gpu_tests.txt" | tail -40
+  python3 -m pytest -q -m gpu -p no:cacheprovider ${workers:-} tests/test_kernels_gpu.py tests/test_backward_gpu.py ${PYTEST_ARGS:-} 2>&1 | tee "$OUT/gpu_tests.txt" | tail -40
   status=${PIPESTATUS[0]}
 fi
 if [ "$what" = dyn ] || [ "$what" = dyntests ]; then
-  python3 -m pytest -q -p no:cacheprovider tests/test_dynamic.py tests/test_selection.py tests/test_summaries.py \
-    ${PYTEST_ARGS:-} 2>&1 | tee "$OUT/gpu_dyn_tests.txt" | tail -25
+  python3 -m pytest -q -p no:cacheprovider ${workers:-} tests/test_dynamic.py tests/test_selection.py \
+    tests/test_summaries.py ${PYTEST_ARGS:-} 2>&1 | tee "$OUT/gpu_dyn_tests.txt" | tail -25
   status=${PIPESTATUS[0]}
 fi
 if [ "$what" = dyn ]; then
-  for part in prefill decode; do
+  for part in ${DYN_PARTS:-prefill train decode}; do
     t0=$SECONDS
     python3 benchmarks/bench_dynamic.py $part ${DYN_ARGS:-} --out "$OUT/bench_$part.md" >> "$OUT/bench_dyn.log" 2>&1
     echo "bench_dynamic.py $part: exit $?, $((SECONDS - t0)) s"

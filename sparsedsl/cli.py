@@ -94,9 +94,6 @@ def cmd_kernel(args) -> int:
     from .kernels.launch import plan_for
 
     p = _pick(args)
-    if p.is_dynamic:
-        print("sparsedsl: kernels for landmarks/topk patterns are not generated yet", file=sys.stderr)
-        return 1
     if args.compile is not None:
         from .kernels.aot import compile_kernels
 

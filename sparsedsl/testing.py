@@ -832,11 +832,17 @@ def assert_grads_match_reference(p, q, k, v, dout=None, *, backend: str = "trito
     and v keep their strides (a NaN-padded view stays one)."""
     import torch
 
-    from .reference.attention import reference_attention
+    from .reference.attention import compute_selection, reference_attention
 
     dname = str(q.dtype).replace("torch.", "")
     if factor is None:
         factor = _GRAD_FACTOR.get(dname, 10.0)
+    selection = None  # topk: one selection (the float32 reference's) for all three runs
+    if p.is_dynamic and "selection" not in call_kwargs:
+        selection = compute_selection(p.root, q.detach(), k.detach())
+        topk = [a for a in p.dynamic_atoms if a.kind == "topk"]
+        if topk:
+            call_kwargs["selection"] = tuple(selection[a] for a in topk)
     if dout is None:
         gen = torch.Generator().manual_seed(seed)
         dout = torch.randn((*q.shape[:3], v.shape[-1]), generator=gen).to(device=q.device, dtype=q.dtype)
@@ -850,12 +856,14 @@ def assert_grads_match_reference(p, q, k, v, dout=None, *, backend: str = "trito
 
     got, _, _ = grads(lambda a, b, c: p(a, b, c, scale=scale, backend=backend, return_lse=True, **call_kwargs),
                       q.dtype)
-    golden, glse, gout = grads(lambda a, b, c: reference_attention(p.root, a, b, c, scale=scale), torch.float64)
-    ref, _, _ = grads(lambda a, b, c: reference_attention(p.root, a, b, c, scale=scale, compute_dtype=q.dtype),
-                      q.dtype)
+    golden, glse, gout = grads(lambda a, b, c: reference_attention(p.root, a, b, c, scale=scale, selection=selection),
+                               torch.float64)
+    ref, _, _ = grads(lambda a, b, c: reference_attention(p.root, a, b, c, scale=scale, selection=selection,
+                                                          compute_dtype=q.dtype), q.dtype)
     what = (f"pattern {p.name!r} ({' '.join(p.ir().split())[:300]})\n"
             f"  q {list(q.shape)}, k {list(k.shape)}, v {list(v.shape)}, {dname}, scale={scale}, backend={backend!r}, "
-            f"lse_weight={lse_weight}" + "".join(f", {key}={val!r}" for key, val in call_kwargs.items()))
+            f"lse_weight={lse_weight}" + "".join(f", {key}={val!r}" for key, val in call_kwargs.items()
+                                                 if key != "selection"))
     zero = lambda t: torch.zeros_like(t)  # noqa: E731
     # The flash backward forms dS = P * (dP - delta) with delta = rowsum(dO * O): where
     # the two nearly cancel (a row that sees one key has dS = 0 exactly), float32 leaves

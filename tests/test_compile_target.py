@@ -15,6 +15,7 @@ ROOT = Path(__file__).resolve().parent.parent
 @pytest.mark.parametrize("args", [
     ["patterns/s2_attention.attn", "--pattern", "s2_attention"],  # strided, head-dependent offsets, walked blocks
     ["patterns/longnet.attn", "--pattern", "longnet"],  # dilated rates per head, several branches
+    ["patterns/nsa.attn"],  # topk + landmarks: selected blocks, the inverse selection, the landmark backward
 ])
 def test_kernels_compile_for_sm90(args):
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
@@ -23,4 +24,5 @@ def test_kernels_compile_for_sm90(args):
     assert run.returncode == 0, run.stderr[-3000:]
     lines = run.stdout.splitlines()
     assert [line.split(":")[0] for line in lines] == ["sm_90", "sm_90 varlen"]
-    assert all(line.count(" ok (") == 3 for line in lines), run.stdout
+    kernels = 4 if "nsa" in args[0] else 3  # fwd, dq, dkdv (+ dlm: the landmark entries' backward)
+    assert all(line.count(" ok (") == kernels for line in lines), run.stdout

@@ -25,7 +25,7 @@ import torch
 sd = pytest.importorskip("sparsedsl")
 
 from sparsedsl.reference.attention import compute_selection, reference_attention  # noqa: E402
-from sparsedsl.testing import assert_matches_reference  # noqa: E402
+from sparsedsl.testing import assert_grads_match_reference, assert_matches_reference  # noqa: E402
 
 
 def _kernels_run() -> bool:
@@ -152,11 +152,86 @@ def test_kernel_selection_end_to_end():
     assert (out.double().cpu() - gold).abs().max() < 1e-5
 
 
-def test_backward_of_dynamic_patterns_is_a_clear_error_for_landmarks():
-    p = C("causal & local_blocks(1, block=16) | landmarks(block=16)")
-    q, k, v = (t.requires_grad_() for t in qkv(1, 2, 2, 32, 32))
-    with pytest.raises(sd.InputError, match="landmarks"):
-        p(q, k, v, backend="triton", _config=CFG).sum().backward()
+# --------------------------------------------------------------------------
+# backward: the static part, the selected blocks (selection not differentiated,
+# as in NSA) and the landmark entries (means of key blocks: their gradient goes
+# to the keys and values they average)
+# --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("src", DYNAMIC)
+@pytest.mark.parametrize("shape", SHAPES[1:4])
+def test_backward_matches_reference_given_the_selection(src, shape):
+    q, k, v = qkv(*shape, seed=sum(shape) + 1)
+    assert_grads_match_reference(C(src), q, k, v, _config=CFG)
+
+
+@pytest.mark.parametrize("src", [DYNAMIC[0], DYNAMIC[5]])
+def test_backward_lse_gradient_and_odd_head_dims(src):
+    """dLSE joins delta; D = 24, Dv = 12 (tiles wider than the head)."""
+    q, k, v = qkv(1, 4, 2, 45, 45, d=24, dv=12, seed=4)
+    assert_grads_match_reference(C(src), q, k, v, lse_weight=0.5, _config=CFG)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16] + ([torch.bfloat16] if GPU else []))
+@pytest.mark.parametrize("src", [DYNAMIC[0], DYNAMIC[4]])
+def test_backward_half_precision(src, dtype):
+    q, k, v = qkv(1, 4, 2, 45, 45, d=32, seed=6, dtype=dtype)
+    assert_grads_match_reference(C(src), q, k, v, _config=CFG)
+
+
+@pytest.mark.parametrize("path", ["quest.attn", "nsa.attn", "landmark.attn"])
+def test_backward_shipped_dynamic_patterns(path):
+    params = {"quest.attn": dict(budget=32, page=8), "nsa.attn": dict(window=16, selected=5, sel_block=16, cmp_block=8),
+              "landmark.attn": dict(block=10)}[path]
+    q, k, v = qkv(1, 4, 2, 50, 50, seed=8)
+    assert_grads_match_reference(C(path, **params), q, k, v, _config=CFG)
+
+
+def test_backward_selection_with_repeats_and_covered_blocks():
+    """A given selection with the diagonal block, blocks inside the window, -1 slots and a
+    repeated id (unsorted): each visible pair contributes once to dQ, dK and dV."""
+    p = C("causal & (window(40) | topk(3, block=16))")
+    q, k, v = qkv(1, 2, 1, 64, 64, seed=12)
+    sel = torch.tensor([[0, -1, 0], [1, 0, 1], [2, 1, 0], [3, 2, 0]], dtype=torch.int32)
+    sel = sel.view(1, 1, 4, 3).expand(1, 2, 4, 3).contiguous()
+    dedup = torch.tensor([[0, -1, -1], [0, 1, -1], [0, 1, 2], [0, 2, 3]], dtype=torch.int32)
+    dedup = dedup.view(1, 1, 4, 3).expand(1, 2, 4, 3).contiguous()
+    do = rand(1, 2, 64, 32, seed=13)
+    xs = [t.clone().requires_grad_() for t in (q, k, v)]
+    got = torch.autograd.grad(p(*xs, selection=sel.to(DEV), backend="triton", _config=CFG), xs, do)
+    gold_in = [t.detach().double().cpu().requires_grad_() for t in (q, k, v)]
+    gold_out, _ = reference_attention(p.root, *gold_in, selection={p.dynamic_atoms[0]: dedup})
+    gold = torch.autograd.grad(gold_out, gold_in, do.double().cpu())
+    for x, g in zip(got, gold):
+        assert not torch.isnan(x).any()
+        assert (x.double().cpu() - g).abs().max() < 1e-5
+
+
+def test_backward_split_key_tiles(monkeypatch):
+    """dK/dV splits long key tiles over parts; the selected blocks and the landmark spread
+    are added by part 0 only (else they would count once per part)."""
+    from sparsedsl.kernels import launch
+
+    monkeypatch.setattr(launch, "SPLIT_QUERIES", 8)
+    monkeypatch.setattr(launch, "long_keys", lambda root: 1 << 20)
+    q, k, v = qkv(2, 4, 2, 37, 37, seed=14)
+    for src in (DYNAMIC[0], DYNAMIC[5]):
+        p = C(src)
+        run = launch._Launch(p.root, q, k, v, not GPU, CFG or (64, 64), None)
+        assert launch.split_plan(p.root, run)[1] > 1
+        assert_grads_match_reference(p, q, k, v, _config=CFG)
+
+
+def test_inverse_selection():
+    """The dK/dV kernel's inverse of a selection: per block, the rows that hold it once, on the device."""
+    from sparsedsl.kernels.launch import inverse_selection
+
+    sel = torch.tensor([[[[-1, 0, 2], [1, 1, 3], [0, 2, 9]]]], dtype=torch.int32, device=DEV)  # 9: past the end
+    keys, off = inverse_selection(sel, 4)
+    r = 3
+    pairs = sorted((int(x) // r, int(x) % r) for x in keys[0, 0].tolist() if x < 4 * r)
+    assert pairs == [(0, 0), (0, 2), (1, 1), (2, 0), (2, 2), (3, 1)]
+    assert off[0, 0].tolist() == [0, 2, 3, 5, 6]
 
 
 # --------------------------------------------------------------------------
@@ -374,3 +449,48 @@ def test_selection_prefill_and_decode_capture_in_a_cuda_graph():
         assert torch.equal(out, p(q, k, v)), "prefill: graph replay != eager"
         assert torch.equal(dout, p.decode(qd, kc, vc, lens, summaries=p.summarize(kc, vc, lens))), \
             "decode: graph replay != eager"
+
+
+def test_launches_pass_only_the_keywords_each_kernel_takes(monkeypatch):
+    """Triton on a GPU rejects a keyword argument its kernel lacks; the interpreter
+    ignores it. Every launch (forward, dQ, dK/dV, landmark backward, decode) is
+    checked here against its kernel's argument names."""
+    from sparsedsl.kernels import launch
+
+    real, seen = launch.kernels_for, set()
+
+    class Strict:
+        def __init__(self, name, kernel):
+            self.name, self.kernel = name, kernel
+            self.arg_names = launch.kernel_args(kernel)
+
+        def __getitem__(self, grid):
+            run = self.kernel[grid]
+
+            def call(*args, **kwargs):
+                extra = set(kwargs) - set(self.arg_names) - {"num_warps", "num_stages"}
+                assert not extra, f"{self.name} does not take {sorted(extra)}"
+                seen.add(self.name.rsplit("_", 2)[-2])
+                return run(*args, **kwargs)
+            return call
+
+    class Module:
+        def __init__(self, module):
+            self.module = module
+
+        def __getattr__(self, name):
+            return Strict(name, getattr(self.module, name))
+
+    def strict(*args):
+        module, names = real(*args)
+        return Module(module), names
+
+    monkeypatch.setattr(launch, "_KERNELS", {})
+    monkeypatch.setattr(launch, "kernels_for", strict)
+    p = C("causal & (window(8) | topk(2, block=16) | landmarks(block=8))")
+    q, k, v = (t.requires_grad_() for t in qkv(1, 2, 1, 40, 40, seed=15))
+    p(q, k, v, backend="triton", _config=CFG).sum().backward()
+    kc, vc = cache(1, 1, 48, 32, [40], seed=16)
+    lens = torch.tensor([40], dtype=torch.int32, device=DEV)
+    p.decode(q.detach()[:, :, -1:], kc, vc, lens, summaries=p.summarize(kc, vc, lens))
+    assert seen == {"fwd", "dq", "dkdv", "landmarks"}

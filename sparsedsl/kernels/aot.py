@@ -7,7 +7,7 @@ from ..ir import nodes as ir
 from .launch import _pow2, kernels_for, plan_for
 
 KINDS = ("fwd", "dq", "dkdv")
-_SIZES = ("H", "Hk", "Lq", "Lk", "LONG_KEYS", "LONG_PAD", "SPLIT")
+_SIZES = ("H", "Hk", "Lq", "Lk", "LONG_KEYS", "SPLIT", "SEL_ROWS", "NL")
 
 
 def _signature(fn, consts: dict, dtype: str) -> dict:
@@ -15,9 +15,11 @@ def _signature(fn, consts: dict, dtype: str) -> dict:
     for name in fn.arg_names:
         if name in consts:
             sig[name] = "constexpr"
-        elif name.startswith("CU_") or name in ("BT", "SEL"):
+        elif name.startswith("CU_") or name in ("BT", "SEL", "IOFF"):
             sig[name] = "*i32"
-        elif name in ("LSE", "DELTA", "WSK", "WSV", "KL", "VL"):
+        elif name == "INV":
+            sig[name] = "*i64"
+        elif name in ("LSE", "DELTA", "WSK", "WSV", "KL", "VL", "DKL", "DVL"):
             sig[name] = "*fp32"
         elif name[0].isupper() and name not in _SIZES:
             sig[name] = f"*{dtype}"
@@ -44,7 +46,7 @@ def compile_kernels(root: ir.Pattern, head_dim: int = 128, head_dim_v: int | Non
                   WIDE=plan.wide, DOT_PRECISION="ieee" if dtype == "fp32" else "tf32", VARLEN=int(varlen),
                   PAGE=0, BLOCK_M=bm, BLOCK_N=bn)
     out = {}
-    for kind in KINDS:
+    for kind in KINDS + (("dlm",) if plan.landmarks is not None else ()):
         fn = getattr(module, names[kind])
         if not isinstance(fn, triton.runtime.jit.JITFunction):
             raise RuntimeError("compile_kernels needs Triton in normal mode: unset TRITON_INTERPRET")

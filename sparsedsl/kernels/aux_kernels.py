@@ -30,12 +30,12 @@ def delta_kernel(O, DO, DLSE, DELTA,
     tl.store(DELTA + b * stride_db + h * stride_dh + offs * stride_dm, delta, mask=ok)
 
 
-@triton.jit(do_not_specialize=["Lk", "LONG_KEYS", "LONG_PAD", "SPLIT"])
-def split_sum_kernel(WS, OUT, CU_K, stride_b, stride_h, stride_n, stride_d, Lk, LONG_KEYS, LONG_PAD, SPLIT,
+@triton.jit(do_not_specialize=["Lk", "LONG_KEYS", "SPLIT"])
+def split_sum_kernel(WS, OUT, CU_K, stride_b, stride_h, stride_n, stride_d, Lk, LONG_KEYS, SPLIT,
                      scale, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, VARLEN: tl.constexpr,
                      BLOCK: tl.constexpr):
     # OUT[b, hk, key] = scale * sum over parts p = 0 .. SPLIT-1 (in order) of WS[p, b, hk, key]
-    # for keys [0, min(LONG_KEYS, Lk)) of each sequence; WS is [SPLIT, B, Hk, LONG_PAD, BLOCK_D].
+    # for keys [0, min(LONG_KEYS, Lk)) of each sequence; WS is [SPLIT, B, Hk, LONG_KEYS, BLOCK_D].
     hk = tl.program_id(1)
     b = tl.program_id(2)
     ks = 0
@@ -46,8 +46,8 @@ def split_sum_kernel(WS, OUT, CU_K, stride_b, stride_h, stride_n, stride_d, Lk, 
     offs_d = tl.arange(0, BLOCK_D)
     ok = keys < tl.minimum(LONG_KEYS, Lk)
     acc = tl.zeros([BLOCK, BLOCK_D], dtype=tl.float32)
-    row = (b * tl.num_programs(1) + hk).to(tl.int64) * LONG_PAD + keys
-    step = tl.num_programs(2).to(tl.int64) * tl.num_programs(1) * LONG_PAD * BLOCK_D
+    row = (b * tl.num_programs(1) + hk).to(tl.int64) * LONG_KEYS + keys
+    step = tl.num_programs(2).to(tl.int64) * tl.num_programs(1) * LONG_KEYS * BLOCK_D
     for p in range(0, SPLIT):
         acc += tl.load(WS + p * step + row[:, None] * BLOCK_D + offs_d[None, :], mask=ok[:, None], other=0.0)
     dst = OUT + b.to(tl.int64) * stride_b + hk.to(tl.int64) * stride_h + (ks + keys.to(tl.int64))[:, None] * stride_n

@@ -195,10 +195,17 @@ FORWARD = Traversal(False, (
 DQ = Traversal(False, (
     "dq = _dq_step(dq, q, do, lse2, delta, q_pos, k_base, v_base, offs_d, offs_dv, "
     "stride_kn, stride_kd, stride_vn, stride_vd, u0, c, lo_v, hi_v, masked, h, hk, H, Hk, qk_scale, "
-    "RATE, BLOCK_N, HEAD_DIM, HEAD_DIM_V, {i}, DOT_PRECISION, WIDE)"))
+    "RATE, BLOCK_N, HEAD_DIM, HEAD_DIM_V, {i}, DOT_PRECISION, WIDE)"), "", (
+    "dq = _dq_rows(dq, q, do, lse2, delta, q_pos, k_base, v_base, offs_d, offs_dv, "
+    "stride_kn, stride_kd, stride_vn, stride_vd, u0, lo_v, hi_v, q_lo, q_lo + {block}, h, hk, H, Hk, qk_scale, "
+    "BLOCK_N, HEAD_DIM, HEAD_DIM_V, {i}, DOT_PRECISION)"), (
+    "dq = _dq_step(dq, q, do, lse2, delta, q_pos, kl_base, vl_base, offs_d, offs_dv, "
+    "stride_kln, stride_kld, stride_vln, stride_vld, u0, 0, 0, nl, u0 + BLOCK_N > nl_all, h, hk, H, Hk, "
+    "qk_scale, 1, BLOCK_N, HEAD_DIM, HEAD_DIM_V, {i}, DOT_PRECISION, WIDE)"))
+_KV_ARGS = ("q_base, do_base, lse_base, delta_base, offs_d, offs_dv, "
+            "stride_qm, stride_qd, stride_dom, stride_dod, stride_lm, off")
 DKDV = Traversal(True, (
-    "dk, dv = _kv_step(dk, dv, k, v, k_pos, q_base, do_base, lse_base, delta_base, offs_d, offs_dv, "
-    "stride_qm, stride_qd, stride_dom, stride_dod, stride_lm, off, u0, c, lo_v, hi_v, masked, "
+    f"dk, dv = _kv_step(dk, dv, k, v, k_pos, key_ok, {_KV_ARGS}, u0, c, lo_v, hi_v, masked, "
     "h, hk, H, Hk, qk_scale, RATE, BLOCK_N, HEAD_DIM, HEAD_DIM_V, {i}, DOT_PRECISION, WIDE)"), "long")
 
 
@@ -218,8 +225,9 @@ def _branch_body(i: int, br, plan: KernelPlan, walk: bool, how: Traversal) -> li
         for p in ps:
             full[p.name] = _has_full(seg) and (_strided_here(seg, plan, walk) or not seg.strided)
     dynamic = how.selected and (br.topk is not None or br.landmarks is not None)
+    inverse = how.transposed and br.topk is not None
     if not pieces and not dynamic:
-        return ["pass  # no key is visible to these heads"]
+        return _dkdv_selected(i, br, plan) if inverse else ["pass  # no key is visible to these heads"]
     lines.append("# one loop over the tiles of all pieces, in order")
     lines.append("c_0 = 0")
     for n, p in enumerate(pieces):
@@ -241,6 +249,8 @@ def _branch_body(i: int, br, plan: KernelPlan, walk: bool, how: Traversal) -> li
         lines += ["    " + b for b in _static_loop_body(i, pieces, full, how)]
     if dynamic:
         lines += loops
+    if inverse:
+        lines += _dkdv_selected(i, br, plan)
     return lines
 
 
@@ -306,10 +316,66 @@ def _dynamic_parts(i: int, br, plan: KernelPlan, how: Traversal, start: str):
     return setup, loops, total
 
 
-def _branches(plan: KernelPlan, walk: bool, how: Traversal, indent: int = 8) -> str:
+def _dkdv_selected(i: int, br, plan: KernelPlan) -> list[str]:
+    """dK/dV of a branch's selected blocks: for each key block of the tile, the query groups
+    that selected it (the inverse selection INV/IOFF), each a few query tiles. A split long
+    tile does this in its part 0 only."""
+    b = br.topk.block
+    per = f"(({b} + BLOCK_N - 1) // BLOCK_N)"  # query tiles per group
+    return [
+        f"# topk(n={br.topk.n}, block={b}): the query groups whose selection holds a block of this key tile",
+        "if part <= 0:",
+        "    inv_base = INV + b64 * stride_ib + h64 * stride_ih",
+        "    ioff_base = IOFF + b64 * stride_iob + h64 * stride_ioh",
+        f"    fg = _fdiv(Lk - Lq, {b})  # the group of selection row 0",
+        f"    e_0 = tl.load(ioff_base + k0 // {b})",
+        f"    e_1 = tl.load(ioff_base + (k1 - 1) // {b} + 1)",
+        f"    for t in range(e_0 * {per}, e_1 * {per}):",
+        f"        key = tl.load(inv_base + t // {per})",
+        f"        j = key // SEL_ROWS",
+        f"        g = fg + (key % SEL_ROWS).to(tl.int32)",
+        f"        k_in = key_ok & (k_pos >= j * {b}) & (k_pos < j * {b} + {b})",
+        f"        u0 = g * {b} + (t % {per}) * BLOCK_N",
+        f"        dk, dv = _kv_rows_step(dk, dv, k, v, k_pos, k_in, {_KV_ARGS}, u0, tl.maximum(g * {b}, off), "
+        f"tl.minimum(g * {b} + {b}, Lk), h, hk, H, Hk, qk_scale, BLOCK_N, HEAD_DIM, HEAD_DIM_V, "
+        f"{selected_mask_id(plan, i)}, DOT_PRECISION)"]
+
+
+def _landmark_body(i: int, br, plan: KernelPlan) -> list[str]:
+    """The landmark-entry backward of a branch (the dlm kernel): every query tile that sees an entry."""
+    lb = br.landmarks
+    if lb is None:
+        return ["pass  # these heads see no landmark entry"]
+    return [f"# landmarks(block={lb}): entry j is seen by the queries q >= (j + 1) * {lb}",
+            f"qa = tl.maximum((s0 + 1) * {lb}, off)",
+            f"q_all = k1 * {lb}  # from here on every entry of the tile is seen",
+            "for u0 in range(_floor_to(qa, BLOCK_N), Lk, BLOCK_N):",
+            f"    dk, dv = _kv_step(dk, dv, k, v, k_pos, key_ok, {_KV_ARGS}, u0, 0, qa, Lk, u0 < q_all, "
+            f"h, hk, H, Hk, qk_scale, 1, BLOCK_N, HEAD_DIM, HEAD_DIM_V, {selected_mask_id(plan, i) + 1}, "
+            "DOT_PRECISION, WIDE)"]
+
+
+def _landmark_spread(plan: KernelPlan) -> str:
+    """dK/dV kernel: each key of a complete landmark block gets 1/block of its entry's gradient."""
+    lb = plan.landmarks
+    if lb is None:
+        return ""
+    lines = [f"if part <= 0:  # landmark entries are means of {lb} keys: each key gets 1/{lb} of its entry's",
+             f"    ent = k_pos // {lb}",
+             "    lm_ok = key_ok & (ent < NL)",
+             "    w = (b64 * Hk + hk64) * NL + ent.to(tl.int64)",
+             "    dk += tl.load(DKL + w[:, None] * HEAD_DIM + offs_d[None, :],",
+             f"                  mask=lm_ok[:, None] & (offs_d[None, :] < HEAD_DIM), other=0.0) * {1.0 / lb!r}",
+             "    dv += tl.load(DVL + w[:, None] * HEAD_DIM_V + offs_dv[None, :],",
+             f"                  mask=lm_ok[:, None] & (offs_dv[None, :] < HEAD_DIM_V), other=0.0) * {1.0 / lb!r}"]
+    return _indent(lines, 8)
+
+
+def _branches(plan: KernelPlan, walk: bool, how: Traversal | None, indent: int = 8) -> str:
+    """Every branch's code under its head condition; `how` None: the landmark backward."""
     lines: list[str] = []
     for i, br in enumerate(plan.branches):
-        body = _branch_body(i, br, plan, walk, how)
+        body = _landmark_body(i, br, plan) if how is None else _branch_body(i, br, plan, walk, how)
         if len(plan.branches) == 1:
             lines += body
             continue
@@ -321,16 +387,17 @@ def _branches(plan: KernelPlan, walk: bool, how: Traversal, indent: int = 8) -> 
     return _indent(lines, indent)
 
 
-def _autotune(configs) -> str:
+def _autotune(configs, key: str = TUNE_KEY) -> str:
     listed = ",\n        ".join(
         f'triton.Config({{"BLOCK_M": {m}, "BLOCK_N": {n}}}, num_warps={w}, num_stages={s})'
         for m, n, w, s in configs)
-    return f"@triton.autotune(\n    configs=[\n        {listed},\n    ],\n    key={TUNE_KEY},\n)"
+    return f"@triton.autotune(\n    configs=[\n        {listed},\n    ],\n    key={key},\n)"
 
 
 def kernel_names(plan: KernelPlan) -> dict[str, str]:
     stem = _ident(plan.name)
-    return {"fwd": f"{stem}_fwd_kernel", "dq": f"{stem}_bwd_dq_kernel", "dkdv": f"{stem}_bwd_dkdv_kernel"}
+    return {"fwd": f"{stem}_fwd_kernel", "dq": f"{stem}_bwd_dq_kernel", "dkdv": f"{stem}_bwd_dkdv_kernel",
+            "dlm": f"{stem}_bwd_landmarks_kernel"}
 
 
 def kernel_source(plan: KernelPlan, pattern_text: str, fixed_tiles: bool, head_dim: int,
@@ -350,10 +417,11 @@ def kernel_source(plan: KernelPlan, pattern_text: str, fixed_tiles: bool, head_d
         walk = bool(fits(GPU_CONFIGS, True, False)) and bool(fits(DQ_CONFIGS, True))
     digest = hashlib.sha256(repr((plan, fixed_tiles, head_dim, walk)).encode()).hexdigest()[:12]
     names = kernel_names(plan)
-    tunes = {"fwd": "", "dq": "", "dkdv": ""}  # fixed tiles: the caller passes BLOCK_M and BLOCK_N
+    tunes = dict.fromkeys(names, "")  # fixed tiles: the caller passes BLOCK_M and BLOCK_N
     if not fixed_tiles:
         tunes = {"fwd": _autotune(fits(GPU_CONFIGS, walk, False)), "dq": _autotune(fits(DQ_CONFIGS, walk)),
-                 "dkdv": _autotune(fits(DKDV_CONFIGS, False))}
+                 "dkdv": _autotune(fits(DKDV_CONFIGS, False)),
+                 "dlm": _autotune(fits(DKDV_CONFIGS, False), '["HEAD_DIM", "HEAD_DIM_V", "H", "Hk"]')}
     text = " ".join(pattern_text.split())
     src = (_template()
            .replace("{{pattern_name}}", plan.name)
@@ -362,8 +430,10 @@ def kernel_source(plan: KernelPlan, pattern_text: str, fixed_tiles: bool, head_d
            .replace("{{mask_functions}}", _mask_functions(plan))
            .replace("{{fwd_branches}}", _branches(plan, walk, FORWARD))
            .replace("{{dq_branches}}", _branches(plan, walk, DQ))
-           .replace("{{dkdv_branches}}", _branches(plan, walk, DKDV, 12)))
-    for kind in ("fwd", "dq", "dkdv"):
+           .replace("{{dkdv_branches}}", _branches(plan, walk, DKDV, 12))
+           .replace("{{dkdv_spread}}", _landmark_spread(plan))
+           .replace("{{dlm_branches}}", _branches(plan, walk, None, 12)))
+    for kind in names:
         src = src.replace(f"{{{{{kind}_autotune}}}}", tunes[kind]).replace(f"{{{{{kind}_name}}}}", names[kind])
     return src, names
 

@@ -119,6 +119,8 @@ class _Launch:
         fixed = self.fixed(kind)
         module, names = kernels_for(self.root, fixed is not None, self.head_dim, fixed[1] if fixed else None)
         kernel = getattr(module, names[kind])
+        takes = kernel_args(kernel)
+        meta = {k: v for k, v in self.meta.items() if k in takes}  # Triton rejects unknown keywords
         rate = self.plan.rate
         per_class = -(-own_len // rate) + 1
 
@@ -129,9 +131,16 @@ class _Launch:
         if fixed is not None:
             bm, bn, *rest = fixed
             launch = dict(zip(("num_warps", "num_stages"), rest))
-            kernel[grid({"BLOCK_M": bm})](*args, **self.meta, BLOCK_M=bm, BLOCK_N=bn, **launch)
+            kernel[grid({"BLOCK_M": bm})](*args, **meta, BLOCK_M=bm, BLOCK_N=bn, **launch)
         else:
-            kernel[grid](*args, **self.meta)
+            kernel[grid](*args, **meta)
+
+
+def kernel_args(kernel) -> list[str]:
+    """The argument names of a (possibly autotuned) Triton kernel."""
+    while not hasattr(kernel, "arg_names"):
+        kernel = kernel.fn
+    return kernel.arg_names
 
 
 def forward(root: ir.Pattern, q, k, v, scale: float, interpret: bool, config=None, varlen: Varlen | None = None,
@@ -194,35 +203,87 @@ def backward(root: ir.Pattern, q, k, v, out, lse, dout, scale: float, interpret:
     q, k, v = (t if g.stride() == t.stride() else t.contiguous() for t, g in zip((q, k, v), grads))
     dq, dk, dv = (g if g.stride() == t.stride() else torch.empty_like(t) for t, g in zip((q, k, v), grads))
     run = _Launch(root, q, k, v, interpret, config, varlen)
-    if run.plan.landmarks is not None or run.plan.topk is not None:
-        kinds_ = " and ".join(x for x, y in (("topk", run.plan.topk), ("landmarks", run.plan.landmarks)) if y)
-        raise InputError(f"pattern {root.name!r}: the backward through {kinds_} is not generated yet "
-                         "(backend='reference' differentiates it)")
     if run.batch == 0:
         return dq, dk, dv
+    plan = run.plan
+    if plan.topk is not None and selection is None:
+        raise InputError(f"pattern {root.name!r}: the backward of a topk pattern needs the forward's selection")
+    sel, landmarks = selection, None
+    if plan.dynamic:
+        from .selection import prefill_inputs
+
+        sel, landmarks = prefill_inputs(plan, q, k, v, selection)
     delta = backward_delta(out, dout, lse, dlse)
     st = run.strides
-    common = (*st(q), *st(k), *st(v), *st(dout), *st(lse), run.h, run.hk, run.lq, run.lk, scale * LOG2E, scale)
+    common = (*st(q), *st(k), *st(v), *st(dout), *st(lse))
+    sizes = (run.h, run.hk, run.lq, run.lk)
+    kl, vl = landmarks if landmarks is not None else (q, q)
     if "dq" in kinds:
-        run.run("dq", run.lq, run.h, (q, k, v, dout, lse, delta, dq, *run.cu, *common))
+        run.run("dq", run.lq, run.h, (q, k, v, dout, lse, delta, dq, *run.cu, q if sel is None else sel, kl, vl,
+                                      *common, *(sel.stride() if sel is not None else (0,) * 4),
+                                      *(kl.stride() if landmarks else (0,) * 4),
+                                      *(vl.stride() if landmarks else (0,) * 4), *sizes, scale * LOG2E, scale))
     if "dkdv" in kinds:
+        inv, ioff = inverse_selection(sel, -(-run.lk // _topk_block(plan))) if sel is not None else (q, q)
+        dkl, dvl, nl = _landmark_grads(run, plan, q, landmarks, dout, lse, delta, scale)
         long_keys, parts = split_plan(root, run)
         wsk = wsv = dk  # no split: unused pointers
         if parts > 1:
             shape = (parts, run.batch, run.hk, long_keys)
             wsk = torch.empty((*shape, run.meta["BLOCK_D"]), device=q.device, dtype=torch.float32)
             wsv = torch.empty((*shape, run.meta["BLOCK_DV"]), device=q.device, dtype=torch.float32)
-        run.run("dkdv", run.lk, run.hk, (q, k, v, dout, lse, delta, dk, dv, wsk, wsv, *run.cu, *common,
-                                         long_keys, long_keys, parts),
+        inv_st = (*inv.stride()[:2], *ioff.stride()[:2]) if sel is not None else (0,) * 4
+        rows = sel.shape[2] if sel is not None else 1
+        run.run("dkdv", run.lk, run.hk, (q, k, v, dout, lse, delta, dk, dv, wsk, wsv, *run.cu, inv, ioff, dkl, dvl,
+                                         *common, *inv_st, *sizes, scale * LOG2E, scale, long_keys, parts,
+                                         rows, nl),
                 extra=lambda bm: -(-long_keys // bm) * (parts - 1))
         if parts > 1:
             from .aux_kernels import split_sum_kernel
 
             for ws, g, d, s in ((wsk, dk, q.shape[-1], scale), (wsv, dv, v.shape[-1], 1.0)):
                 split_sum_kernel[(-(-long_keys // 64), run.hk, run.batch)](
-                    ws, g, run.cu[1], *st(g), run.lk, long_keys, long_keys, parts, s, HEAD_DIM=d,
+                    ws, g, run.cu[1], *st(g), run.lk, long_keys, parts, s, HEAD_DIM=d,
                     BLOCK_D=ws.shape[-1], VARLEN=run.varlen is not None, BLOCK=64)
     return dq, dk, dv
+
+
+def _topk_block(plan: KernelPlan) -> int:
+    from ..ir.atoms import atom_arg
+
+    return atom_arg(plan.topk, "block").value
+
+
+def inverse_selection(sel: torch.Tensor, blocks: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The topk selection (int32 [B, H, R, n], rows ascending, -1 = no block) inverted for the dK/dV
+    kernel: keys (int64 [B, H, R * n], ascending) j * R + r for every row r that holds block j once,
+    then blocks * R for the empty slots; and offsets (int32 [B, H, blocks + 1]): block j's rows are
+    keys [offsets[j], offsets[j + 1]). Sort and search on the device: no host sync, fixed sizes."""
+    b, h, r, n = sel.shape
+    s = sel.long()
+    repeat = torch.zeros_like(s, dtype=torch.bool)
+    repeat[..., 1:] = s[..., 1:] == s[..., :-1]  # a repeated id (rows ascending) counts once
+    row = torch.arange(r, device=sel.device).view(1, 1, r, 1)
+    keys = torch.where((s >= 0) & (s < blocks) & ~repeat, s * r + row, blocks * r)
+    keys = keys.reshape(b, h, r * n).sort(dim=-1).values
+    bounds = (torch.arange(blocks + 1, device=sel.device) * r).expand(b, h, blocks + 1).contiguous()
+    return keys, torch.searchsorted(keys, bounds).to(torch.int32)
+
+
+def _landmark_grads(run: "_Launch", plan: KernelPlan, q, landmarks, dout, lse, delta, scale):
+    """(dKL, dVL, NL): the unscaled gradients of the landmark entries (float32 [B, Hk, NL, D/Dv],
+    the dlm kernel), which the dK/dV kernel spreads onto the keys; unused pointers without landmarks."""
+    if landmarks is None:
+        return q, q, 0
+    kl, vl = landmarks
+    nl = kl.shape[2]
+    dkl = torch.empty(kl.shape, device=q.device, dtype=torch.float32)
+    dvl = torch.empty(vl.shape, device=q.device, dtype=torch.float32)
+    if nl > 0:
+        st = run.strides
+        run.run("dlm", nl, run.hk, (q, kl, vl, dout, lse, delta, dkl, dvl, *st(q), *kl.stride(), *vl.stride(),
+                                    *st(dout), *st(lse), run.h, run.hk, run.lq, run.lk, nl, scale * LOG2E))
+    return dkl, dvl, nl
 
 
 # A key tile seen by more than about this many queries (times the query heads of
