@@ -222,6 +222,17 @@ def test_backward_split_key_tiles(monkeypatch):
         assert_grads_match_reference(p, q, k, v, _config=CFG)
 
 
+def test_backward_landmark_parts(monkeypatch):
+    """The landmark backward splits each entry tile's queries over parts (summed in order)."""
+    from sparsedsl.kernels import launch
+
+    monkeypatch.setattr(launch, "LANDMARK_PROGRAMS", 64)
+    monkeypatch.setattr(launch, "LANDMARK_PART_QUERIES", 8)
+    q, k, v = qkv(1, 2, 1, 70, 70, seed=17)  # 3 parts of 70 queries for 70 // 4 = 17 entries
+    for src in (DYNAMIC[5], DYNAMIC[7]):
+        assert_grads_match_reference(C(src), q, k, v, _config=CFG)
+
+
 def test_inverse_selection():
     """The dK/dV kernel's inverse of a selection: per block, the rows that hold it once, on the device."""
     from sparsedsl.kernels.launch import inverse_selection

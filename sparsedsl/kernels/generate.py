@@ -349,7 +349,10 @@ def _landmark_body(i: int, br, plan: KernelPlan) -> list[str]:
     return [f"# landmarks(block={lb}): entry j is seen by the queries q >= (j + 1) * {lb}",
             f"qa = tl.maximum((s0 + 1) * {lb}, off)",
             f"q_all = k1 * {lb}  # from here on every entry of the tile is seen",
-            "for u0 in range(_floor_to(qa, BLOCK_N), Lk, BLOCK_N):",
+            "u_a = _floor_to(qa, BLOCK_N)",
+            "n_t = tl.maximum(Lk - u_a + BLOCK_N - 1, 0) // BLOCK_N",
+            "for t in range(part * n_t // SPLIT, (part + 1) * n_t // SPLIT):  # this part's share",
+            "    u0 = u_a + t * BLOCK_N",
             f"    dk, dv = _kv_step(dk, dv, k, v, k_pos, key_ok, {_KV_ARGS}, u0, 0, qa, Lk, u0 < q_all, "
             f"h, hk, H, Hk, qk_scale, 1, BLOCK_N, HEAD_DIM, HEAD_DIM_V, {selected_mask_id(plan, i) + 1}, "
             "DOT_PRECISION, WIDE)"]

@@ -270,20 +270,31 @@ def inverse_selection(sel: torch.Tensor, blocks: int) -> tuple[torch.Tensor, tor
     return keys, torch.searchsorted(keys, bounds).to(torch.int32)
 
 
+# The landmark backward has few entry tiles (L / block / 64 per KV head): it splits each
+# tile's queries into parts until there are about LANDMARK_PROGRAMS programs, each part
+# at least LANDMARK_PART_QUERIES queries long.
+LANDMARK_PROGRAMS = 512
+LANDMARK_PART_QUERIES = 512
+
+
 def _landmark_grads(run: "_Launch", plan: KernelPlan, q, landmarks, dout, lse, delta, scale):
     """(dKL, dVL, NL): the unscaled gradients of the landmark entries (float32 [B, Hk, NL, D/Dv],
     the dlm kernel), which the dK/dV kernel spreads onto the keys; unused pointers without landmarks."""
     if landmarks is None:
         return q, q, 0
     kl, vl = landmarks
-    nl = kl.shape[2]
-    dkl = torch.empty(kl.shape, device=q.device, dtype=torch.float32)
-    dvl = torch.empty(vl.shape, device=q.device, dtype=torch.float32)
+    b, hk, nl = kl.shape[:3]
+    tiles = b * hk * -(-nl // 64)
+    parts = max(1, min(32, -(-LANDMARK_PROGRAMS // max(tiles, 1)), run.lq // LANDMARK_PART_QUERIES))
+    dkl = torch.empty((parts, *kl.shape), device=q.device, dtype=torch.float32)
+    dvl = torch.empty((parts, *vl.shape), device=q.device, dtype=torch.float32)
     if nl > 0:
         st = run.strides
         run.run("dlm", nl, run.hk, (q, kl, vl, dout, lse, delta, dkl, dvl, *st(q), *kl.stride(), *vl.stride(),
-                                    *st(dout), *st(lse), run.h, run.hk, run.lq, run.lk, nl, scale * LOG2E))
-    return dkl, dvl, nl
+                                    *st(dout), *st(lse), run.h, run.hk, run.lq, run.lk, nl, parts, scale * LOG2E),
+                extra=lambda bm: -(-nl // bm) * parts - -(-(nl + 1) // bm))  # parts programs per entry tile
+    # the parts' partial sums, added in order (deterministic)
+    return (dkl[0], dvl[0], nl) if parts == 1 else (dkl.sum(0), dvl.sum(0), nl)
 
 
 # A key tile seen by more than about this many queries (times the query heads of
