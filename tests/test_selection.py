@@ -123,10 +123,18 @@ def select(p, q, k):
     sel = p.select_blocks(q, k, backend="reference")
     assert sel.dtype == torch.int32
     if _kernels_run() and sum(a.kind == "topk" for a in p.dynamic_atoms) == 1:
+        from sparsedsl.kernels import selection as kernels
+
         cast = (lambda t: t.float()) if q.dtype == torch.float64 else (lambda t: t)
-        got = p.select_blocks(cast(q).to(KERNEL_DEVICE), cast(k).to(KERNEL_DEVICE), backend="triton")
-        assert got.dtype == torch.int32 and got.shape == sel.shape
-        assert torch.equal(got.cpu(), sel), f"selection kernel {got.tolist()} != reference {sel.tolist()}"
+        for few in (0, 1 << 30):  # both scoring kernels: the tile kernel, and the few-rows (decoding) one
+            saved, kernels.FEW_ROWS = kernels.FEW_ROWS, few
+            try:
+                got = p.select_blocks(cast(q).to(KERNEL_DEVICE), cast(k).to(KERNEL_DEVICE), backend="triton")
+            finally:
+                kernels.FEW_ROWS = saved
+            assert got.dtype == torch.int32 and got.shape == sel.shape
+            assert torch.equal(got.cpu(), sel), (f"selection kernel (FEW_ROWS={few}) {got.tolist()} != "
+                                                 f"reference {sel.tolist()}")
     return sel
 
 

@@ -4,8 +4,10 @@ query against every candidate key block (the block mean, or the min/max bound
 of score=minmax), and the n best blocks win, ties to the lower block.
 
 Three steps, all with fixed-size outputs and no host synchronisation (a call is
-CUDA-graph capturable): a kernel for the group means; a scoring kernel that
-writes one int64 sort key per (group, block), score in the high half (its
+CUDA-graph capturable): a kernel for the group means; a scoring kernel (tiles
+of 16+ rows on tensor cores; or, for one or two rows when decoding, a kernel
+that streams the summaries once per KV head) that writes one int64 sort key per
+(group, block), score in the high half (its
 float32 bits made order-preserving) and the complement of the block id in the
 low half, so that torch.topk picks the best scores and, among equal scores, the
 lower block; then the chosen ids, ascending, -1 for empty slots."""
@@ -20,6 +22,7 @@ from .summaries import _pow2
 NO_CANDIDATE = -(1 << 63)
 LOW = (1 << 31) - 1
 KEY_BUDGET = 1 << 25  # int64 sort keys per scoring pass (256 MiB); longer calls go in row chunks
+FEW_ROWS = 2  # up to this many selection rows (decoding), score_few_kernel scores them one by one
 
 
 @triton.jit
@@ -104,6 +107,46 @@ def score_kernel(QBAR, S1, S2, KEYS, LENS,
     tl.store(dst, key, mask=x_ok[:, None] & (js[None, :] < NB))
 
 
+@triton.jit(do_not_specialize=["Lq", "Lk", "R0", "NB", "G"])
+def score_few_kernel(QBAR, S1, S2, KEYS, LENS,
+                     stride_gb, stride_gh, stride_gr, stride_sb, stride_sh, stride_sn,
+                     stride_kb, stride_kh, stride_kr, Lq, Lk, R0, NB, G,
+                     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK: tl.constexpr, CAUSAL: tl.constexpr,
+                     MINMAX: tl.constexpr, PER_SEQ: tl.constexpr, BLOCK_J: tl.constexpr, TILES: tl.constexpr):
+    # score_kernel for one selection row (decoding one token): a program loads a tile of
+    # summaries [BLOCK_J, D] once and scores it against each of the G query heads of its KV
+    # head (row sums of products in float32), for TILES tiles in a row (the loads pipeline).
+    hk = tl.program_id(1)
+    b = tl.program_id(2).to(tl.int64)
+    if PER_SEQ:
+        Lk = tl.load(LENS + b)
+    group = _floor_div(Lk - Lq, BLOCK) + R0
+    nb = (Lk + BLOCK - 1) // BLOCK
+    offs_d = tl.arange(0, BLOCK_D)
+    d_ok = offs_d < HEAD_DIM
+    for t in range(0, TILES):
+        js = (tl.program_id(0) * TILES + t) * BLOCK_J + tl.arange(0, BLOCK_J)
+        s_off = b * stride_sb + hk.to(tl.int64) * stride_sh + js.to(tl.int64)[:, None] * stride_sn + offs_d[None, :]
+        s_ok = (js[:, None] < NB) & d_ok[None, :]
+        s1 = tl.load(S1 + s_off, mask=s_ok, other=0.0)  # [BJ, BD]
+        if MINMAX:
+            s2 = tl.load(S2 + s_off, mask=s_ok, other=0.0)
+        cand = (js < nb) & (group <= (Lk - 1) // BLOCK)
+        if CAUSAL:
+            cand = cand & (js <= group)
+        for g in range(0, G):
+            h = (hk * G + g).to(tl.int64)
+            qbar = tl.load(QBAR + b * stride_gb + h * stride_gh + R0 * stride_gr + offs_d, mask=d_ok, other=0.0)
+            if MINMAX:
+                score = tl.sum(tl.maximum(qbar, 0.0)[None, :] * s1 + tl.minimum(qbar, 0.0)[None, :] * s2, 1)
+            else:
+                score = tl.sum(qbar[None, :] * s1, 1)
+            bits = score.to(tl.int32, bitcast=True)
+            ordered = tl.where(bits >= 0, bits, bits ^ 0x7FFFFFFF).to(tl.int64)
+            key = tl.where(cand, ordered * 4294967296 + (0x7FFFFFFF - js).to(tl.int64), -9223372036854775808)
+            tl.store(KEYS + b * stride_kb + h * stride_kh + js, key, mask=js < NB)
+
+
 def group_means(q: torch.Tensor, kv_len, block: int, rows: int, lens=None) -> torch.Tensor:
     """float32 [B, H, rows, D]: the mean query of groups first .. first + rows - 1."""
     b, h, lq, d = q.shape
@@ -134,13 +177,23 @@ def select(q: torch.Tensor, stats, n: int, block: int, kv_len: int, rows: int, m
     for r0 in range(0, rows, step):
         rn = min(step, rows - r0)
         keys = torch.empty((b, h, rn, nb), device=q.device, dtype=torch.int64)
-        br = 16 if g * rn <= 16 else 32
+        meta = dict(HEAD_DIM=d, BLOCK_D=_pow2(max(d, 16)), BLOCK=block, CAUSAL=causal, MINMAX=minmax,
+                    PER_SEQ=lens is not None)
         bj = 64 if d <= 128 else 32
-        grid = (triton.cdiv(nb, bj), triton.cdiv(g * rn, br) * hk, b)
-        score_kernel[grid](qbar, s1, s2, keys, lens if lens is not None else q, *qbar.stride()[:3],
-                           *s1.stride()[:3], *keys.stride()[:3], lq, kv_len, rn, r0, nb, g,
-                           HEAD_DIM=d, BLOCK_D=_pow2(max(d, 16)), BLOCK=block, CAUSAL=causal, MINMAX=minmax,
-                           PER_SEQ=lens is not None, BLOCK_R=br, BLOCK_J=bj)
+        if rn <= FEW_ROWS:  # decoding: one launch per row, summaries streamed at near copy bandwidth
+            tiles = 4
+            for x in range(rn):
+                row = keys[:, :, x:x + 1]
+                score_few_kernel[(triton.cdiv(nb, bj * tiles), hk, b)](
+                    qbar, s1, s2, row, lens if lens is not None else q, *qbar.stride()[:3], *s1.stride()[:3],
+                    *row.stride()[:3], lq, kv_len, r0 + x, nb, g, **meta, BLOCK_J=bj, TILES=tiles,
+                    num_warps=4, num_stages=3)
+        else:
+            br = 16 if g * rn <= 16 else 32
+            grid = (triton.cdiv(nb, bj), triton.cdiv(g * rn, br) * hk, b)
+            score_kernel[grid](qbar, s1, s2, keys, lens if lens is not None else q, *qbar.stride()[:3],
+                               *s1.stride()[:3], *keys.stride()[:3], lq, kv_len, rn, r0, nb, g, **meta,
+                               BLOCK_R=br, BLOCK_J=bj)
         best = torch.topk(keys, take, dim=-1, sorted=False).values
         ids = LOW - (best & 0xFFFFFFFF)
         ids = torch.where(best == NO_CANDIDATE, LOW, ids).sort(dim=-1).values
