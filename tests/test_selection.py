@@ -296,6 +296,15 @@ def test_integer_data_with_many_ties(score, causal, seed):
     assert torch.equal(select(p, q, k), naive_select(q, k, 3, 4, score, causal))
 
 
+@pytest.mark.parametrize("score", ["mean", "minmax"])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_integer_data_with_many_ties_decode(score, seed):
+    """Decoding over 130 blocks of integer keys: ties across the scoring tiles go to the lower block."""
+    q, k = _int_data(1, 4, 2, 1, 520, 2, seed)
+    p = topk_pattern(6, 4, score, True)
+    assert torch.equal(select(p, q, k), naive_select(q, k, 6, 4, score, True))
+
+
 # --------------------------------------------------------------------------
 # random data against the naive loop: shapes, partial blocks, decode, GQA
 # --------------------------------------------------------------------------
@@ -313,6 +322,8 @@ CASES = [
     (1, 1, 1, 12, 5, 2, 4),      # Lq > Lk: negative positions
     (1, 2, 1, 9, 9, 20, 3),      # n larger than all blocks
     (1, 1, 1, 7, 7, 1, 16),      # one partial block
+    (1, 4, 2, 1, 600, 5, 4),     # decode, 150 blocks: several tiles of the few-rows kernel
+    (1, 2, 1, 2, 300, 40, 4),    # decode, two rows (one launch each), n = 40
 ]
 
 
