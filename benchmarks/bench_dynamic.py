@@ -179,7 +179,8 @@ def train(args, versions):
     lines = [f"Forward + backward with data-dependent selection ({versions}; B=1, H=16, D=128, bf16; the "
              "gradients of q, k and v). sparsedsl's time includes its selection step (not differentiated); "
              "FlexAttention is given the same selection as a BlockMask built outside the timing.", "",
-             "| L | pattern | sparsedsl ms | of it: forward, dQ, dK/dV alone | Flex ms | speed-up | max grad diff (relative) |",
+             "| L | pattern | sparsedsl ms | of it: forward, dQ, dK/dV alone | Flex ms | speed-up | "
+             "max grad diff (relative) |",
              "|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['L']} | {r['name']} | {r['ours']:.3f} | {r['parts']} | {r['flex']:.3f} | "

@@ -670,6 +670,23 @@ def _errors(x, golden, finite):
     return float(diff.sum()) / n, float(diff.max()), idx, float(mag.sum()) / n, float(mag.max())
 
 
+def _shared_selection(p, q, k, call_kwargs: dict):
+    """The topk selection every run of a check uses ({atom: ids}; None for a static pattern): the
+    one given in call_kwargs, else the float32 reference's, then also put in call_kwargs. (The
+    kernels' own selection is tested on its own: tests/test_selection.py.)"""
+    from .reference.attention import compute_selection
+
+    if not p.is_dynamic:
+        return None
+    if "selection" in call_kwargs:
+        return p._selection_dict(call_kwargs["selection"], q, k)
+    selection = compute_selection(p.root, q.detach(), k.detach())
+    topk = [a for a in p.dynamic_atoms if a.kind == "topk"]
+    if topk:
+        call_kwargs["selection"] = tuple(selection[a] for a in topk)
+    return selection
+
+
 def assert_matches_reference(p, q, k, v, *, backend: str = "triton", factor: float | None = None,
                              scale: float | None = None, **call_kwargs):
     """Run attention of the compiled pattern `p` on `backend` and check it
@@ -692,20 +709,16 @@ def assert_matches_reference(p, q, k, v, *, backend: str = "triton", factor: flo
 
     Raises AssertionError with a report (errors, shapes, the worst row and a
     hint). `call_kwargs` go to the call (e.g. _config=(16, 16)); for a topk
-    pattern, one block selection is computed and used by all three runs."""
+    pattern, all three runs use one block selection: `selection=` if given,
+    else the float32 reference's."""
     import torch
 
-    from .reference.attention import compute_selection, reference_attention
+    from .reference.attention import reference_attention
 
     dname = str(q.dtype).replace("torch.", "")
     if factor is None:
         factor = _DEFAULT_FACTOR.get(dname, 10.0)
-    selection = None
-    if p.is_dynamic and "selection" not in call_kwargs:
-        selection = compute_selection(p.root, q, k)
-        topk = [a for a in p.dynamic_atoms if a.kind == "topk"]
-        if topk:  # the kernels' own selection is tested on its own (tests/test_dynamic.py)
-            call_kwargs["selection"] = tuple(selection[a] for a in topk)
+    selection = _shared_selection(p, q, k, call_kwargs)
     out, lse = p(q, k, v, scale=scale, backend=backend, return_lse=True, **call_kwargs)
     golden, glse = reference_attention(p.root, q.double(), k.double(), v.double(), scale=scale, selection=selection)
     ref, rlse = reference_attention(p.root, q, k, v, scale=scale, selection=selection, compute_dtype=q.dtype)
@@ -832,17 +845,12 @@ def assert_grads_match_reference(p, q, k, v, dout=None, *, backend: str = "trito
     and v keep their strides (a NaN-padded view stays one)."""
     import torch
 
-    from .reference.attention import compute_selection, reference_attention
+    from .reference.attention import reference_attention
 
     dname = str(q.dtype).replace("torch.", "")
     if factor is None:
         factor = _GRAD_FACTOR.get(dname, 10.0)
-    selection = None  # topk: one selection (the float32 reference's) for all three runs
-    if p.is_dynamic and "selection" not in call_kwargs:
-        selection = compute_selection(p.root, q.detach(), k.detach())
-        topk = [a for a in p.dynamic_atoms if a.kind == "topk"]
-        if topk:
-            call_kwargs["selection"] = tuple(selection[a] for a in topk)
+    selection = _shared_selection(p, q, k, call_kwargs)
     if dout is None:
         gen = torch.Generator().manual_seed(seed)
         dout = torch.randn((*q.shape[:3], v.shape[-1]), generator=gen).to(device=q.device, dtype=q.dtype)

@@ -191,9 +191,9 @@ def merge_kernel(OP, LP, O, LSE, stride_pp, stride_pb, stride_ph, stride_pm, str
         lp = tl.load(LP + p * stride_lp + b * stride_lb + h * stride_lh + offs * stride_lm, mask=ok,
                      other=float("-inf"))
         w = tl.exp(lp - m_safe)
+        used = ok[:, None] & (offs_d[None, :] < HEAD_DIM_V) & (w[:, None] > 0)
         op = tl.load(OP + p * stride_pp + b * stride_pb + h * stride_ph + offs[:, None] * stride_pm
-                     + offs_d[None, :] * stride_pd, mask=ok[:, None] & (offs_d[None, :] < HEAD_DIM_V) & (w[:, None] > 0),
-                     other=0.0)
+                     + offs_d[None, :] * stride_pd, mask=used, other=0.0)
         acc += w[:, None] * op
         total += w
     seen = total > 0

@@ -332,8 +332,8 @@ def _dkdv_selected(i: int, br, plan: KernelPlan) -> list[str]:
         f"    e_1 = tl.load(ioff_base + (k1 - 1) // {b} + 1)",
         f"    for t in range(e_0 * {per}, e_1 * {per}):",
         f"        key = tl.load(inv_base + t // {per})",
-        f"        j = key // SEL_ROWS",
-        f"        g = fg + (key % SEL_ROWS).to(tl.int32)",
+        "        j = key // SEL_ROWS",
+        "        g = fg + (key % SEL_ROWS).to(tl.int32)",
         f"        k_in = key_ok & (k_pos >= j * {b}) & (k_pos < j * {b} + {b})",
         f"        u0 = g * {b} + (t % {per}) * BLOCK_N",
         f"        dk, dv = _kv_rows_step(dk, dv, k, v, k_pos, k_in, {_KV_ARGS}, u0, tl.maximum(g * {b}, off), "

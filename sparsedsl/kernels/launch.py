@@ -160,7 +160,6 @@ def forward(root: ir.Pattern, q, k, v, scale: float, interpret: bool, config=Non
     run = _Launch(root, q, k, v, interpret, config, varlen)
     if run.batch == 0:
         return out, lse
-    st = run.strides
     args = (q, k, v, out, lse, *run.cu, *dynamic_args(run, q, selection, landmarks, k, v, out, lse),
             h, run.hk, run.lq, run.lk, 1, scale * LOG2E)
     run.run("fwd", run.lq, h, args)
@@ -209,10 +208,10 @@ def backward(root: ir.Pattern, q, k, v, out, lse, dout, scale: float, interpret:
     if plan.topk is not None and selection is None:
         raise InputError(f"pattern {root.name!r}: the backward of a topk pattern needs the forward's selection")
     sel, landmarks = selection, None
-    if plan.dynamic:
+    if plan.landmarks is not None:  # recomputed (one pass over K and V) rather than saved
         from .selection import prefill_inputs
 
-        sel, landmarks = prefill_inputs(plan, q, k, v, selection)
+        landmarks = prefill_inputs(plan, q, k, v, selection)[1]
     delta = backward_delta(out, dout, lse, dlse)
     st = run.strides
     common = (*st(q), *st(k), *st(v), *st(dout), *st(lse))

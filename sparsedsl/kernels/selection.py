@@ -31,6 +31,17 @@ def _floor_div(a, b):
     return q - ((a % b != 0) & ((a < 0) != (b < 0))).to(q.dtype)
 
 
+@triton.jit
+def _sort_key(score, js, cand):
+    # int64 sort keys: the float32 score's bits made order-preserving in the high half, the
+    # complement of the block id in the low half (equal scores: the lower block is larger);
+    # NO_CANDIDATE where cand is false
+    bits = score.to(tl.int32, bitcast=True)
+    ordered = tl.where(bits >= 0, bits, bits ^ 0x7FFFFFFF).to(tl.int64)  # float order as signed integers
+    key = ordered * 4294967296 + (0x7FFFFFFF - js).to(tl.int64)
+    return tl.where(cand, key, -9223372036854775808)
+
+
 @triton.jit(do_not_specialize=["Lq", "Lk"])
 def group_means_kernel(Q, QBAR, LENS, stride_qb, stride_qh, stride_qm, stride_qd,
                        stride_gb, stride_gh, stride_gr, Lq, Lk,
@@ -99,10 +110,7 @@ def score_kernel(QBAR, S1, S2, KEYS, LENS,
     cand = (js[None, :] < nb) & (group[:, None] <= (Lk - 1) // BLOCK) & x_ok[:, None]
     if CAUSAL:
         cand = cand & (js[None, :] <= group[:, None])
-    bits = score.to(tl.int32, bitcast=True)
-    ordered = tl.where(bits >= 0, bits, bits ^ 0x7FFFFFFF).to(tl.int64)  # float order as signed integers
-    key = ordered * 4294967296 + (0x7FFFFFFF - js)[None, :].to(tl.int64)
-    key = tl.where(cand, key, -9223372036854775808)
+    key = _sort_key(score, js[None, :], cand)
     dst = KEYS + b * stride_kb + h[:, None] * stride_kh + (r - R0).to(tl.int64)[:, None] * stride_kr + js[None, :]
     tl.store(dst, key, mask=x_ok[:, None] & (js[None, :] < NB))
 
@@ -141,10 +149,7 @@ def score_few_kernel(QBAR, S1, S2, KEYS, LENS,
                 score = tl.sum(tl.maximum(qbar, 0.0)[None, :] * s1 + tl.minimum(qbar, 0.0)[None, :] * s2, 1)
             else:
                 score = tl.sum(qbar[None, :] * s1, 1)
-            bits = score.to(tl.int32, bitcast=True)
-            ordered = tl.where(bits >= 0, bits, bits ^ 0x7FFFFFFF).to(tl.int64)
-            key = tl.where(cand, ordered * 4294967296 + (0x7FFFFFFF - js).to(tl.int64), -9223372036854775808)
-            tl.store(KEYS + b * stride_kb + h * stride_kh + js, key, mask=js < NB)
+            tl.store(KEYS + b * stride_kb + h * stride_kh + js, _sort_key(score, js, cand), mask=js < NB)
 
 
 def group_means(q: torch.Tensor, kv_len, block: int, rows: int, lens=None) -> torch.Tensor:
