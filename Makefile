@@ -1,10 +1,11 @@
 # Two commands set everything up on a fresh machine:
 #   make demo   install, then compile a shipped pattern, draw it and check attention against the dense reference
-#   make test   install, then run the whole test suite (what CI runs)
+#   make test   install, then run the test suite (what CI runs; under 10 minutes on 2 cores)
+#   make test-long   the same plus the slow property runs (more hypothesis examples)
 PYTHON ?= python3
 PIP = $(PYTHON) -m pip install --quiet --disable-pip-version-check
 
-.PHONY: install demo test
+.PHONY: install demo test test-long
 
 # A CPU torch is installed only when no torch is there, so a GPU user keeps theirs
 # (a bare "torch" requirement would pull a multi-GB CUDA build).
@@ -17,3 +18,6 @@ demo: install
 
 test: install
 	$(PYTHON) -m pytest -q
+
+test-long: install
+	HYPOTHESIS_PROFILE=long $(PYTHON) -m pytest -q -m "not gpu"

@@ -11,20 +11,28 @@ from __future__ import annotations
 from .errors import PatternError
 from .ir import build
 from .ir import nodes as ir
-from .ir.atoms import ATOMS, arg_problem
+from .ir.atoms import ATOMS, arg_problem, atom_problem
+from .ir.ranges import range_problem
+
+
+def _in_range(node: ir.Node) -> ir.Node:
+    problem = range_problem(node)
+    if problem:
+        raise PatternError(problem)
+    return node
 
 
 def _int(x) -> ir.Node:
     if isinstance(x, Int):
         return x.node
     if isinstance(x, int) and not isinstance(x, bool):
-        return ir.Const(x)
+        return _in_range(ir.Const(x))
     raise PatternError(f"expected an integer, got {x!r}")
 
 
 def _fold(op, *args):
     try:
-        return build.int_op(op, *args)
+        return _in_range(build.int_op(op, *args))
     except ZeroDivisionError:
         raise PatternError("division or modulo by zero") from None
 
@@ -178,6 +186,9 @@ def _atom(kind: str, *args, **kwargs) -> Mask:
         if problem:
             raise PatternError(problem)
         values.append(v)
+    problem = atom_problem(kind, tuple(values))
+    if problem:
+        raise PatternError(problem)
     return Mask(ir.Atom(kind, tuple(values)))
 
 

@@ -33,11 +33,12 @@ def load(source, loader: Loader | None = None) -> ModuleInfo:
                 if shipped.exists() and (len(path.parts) == 1 or path.parts[-2] == "patterns"):
                     path = shipped
             exists = path.is_file()
-        except OSError as e:  # e.g. a name too long for the file system
-            raise PatternError(f"cannot open {str(source)[:80]!r}: {e.strerror}") from None
+            what = "is a directory, not a file" if path.is_dir() else \
+                "not a regular file" if path.exists() else "file not found"
+        except (OSError, RuntimeError) as e:  # e.g. a name too long for the file system, a symlink loop
+            raise PatternError(f"cannot open {str(source)[:80]!r}: {getattr(e, 'strerror', None) or e}") from None
         if not exists:
             names = ", ".join(sorted(p.stem for p in data_dir("patterns").glob("*.attn")))
-            what = "is a directory, not a file" if path.is_dir() else "file not found"
             raise PatternError(f"{what}: {source}", None, (f"shipped patterns: {names}",))
         return loader.load_file(path)
     if isinstance(source, str):
@@ -102,7 +103,32 @@ def _valid_name(name: str) -> bool:
             and name not in keywords and name not in ATOMS and name not in INT_FUNCS and name not in BUILTIN_SYMBOLS)
 
 
+MAX_DEPTH = 128  # levels of nodes in one pattern after inlining (the passes and the printer recurse)
+
+
+def _check_depth(root: ir.Node, spans: dict) -> None:
+    """PatternError when the IR nests more than MAX_DEPTH deep (a DAG: each node once)."""
+    height: dict[ir.Node, int] = {}
+    stack = [(root, False)]
+    while stack:
+        n, expanded = stack.pop()
+        if expanded:
+            height[n] = 1 + max((height[c] for c in n.children()), default=0)
+        elif n not in height:
+            stack.append((n, True))
+            stack.extend((c, False) for c in n.children() if c not in height)
+    if height[root] <= MAX_DEPTH + 1:  # (+1: the Pattern node itself)
+        return
+    node, span = root, None
+    for _ in range(MAX_DEPTH + 1):  # down the deepest path to the first node too deep
+        node = max(node.children(), key=height.__getitem__)
+        span = spans.get(node, span)
+    raise PatternError(f"the pattern nests {height[root] - 1} levels deep after inlining pattern calls; "
+                       f"the limit is {MAX_DEPTH}", span)
+
+
 def _finish(root: ir.Pattern, params: dict, spans: dict) -> CompiledPattern:
+    _check_depth(root, spans)
     check_dynamic_placement(root, spans)
     verify(root)
     return CompiledPattern(root, params, spans)

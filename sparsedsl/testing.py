@@ -50,7 +50,8 @@ except ImportError as e:  # pragma: no cover - depends on the environment
 
 from .ir import build
 from .ir import nodes as ir
-from .ir.atoms import ATOMS
+from .ir.atoms import ATOMS, atom_problem
+from .ir.ranges import INT_LIMIT, widest
 from .ir.printer import to_text
 
 __all__ = [
@@ -86,8 +87,13 @@ def _cached(fn):
 # ---- integer expressions ---------------------------------------------------------
 
 
+def _in_range(x, fallback):
+    """x when every step of it stays in [-2**62, 2**62] (the language's rule), else fallback."""
+    return x if widest(x) <= INT_LIMIT else fallback
+
+
 def _binary(op):
-    return lambda ab: build.int_op(op, *ab)
+    return lambda ab: _in_range(build.int_op(op, *ab), ab[0])
 
 
 def _pick(draw, *options):
@@ -122,7 +128,7 @@ def _ints(draw, symbols: tuple[str, ...], depth: int):
         return build.int_op(op, draw(sub))
     a = draw(sub)
     b = ir.Const(draw(st.integers(1, 7))) if op in ("//", "%") else draw(sub)
-    return build.int_op(op, a, b)
+    return _in_range(build.int_op(op, a, b), a)
 
 
 @_cached
@@ -219,10 +225,9 @@ def _atoms(draw, head_dependent: bool):
         return a(kind, m0(), m0())
     if kind in ("sink", "global"):
         return a(kind, m0())
-    if kind == "dilated":
-        return a(kind, m1(), m1())
-    if kind == "local_blocks":
-        return a(kind, m1(), block())
+    if kind in ("dilated", "local_blocks"):  # (their product must stay <= 2**62)
+        x, y = m1(), (m1() if kind == "dilated" else block())
+        return a(kind, x, y) if not atom_problem(kind, (x, y)) else a(kind, x, ir.Const(1))
     if kind == "strided":
         stride, blk = m1(), block()
         offset = ir.Const(0) if draw(st.booleans()) else draw(int_exprs(syms, 1))

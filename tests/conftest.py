@@ -1,8 +1,8 @@
 """Hypothesis profiles for the property tests.
 
-    ci    deterministic (derandomize), ~50 examples a test, no deadline
+    ci    deterministic (derandomize), ~20 examples a test, no deadline (make test: CI)
     dev   random, ~25 examples a test (the default outside CI)
-    long  many examples (nightly / by hand)
+    long  many examples (make test-long, nightly, by hand)
     gpu   like long, for runs on the lent GPU machine
 
 The profile is HYPOTHESIS_PROFILE when set, else "ci" when CI is set, else "dev":
@@ -42,7 +42,7 @@ except ImportError:  # the property tests skip themselves without hypothesis
 
 if settings is not None:
     _slow_ok = [HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much]
-    settings.register_profile("ci", derandomize=True, max_examples=50, deadline=None, database=None,
+    settings.register_profile("ci", derandomize=True, max_examples=20, deadline=None, database=None,
                               suppress_health_check=_slow_ok, print_blob=True)
     settings.register_profile("dev", max_examples=25, deadline=None, suppress_health_check=_slow_ok)
     settings.register_profile("long", max_examples=1000, deadline=None, suppress_health_check=_slow_ok,

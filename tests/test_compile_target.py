@@ -14,7 +14,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 @pytest.mark.parametrize("args", [
     ["patterns/s2_attention.attn", "--pattern", "s2_attention"],  # strided, head-dependent offsets, walked blocks
-    ["patterns/longnet.attn", "--pattern", "longnet"],  # dilated rates per head, several branches
+    # (slow: about 20 s each; make test-long)
+    pytest.param(["patterns/longnet.attn", "--pattern", "longnet"], marks=pytest.mark.slow),  # dilated, branches
     ["patterns/nsa.attn"],  # topk + landmarks: selected blocks, the inverse selection, the landmark backward
 ])
 def test_kernels_compile_for_sm90(args):

@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from . import nodes
+from .ranges import INT_LIMIT, LIMIT_TEXT, bound_text, value_range, widest
 
 
 @dataclass(frozen=True)
@@ -111,4 +112,24 @@ def arg_problem(kind: str, p: Param, v) -> str | None:
     if p.minimum is not None and isinstance(v, nodes.Const) and v.value < p.minimum:
         what = "block size" if p.name == "block" else p.name
         return f"{kind}: {what} must be at least {p.minimum}, got {v.value}"
+    if widest(v) > INT_LIMIT:
+        return f"argument {p.name!r} of {kind} may leave the range of integers: {LIMIT_TEXT}"
+    return None
+
+
+# Products the kernels compute from an atom's arguments (both factors are >= 1).
+PRODUCTS = {"local_blocks": ("n", "block"), "dilated": ("size", "rate")}
+
+
+def atom_problem(kind: str, values: tuple) -> str | None:
+    """Why arguments that are each fine cannot go together (None when they can)."""
+    if kind not in PRODUCTS:
+        return None
+    a, b = (values[[p.name for p in ATOMS[kind].params].index(n)] for n in PRODUCTS[kind])
+    top = value_range(a)[1] * value_range(b)[1]
+    if top > INT_LIMIT:
+        x, y = PRODUCTS[kind]
+        if isinstance(a, nodes.Const) and isinstance(b, nodes.Const):
+            return f"{kind}: {x} * {y} = {top} is larger than 2**62"
+        return f"{kind}: {x} * {y} may reach {bound_text(top)}; it must be at most 2**62"
     return None

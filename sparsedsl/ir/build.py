@@ -1,6 +1,8 @@
 """Smart constructors shared by the language and the Python builder, so both
-make the identical IR: constants fold, unions and intersections flatten.
-No other rewriting happens here (that is the optimizer's job)."""
+make the identical IR: constants fold, unions, intersections, `and` and `or`
+flatten and drop repeated operands (`a | a` is `a`: so `let a = a | a` does
+not double the operands on every line). No other rewriting happens here (that
+is the optimizer's job)."""
 from __future__ import annotations
 
 from .nodes import Atom, Bool, Cmp, Compl, Const, Diff, Inter, IntOp, Logic, Node, Union
@@ -59,24 +61,26 @@ def logic(op: str, *args: Node) -> Node:
     unit, zero = Bool(op == "and"), Bool(op != "and")  # true and x = x; false and x = false
     if zero in flat:
         return zero
-    flat = [a for a in flat if a is not unit]
+    flat = [a for a in dict.fromkeys(flat) if a is not unit]
     if not flat:
         return unit
     return flat[0] if len(flat) == 1 else Logic(op, tuple(flat))
 
 
-def union(*masks: Node) -> Node:
-    flat: list[Node] = []
+def _flat(cls, masks) -> Node:
+    flat: dict[Node, None] = {}  # (ordered, without repeats)
     for m in masks:
-        flat.extend(m.args if isinstance(m, Union) else (m,))
-    return flat[0] if len(flat) == 1 else Union(tuple(flat))
+        flat.update(dict.fromkeys(m.args if isinstance(m, cls) else (m,)))
+    args = tuple(flat)
+    return args[0] if len(args) == 1 else cls(args)
+
+
+def union(*masks: Node) -> Node:
+    return _flat(Union, masks)
 
 
 def inter(*masks: Node) -> Node:
-    flat: list[Node] = []
-    for m in masks:
-        flat.extend(m.args if isinstance(m, Inter) else (m,))
-    return flat[0] if len(flat) == 1 else Inter(tuple(flat))
+    return _flat(Inter, masks)
 
 
 def diff(a: Node, b: Node) -> Node:

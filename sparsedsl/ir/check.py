@@ -2,6 +2,8 @@
 atoms may stand. (Checks that need the head count are in reference/heads.py.)"""
 from __future__ import annotations
 
+import weakref
+
 from ..errors import PatternError, Span
 from . import nodes as ir
 from .atoms import is_dynamic
@@ -12,9 +14,14 @@ TOP, TOP_INTER, TOP_UNION, NESTED = "top", "inter", "union", "nested"
 
 def dynamic_positions(root: ir.Node):
     """Yield (atom, position, context) for each dynamic atom in the mask tree."""
+    seen = set()  # (the IR is a DAG: a shared node in the same position is visited once)
     stack = [(root, TOP, "")]
     while stack:
-        node, pos, ctx = stack.pop()
+        item = stack.pop()
+        if item in seen:
+            continue
+        seen.add(item)
+        node, pos, ctx = item
         if isinstance(node, ir.Pattern):
             stack.append((node.body, TOP, ""))
         elif isinstance(node, ir.Heads):
@@ -40,14 +47,27 @@ def dynamic_positions(root: ir.Node):
         elif is_dynamic(node):
             yield node, pos, ctx
 
+
+_HAS_DYNAMIC: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
 def has_dynamic(node: ir.Node) -> bool:
-    stack = [node]
-    while stack:
-        n = stack.pop()
-        if is_dynamic(n):
-            return True
-        stack.extend(c for c in n.children() if ir.is_mask(c) or isinstance(c, ir.Branch))
-    return False
+    hit = _HAS_DYNAMIC.get(node)
+    if hit is None:
+        seen, stack, hit = set(), [node], False
+        while stack and not hit:
+            n = stack.pop()
+            if n in seen:
+                continue
+            seen.add(n)
+            known = _HAS_DYNAMIC.get(n)
+            if known is not None:  # (an earlier answer for this sub-pattern)
+                hit = known
+                continue
+            hit = is_dynamic(n)
+            stack.extend(c for c in n.children() if ir.is_mask(c) or isinstance(c, ir.Branch))
+        _HAS_DYNAMIC[node] = hit
+    return hit
 
 
 def check_dynamic_placement(root: ir.Node, spans: dict | None = None) -> None:

@@ -93,9 +93,12 @@ def _verify_node(node: ir.Node) -> None:
 
 
 def _check_qk_only_in_where(root: ir.Node) -> None:
-    stack = [root]
+    seen, stack = set(), [root]
     while stack:
         n = stack.pop()
+        if n in seen:  # (a DAG: each node once)
+            continue
+        seen.add(n)
         if isinstance(n, ir.Atom) and n.kind == "where":
             continue
         if isinstance(n, ir.Sym) and n.name in ("q", "k"):

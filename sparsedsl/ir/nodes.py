@@ -159,7 +159,8 @@ class Atom(Node):
         _need(kind in ATOMS, f"unknown atom {kind!r}")
         _need(isinstance(values, tuple) and len(values) == len(ATOMS[kind].params), f"{kind}: wrong arity")
         for p, v in zip(ATOMS[kind].params, values):
-            _need(p.accepts(v), f"{kind}: bad value {v!r} for {p.name}")
+            if not p.accepts(v):  # (the message only when needed: the repr of a DAG unfolds it)
+                raise TypeError(f"{kind}: bad value {v!r} for {p.name}")
 
 
 class Union(Node):
@@ -253,6 +254,20 @@ def is_bool(x) -> bool:
 
 def is_mask(x) -> bool:
     return isinstance(x, MASK_NODES)
+
+
+def post_order(root: Node, done=()) -> list[Node]:
+    """The nodes under root (a DAG) not in `done`, children before parents, each once."""
+    out, seen, stack = [], set(), [(root, False)]
+    while stack:
+        n, expanded = stack.pop()
+        if expanded:
+            out.append(n)
+        elif n not in seen and n not in done:
+            seen.add(n)
+            stack.append((n, True))
+            stack.extend((c, False) for c in n.children())
+    return out
 
 
 def symbols(node: Node) -> frozenset[str]:

@@ -1,6 +1,8 @@
 """IR -> text in the .attn language. Parsing the text gives back the same IR."""
 from __future__ import annotations
 
+import threading
+
 from . import nodes as ir
 from .atoms import ATOMS
 
@@ -10,14 +12,55 @@ _PREC = {"or": 1, "and": 2, "not": 3, "cmp": 4, "|": 5, "-": 6, "+": 6, "&": 7, 
 
 
 def to_text(root: ir.Node) -> str:
-    """A Pattern as a complete .attn definition; any other node as an expression."""
+    """A Pattern as a complete .attn definition; any other node as an expression.
+
+    The IR is a DAG: when printing it as a tree would repeat shared parts many
+    times over, each shared part is printed once, as a `let`."""
     if isinstance(root, ir.Pattern):
-        if isinstance(root.body, ir.Heads):
-            lines = [f"    {_branch(b)}" for b in root.body.branches]
-        else:
-            lines = [f"    {expr(root.body)}"]
-        return f"pattern {root.name}() {{\n" + "\n".join(lines) + "\n}\n"
+        _STATE.names = {}
+        lets = [f"    let {name} = {text}" for name, text in _lets(root.body)]
+        try:
+            if isinstance(root.body, ir.Heads):
+                lines = [f"    {_branch(b)}" for b in root.body.branches]
+            else:
+                lines = [f"    {expr(root.body)}"]
+        finally:
+            _STATE.names = {}
+        return f"pattern {root.name}() {{\n" + "\n".join(lets + lines) + "\n}\n"
     return expr(root)
+
+
+_STATE = threading.local()  # .names: shared node -> its let name, while this thread prints a pattern
+_INLINE = (ir.Const, ir.Sym, ir.Bool, ir.Branch, ir.Heads)
+
+
+def _lets(body: ir.Node) -> list[tuple[str, str]]:
+    """(name, text) of the shared nodes to bind first, children first; none when the
+    tree is at most a few times the DAG (ordinary patterns print as they always did)."""
+    order, uses, size = [], {}, {}
+    stack, seen = [(body, False)], set()
+    while stack:
+        n, done = stack.pop()
+        if done:
+            order.append(n)
+            size[n] = 1 + sum(size[c] for c in n.children())
+            continue
+        if n in seen:
+            continue
+        seen.add(n)
+        stack.append((n, True))
+        for c in n.children():
+            uses[c] = uses.get(c, 0) + 1
+            stack.append((c, False))
+    if size[body] <= 4 * len(order) + 200:
+        return []
+    out = []
+    for n in order:
+        if uses.get(n, 0) > 1 and not isinstance(n, _INLINE) and n.children():
+            text = expr(n)
+            _STATE.names[n] = f"shared_{len(out) + 1}"
+            out.append((_STATE.names[n], text))
+    return out
 
 
 def expr(node: ir.Node) -> str:
@@ -40,6 +83,9 @@ def _chain(op: str, args) -> tuple[str, int]:
 
 
 def _expr(n: ir.Node) -> tuple[str, int]:
+    name = getattr(_STATE, "names", {}).get(n)
+    if name is not None:
+        return name, _PREC["atom"]
     if isinstance(n, ir.Const):
         return str(n.value), (_PREC["unary"] if n.value < 0 else _PREC["atom"])
     if isinstance(n, ir.Sym):

@@ -92,7 +92,7 @@ def _tiles(plan, cap: int, lq: int, bn: int, num_heads: int, num_kv_heads: int) 
                 keys += cap
         tiles = -(-keys // bn)
         if br.topk is not None:
-            tiles += br.topk.n * -(-br.topk.block // bn) * (2 if lq > 1 else 1)
+            tiles += min(br.topk.n, -(-cap // br.topk.block)) * -(-br.topk.block // bn) * (2 if lq > 1 else 1)
         if br.landmarks is not None:
             tiles += -(-(cap // br.landmarks) // bn)
         most = max(most, tiles)

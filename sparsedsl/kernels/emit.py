@@ -3,8 +3,16 @@
 Integer // and % keep Python's floor semantics (Triton's are C's): plain
 operators are emitted only when the dividend is known non-negative and the
 divisor a positive constant; otherwise the _fdiv/_fmod helpers of the template.
+
+The IR is a DAG: an `Emitter` computes a node used more than once into a
+temporary (so the text grows with the number of nodes, not with the size of
+the unfolded tree), and writes n-ary unions, intersections, `and`s and `or`s as
+balanced trees (Triton's code generator recurses on the depth of an
+expression). With `wide`, symbols are read as 64-bit integers.
 """
 from __future__ import annotations
+
+from collections import Counter
 
 from ..ir import nodes as ir
 from ..ir.atoms import atom_arg
@@ -14,6 +22,7 @@ from ..ir.heads import branch_condition
 NAMES = {"h": "h", "H": "H", "hk": "hk", "Hk": "Hk", "q": "q_pos", "k": "k_pos",
          "q0": "q0", "q1": "q1", "k0": "k0", "k1": "k1", "Lk": "Lk", "Lq": "Lq"}
 NONNEG_SYMBOLS = {"h", "H", "hk", "Hk", "k", "k0", "k1", "Lk", "Lq"}
+_INLINE = (ir.Const, ir.Sym, ir.Bool)
 
 
 def nonneg(n: ir.Node) -> bool:
@@ -33,91 +42,165 @@ def nonneg(n: ir.Node) -> bool:
     return False
 
 
-def int_expr(n: ir.Node) -> str:
-    if isinstance(n, ir.Const):
-        return str(n.value) if n.value >= 0 else f"({n.value})"
-    if isinstance(n, ir.Sym):
-        return NAMES[n.name]
-    a = [int_expr(x) for x in n.args]
-    if n.op in ("+", "-", "*"):
-        return f"({a[0]} {n.op} {a[1]})"
-    if n.op == "neg":
-        return f"(-{a[0]})"
-    if n.op == "abs":
-        return f"tl.abs({a[0]})"
-    if n.op in ("min", "max"):
-        return f"tl.{n.op}imum({a[0]}, {a[1]})"
-    num, den = n.args
-    positive_const = isinstance(den, ir.Const) and den.value > 0
-    if positive_const and nonneg(num):
-        return f"({a[0]} {n.op} {a[1]})"
-    helper = "_fdiv" if n.op == "//" else "_fmod"
-    return f"{helper}({a[0]}, {a[1]})"
+def _tree(op: str, parts: list[str]) -> str:
+    """parts joined by a binary operator, as a balanced tree."""
+    if len(parts) == 1:
+        return parts[0]
+    mid = len(parts) // 2
+    return f"({_tree(op, parts[:mid])} {op} {_tree(op, parts[mid:])})"
 
 
-def cond_expr(n: ir.Node) -> str:
-    if isinstance(n, ir.Bool):
-        return "True" if n.value else "False"
-    if isinstance(n, ir.Cmp):
-        return f"({int_expr(n.a)} {n.op} {int_expr(n.b)})"
-    parts = [cond_expr(a) for a in n.args]
-    if n.op == "not":
-        return f"({parts[0]} == 0)"
-    return "(" + (" & " if n.op == "and" else " | ").join(parts) + ")"
-
-
-def mask_expr(n: ir.Node) -> str:
-    """The element mask over q_pos [BM, 1] and k_pos [1, BN] (scalars broadcast)."""
-    if isinstance(n, ir.Atom):
-        return _atom(n)
-    if isinstance(n, ir.Union):
-        return "(" + " | ".join(mask_expr(a) for a in n.args) + ")"
-    if isinstance(n, ir.Inter):
-        return "(" + " & ".join(mask_expr(a) for a in n.args) + ")"
-    if isinstance(n, ir.Diff):
-        return f"({mask_expr(n.a)} & ({mask_expr(n.b)} == 0))"
-    if isinstance(n, ir.Compl):
-        return f"({mask_expr(n.a)} == 0)"
+def _operands(n: ir.Node) -> tuple[ir.Node, ...]:
+    """The children an emitter visits (a Heads node: its branches' conditions and bodies)."""
     if isinstance(n, ir.Heads):
-        out = "(q_pos < k_pos) & (q_pos > k_pos)"  # all false: uncovered heads are rejected before
+        return tuple(x for b in n.branches for x in (branch_condition(b), b.body))
+    if isinstance(n, ir.Atom):
+        return tuple(a for a in n.args if isinstance(a, ir.Node))
+    return n.children()
+
+
+class Emitter:
+    """Text of IR expressions; `lines` collects the temporaries they need."""
+
+    def __init__(self, prefix: str = "e", wide: bool = False, indent: str = ""):
+        self.prefix, self.wide, self.indent = prefix, wide, indent
+        self.lines: list[str] = []
+        self._text: dict[ir.Node, str] = {}
+        self._uses: Counter = Counter()
+        self._seen: set = set()
+        self._fresh = 0
+
+    def fresh(self) -> str:
+        self._fresh += 1
+        return f"{self.prefix}{self._fresh}"
+
+    def _count(self, root: ir.Node) -> None:
+        stack = [root]
+        while stack:
+            n = stack.pop()
+            self._uses[n] += 1
+            if n not in self._seen:
+                self._seen.add(n)
+                stack.extend(_operands(n))
+
+    def _emit(self, n: ir.Node, make) -> str:
+        hit = self._text.get(n)
+        if hit is not None:
+            return hit
+        text = make()
+        if self._uses[n] > 1 and not isinstance(n, _INLINE):
+            name = self.fresh()
+            self.lines.append(f"{self.indent}{name} = {text}")
+            text = name
+        self._text[n] = text
+        return text
+
+    def _root(self, n: ir.Node) -> None:
+        if n not in self._seen:
+            self._count(n)
+
+    def int(self, n: ir.Node) -> str:
+        self._root(n)
+        return self._int(n)
+
+    def cond(self, n: ir.Node) -> str:
+        self._root(n)
+        return self._cond(n)
+
+    def mask(self, n: ir.Node) -> str:
+        """The element mask over q_pos [BM, 1] and k_pos [1, BN] (scalars broadcast)."""
+        self._root(n)
+        return self._mask(n)
+
+    def _int(self, n: ir.Node) -> str:
+        if isinstance(n, ir.Const):
+            return str(n.value) if n.value >= 0 else f"({n.value})"
+        if isinstance(n, ir.Sym):
+            name = NAMES[n.name]
+            return f"{name}.to(tl.int64)" if self.wide else name
+        return self._emit(n, lambda: self._int_op(n))
+
+    def _int_op(self, n: ir.IntOp) -> str:
+        a = [self._int(x) for x in n.args]
+        if n.op in ("+", "-", "*"):
+            return f"({a[0]} {n.op} {a[1]})"
+        if n.op == "neg":
+            return f"(-{a[0]})"
+        if n.op == "abs":
+            return f"tl.abs({a[0]})"
+        if n.op in ("min", "max"):
+            return f"tl.{n.op}imum({a[0]}, {a[1]})"
+        num, den = n.args
+        if isinstance(den, ir.Const) and den.value > 0 and nonneg(num):
+            return f"({a[0]} {n.op} {a[1]})"
+        return f"{'_fdiv' if n.op == '//' else '_fmod'}({a[0]}, {a[1]})"
+
+    def _cond(self, n: ir.Node) -> str:
+        if isinstance(n, ir.Bool):
+            return "True" if n.value else "False"
+        if isinstance(n, ir.Cmp):
+            return self._emit(n, lambda: f"({self._int(n.a)} {n.op} {self._int(n.b)})")
+        if n.op == "not":
+            return self._emit(n, lambda: f"({self._cond(n.args[0])} == 0)")
+        return self._emit(n, lambda: _tree("&" if n.op == "and" else "|", [self._cond(a) for a in n.args]))
+
+    def _mask(self, n: ir.Node) -> str:
+        if isinstance(n, ir.Atom):
+            return self._emit(n, lambda: self._atom(n))
+        if isinstance(n, ir.Union):
+            return self._emit(n, lambda: _tree("|", [self._mask(a) for a in n.args]))
+        if isinstance(n, ir.Inter):
+            return self._emit(n, lambda: _tree("&", [self._mask(a) for a in n.args]))
+        if isinstance(n, ir.Diff):
+            return self._emit(n, lambda: f"({self._mask(n.a)} & ({self._mask(n.b)} == 0))")
+        if isinstance(n, ir.Compl):
+            return self._emit(n, lambda: f"({self._mask(n.a)} == 0)")
+        if isinstance(n, ir.Heads):
+            return self._emit(n, lambda: self._heads(n))
+        raise TypeError(f"not a mask: {n!r}")
+
+    def _heads(self, n: ir.Heads) -> str:
+        # first match wins: assign from the last branch back, one line each (no deep nesting)
+        name = self.fresh()
+        self.lines.append(f"{self.indent}{name} = (q_pos < k_pos) & (q_pos > k_pos)  # uncovered heads: rejected "
+                          "before")
         for b in reversed(n.branches):
-            out = f"tl.where({cond_expr(branch_condition(b))}, {mask_expr(b.body)}, {out})"
-        return out
-    raise TypeError(f"not a mask: {n!r}")
+            cond, body = self._cond(branch_condition(b)), self._mask(b.body)
+            self.lines.append(f"{self.indent}{name} = tl.where({cond}, {body}, {name})")
+        return name
+
+    def _atom(self, a: ir.Atom) -> str:
+        kind = a.kind
+        arg = lambda name: self._int(atom_arg(a, name))  # noqa: E731
+        q, k = "q_pos", "k_pos"
+        if kind == "full":
+            return f"({k} >= 0) | ({q} == {q})"
+        if kind == "none":
+            return f"({k} < 0) & ({q} == {q})"
+        if kind == "causal":
+            return f"({k} <= {q})"
+        if kind == "window":
+            return f"(({q} - {arg('size')} < {k}) & ({k} <= {q}))"
+        if kind == "band":
+            return f"(({q} - {arg('left')} <= {k}) & ({k} <= {q} + {arg('right')}))"
+        if kind == "sink":
+            return f"(({k} < {arg('n')}) | ({q} != {q}))"
+        if kind == "global":
+            return f"(({q} < {arg('n')}) | ({k} < {arg('n')}))"
+        if kind == "dilated":
+            mod = self._int(ir.IntOp("%", (ir.IntOp("-", (ir.Sym("q"), ir.Sym("k"))), atom_arg(a, "rate"))))
+            return f"(({q} - {k} >= 0) & ({q} - {k} < {arg('size')} * {arg('rate')}) & ({mod} == 0))"
+        if kind == "local_blocks":
+            b = atom_arg(a, "block")
+            qb = self._int(ir.IntOp("//", (ir.Sym("q"), b)))
+            kb = self._int(ir.IntOp("//", (ir.Sym("k"), b)))
+            return f"(({qb} - {kb} >= 0) & ({qb} - {kb} < {arg('n')}))"
+        if kind == "strided":
+            e = ir.IntOp("%", (ir.IntOp("+", (ir.IntOp("//", (ir.Sym("k"), atom_arg(a, "block"))),
+                                              atom_arg(a, "offset"))), atom_arg(a, "stride")))
+            return f"(({self._int(e)} == 0) | ({q} != {q}))"
+        if kind == "where":
+            return f"({self._cond(a.args[0])} | (({q} != {q}) & ({k} != {k})))"
+        raise NotImplementedError(f"no kernel code for atom {kind!r}")
 
 
-def _atom(a: ir.Atom) -> str:
-    kind = a.kind
-    arg = lambda name: int_expr(atom_arg(a, name))  # noqa: E731
-    q, k = "q_pos", "k_pos"
-    if kind == "full":
-        return f"({k} >= 0) | ({q} == {q})"
-    if kind == "none":
-        return f"({k} < 0) & ({q} == {q})"
-    if kind == "causal":
-        return f"({k} <= {q})"
-    if kind == "window":
-        return f"(({q} - {arg('size')} < {k}) & ({k} <= {q}))"
-    if kind == "band":
-        return f"(({q} - {arg('left')} <= {k}) & ({k} <= {q} + {arg('right')}))"
-    if kind == "sink":
-        return f"(({k} < {arg('n')}) | ({q} != {q}))"
-    if kind == "global":
-        return f"(({q} < {arg('n')}) | ({k} < {arg('n')}))"
-    if kind == "dilated":
-        d = ir.IntOp("-", (ir.Sym("q"), ir.Sym("k")))
-        rate = atom_arg(a, "rate")
-        mod = int_expr(ir.IntOp("%", (d, rate)))
-        return (f"(({q} - {k} >= 0) & ({q} - {k} < {arg('size')} * {arg('rate')}) & ({mod} == 0))")
-    if kind == "local_blocks":
-        b = atom_arg(a, "block")
-        qb = int_expr(ir.IntOp("//", (ir.Sym("q"), b)))
-        kb = int_expr(ir.IntOp("//", (ir.Sym("k"), b)))
-        return f"(({qb} - {kb} >= 0) & ({qb} - {kb} < {arg('n')}))"
-    if kind == "strided":
-        e = ir.IntOp("%", (ir.IntOp("+", (ir.IntOp("//", (ir.Sym("k"), atom_arg(a, "block"))),
-                                          atom_arg(a, "offset"))), atom_arg(a, "stride")))
-        return f"(({int_expr(e)} == 0) | ({q} != {q}))"
-    if kind == "where":
-        return f"({cond_expr(a.args[0])} | (({q} != {q}) & ({k} != {k})))"
-    raise NotImplementedError(f"no kernel code for atom {kind!r}")

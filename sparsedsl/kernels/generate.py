@@ -13,7 +13,7 @@ from ..ir.printer import to_text
 from ..passes.bounds import Segment
 from ..passes.plan import KernelPlan
 from ..resources import data_dir
-from .emit import cond_expr, int_expr, mask_expr
+from .emit import Emitter
 
 # (BLOCK_M, BLOCK_N, num_warps, num_stages). Measured on an H100 (benchmarks/tile_sweep.py):
 # dense-ish patterns like large tiles, windows and sparse blocks like 64-row tiles.
@@ -26,6 +26,7 @@ GPU_CONFIGS = [
 # dK/dV accumulators (3x slower), so dK/dV owns 64 keys or uses 8 warps.
 DQ_CONFIGS = [(128, 64, 8, 3), (64, 64, 4, 2), (64, 32, 4, 3)]
 DKDV_CONFIGS = [(64, 32, 4, 3), (64, 64, 4, 2), (128, 64, 8, 2)]
+CUT_RANGES = 2  # earlier plain ranges cut out of a segment in closed form (pieces: 2 ** CUT_RANGES)
 TUNE_KEY = '["HEAD_DIM", "HEAD_DIM_V", "RATE", "H", "Hk", "VARLEN"]'
 
 
@@ -49,20 +50,34 @@ def selected_mask_id(plan: KernelPlan, i: int) -> int:
     return len(plan.branches) + 2 * i
 
 
+def _text(node: ir.Node, limit: int = 300) -> str:
+    """The node as .attn text for a comment, or a placeholder when the text would be long
+    (printing a DAG unfolds it: its tree size is counted first, once per node)."""
+    size: dict = {}
+    for n in ir.post_order(node):
+        size[n] = 1 + sum(size[c] for c in n.children())
+        if size[n] > limit:
+            return "(an expression too long to print)"
+    text = to_text(node)
+    return text if len(text) <= limit else text[:limit] + " ..."
+
+
 def _mask_functions(plan: KernelPlan) -> str:
     masks = {}
     for i, br in enumerate(plan.branches):
-        masks[i] = (to_text(br.mask), mask_expr(br.mask))
+        masks[i] = (_text(br.mask), br.mask)
         if br.topk is not None:
-            masks[selected_mask_id(plan, i)] = (f"selected blocks: {to_text(br.topk.mask)}", mask_expr(br.topk.mask))
+            masks[selected_mask_id(plan, i)] = (f"selected blocks: {_text(br.topk.mask)}", br.topk.mask)
         if br.landmarks is not None:
             masks[selected_mask_id(plan, i) + 1] = (
                 f"landmark entries (k_pos: the entry): k < q // {br.landmarks}",
                 f"(k_pos < _fdiv(q_pos, {br.landmarks}))")
     out = []
-    for i, (text, expr) in masks.items():
+    for i, (text, mask) in masks.items():
+        em = Emitter("m", plan.wide, "    ")
+        expr = mask if isinstance(mask, str) else em.mask(mask)
         out += ["", "@jit", f"def _mask_{i}(q_pos, k_pos, h, hk, H, Hk):",
-                f"    # {text}", f"    return {expr}", ""]
+                f"    # {text}", *em.lines, f"    return {expr}", ""]
     out += ["", "@jit", "def _visible(MASK_ID: tl.constexpr, q_pos, k_pos, h, hk, H, Hk):"]
     for n, i in enumerate(masks):
         out.append(f"    {'if' if n == 0 else 'elif'} MASK_ID == {i}:")
@@ -75,13 +90,13 @@ def _has_full(seg: Segment) -> bool:
 
 
 def _describe(j: int, seg: Segment) -> str:
-    desc = f"keys [{to_text(seg.lo)}, {to_text(seg.hi)})"
+    desc = f"keys [{_text(seg.lo, 80)}, {_text(seg.hi, 80)})"
     if seg.strided:
-        desc += f" in blocks j with (j + {to_text(seg.offset)}) % {to_text(seg.stride)} == 0"
+        desc += f" in blocks j with (j + {_text(seg.offset, 80)}) % {_text(seg.stride, 80)} == 0"
     if seg.guard != ir.Bool(True):
-        desc += f" if {to_text(seg.guard)}"
+        desc += f" if {_text(seg.guard, 80)}"
     if _has_full(seg):
-        desc += f"; no mask in [{to_text(seg.full_lo)}, {to_text(seg.full_hi)})"
+        desc += f"; no mask in [{_text(seg.full_lo, 80)}, {_text(seg.full_hi, 80)})"
     return f"# segment {j}: {desc}"
 
 
@@ -106,33 +121,41 @@ def _segment_pieces(j: int, seg: Segment, segs, plan: KernelPlan, walk: bool,
     """Setup code of segment j of `segs`, and its pieces: the segment minus the
     tiles of earlier plain ranges (cut out in closed form). Positions below
     `clip` do not exist."""
-    lines = [_describe(j, seg),
-             f"lo = tl.maximum({int_expr(seg.lo)}, {clip})",
-             f"hi = tl.minimum({int_expr(seg.hi)}, Lk)"]
-    if seg.guard != ir.Bool(True):
-        lines.append(f"hi = tl.where({cond_expr(seg.guard)}, hi, lo)")
+    # bounds in 64 bits (pattern arguments may exceed int32), clamped to the sequence: int32 again
+    em = Emitter(f"b{j}_", wide=True)
+    lo, hi = em.int(seg.lo), em.int(seg.hi)
+    guard = em.cond(seg.guard) if seg.guard != ir.Bool(True) else None
+    full = _has_full(seg) and (_strided_here(seg, plan, walk) or not seg.strided)
+    full_lo, full_hi = (em.int(seg.full_lo), em.int(seg.full_hi)) if full else (None, None)
+    stride, offset = (em.int(seg.stride), em.int(seg.offset)) if seg.strided else (None, None)
+    lines = [_describe(j, seg), *em.lines, f"lo = _clamp({lo}, {clip}, Lk)", f"hi = _clamp({hi}, {clip}, Lk)"]
+    if guard is not None:
+        lines.append(f"hi = tl.where({guard}, hi, lo)")
     lines += [f"ua_{j} = _floor_to(_first_u(lo, c, RATE), BLOCK_N)",
               f"ub_{j} = tl.where(hi > lo, _floor_to(_first_u(hi, c, RATE) + BLOCK_N - 1, BLOCK_N), ua_{j})"]
     strided = _strided_here(seg, plan, walk)
-    # a strided segment walked as a plain range visits keys outside its blocks: all need the mask
-    full = _has_full(seg) and (strided or not seg.strided)
+    # (a strided segment walked as a plain range visits keys outside its blocks: all need the mask)
     if full:
-        lines += [f"fa = _floor_to(_first_u(tl.maximum({int_expr(seg.full_lo)}, {clip}), c, RATE) + BLOCK_N - 1, "
-                  "BLOCK_N)",
-                  f"fb = _floor_to(tl.minimum(_first_u(tl.minimum({int_expr(seg.full_hi)}, Lk), c, RATE), num_u), "
-                  "BLOCK_N)"]
+        lines += [f"fa = _floor_to(_first_u(_clamp({full_lo}, {clip}, Lk), c, RATE) + BLOCK_N - 1, BLOCK_N)",
+                  f"fb = _floor_to(tl.minimum(_first_u(_clamp({full_hi}, {clip}, Lk), c, RATE), num_u), BLOCK_N)"]
+    # The tiles of earlier segments are not visited again: the first CUT_RANGES plain ranges
+    # are cut out in closed form (each cut doubles the pieces), the others make a tile dead.
     spans = [(f"ua_{j}", f"ub_{j}")]
-    for m, other in enumerate(segs[:j]):
-        if not _strided_here(other, plan, walk):
-            cut = []
-            for a, b in spans:
-                cut += [(a, f"tl.minimum({b}, ua_{m})"), (f"tl.maximum({a}, ub_{m})", b)]
-            spans = cut
-    dead = " | ".join(
-        f"((u0 >= ua_{m}) & (u0 < ub_{m}) & (_fmod(u0 // {o.block.value} + off_{m}, s_{m}) == 0))"
-        for m, o in enumerate(segs[:j]) if _strided_here(o, plan, walk))
+    deads = []
+    plain = [m for m, other in enumerate(segs[:j]) if not _strided_here(other, plan, walk)]
+    for m in plain[:CUT_RANGES]:
+        cut = []
+        for a, b in spans:
+            cut += [(a, f"tl.minimum({b}, ua_{m})"), (f"tl.maximum({a}, ub_{m})", b)]
+        spans = cut
+    deads += [f"((u0 >= ua_{m}) & (u0 < ub_{m}))" for m in plain[CUT_RANGES:]]
+    deads += [f"((u0 >= ua_{m}) & (u0 < ub_{m}) & (_fmod(u0 // {o.block.value} + off_{m}, s_{m}) == 0))"
+              for m, o in enumerate(segs[:j]) if _strided_here(o, plan, walk)]
+    dead = " | ".join(deads)
     if strided:
-        lines += [f"s_{j} = {int_expr(seg.stride)}", f"off_{j} = {int_expr(seg.offset)}"]
+        # the offset only matters modulo the stride; both fit int32 unless the stride does not
+        zero = "tl.full([], 0, tl.int64)"  # (constants as 64-bit tensors)
+        lines += [f"s_{j}, off_{j} = _narrow({zero} + {stride}, {zero} + {offset})"]
     pieces = []
     for n, (a, b) in enumerate(spans):
         name = f"{j}_{n}"
@@ -282,8 +305,9 @@ def _dynamic_parts(i: int, br, plan: KernelPlan, how: Traversal, start: str):
     setup, loops, total = [], [], start
     if br.topk is not None:
         tk = br.topk
-        per_group = f"({tk.n} * (({tk.block} + BLOCK_N - 1) // BLOCK_N))"
+        per_group = f"(sel_n * (({tk.block} + BLOCK_N - 1) // BLOCK_N))"
         setup += [f"# topk(n={tk.n}, block={tk.block}): for each query group of the tile, its selected blocks",
+                  "sel_n = stride_sr  # slots per row: the selection's width (its rows are contiguous)",
                   f"fg = _fdiv(Lk - Lq, {tk.block})  # the group of SEL row 0",
                   f"g_a = _fdiv(q0, {tk.block})",
                   f"n_sel = (_fdiv(q1 - 1, {tk.block}) + 1 - g_a) * {per_group}",
@@ -291,7 +315,7 @@ def _dynamic_parts(i: int, br, plan: KernelPlan, how: Traversal, start: str):
         loops += ["for t in range(tl.maximum(t_a, s_0), tl.minimum(t_b, s_1)):",
                   "    tt = t - s_0",
                   f"    g = g_a + tt // {per_group}",
-                  f"    slot = (tt // (({tk.block} + BLOCK_N - 1) // BLOCK_N)) % {tk.n}",
+                  f"    slot = (tt // (({tk.block} + BLOCK_N - 1) // BLOCK_N)) % sel_n",
                   "    row = sel_base + (g - fg).to(tl.int64) * stride_sr",
                   "    j = tl.load(row + slot * stride_sn)",
                   "    # a row is ascending: a repeated id is skipped (a given selection may repeat one)",
@@ -382,9 +406,13 @@ def _branches(plan: KernelPlan, walk: bool, how: Traversal | None, indent: int =
         if len(plan.branches) == 1:
             lines += body
             continue
-        cond = cond_expr(br.cond)
+        em = Emitter(f"c{i}_", wide=True)
+        cond = em.cond(br.cond)
         last = i == len(plan.branches) - 1 and cond == "True"
-        lines.append(f"# heads: {to_text(br.cond)}")
+        lines.append(f"# heads: {_text(br.cond)}")
+        if em.lines:
+            # the condition's temporaries, computed before the chain of branches
+            lines[:0] = em.lines
         lines.append("else:" if last else f"{'if' if i == 0 else 'elif'} {cond}:")
         lines += ["    " + line for line in body]
     return _indent(lines, indent)
@@ -418,7 +446,6 @@ def kernel_source(plan: KernelPlan, pattern_text: str, fixed_tiles: bool, head_d
         walk = block_n is not None and all(b % block_n == 0 for b in plan.blocks)
     else:
         walk = bool(fits(GPU_CONFIGS, True, False)) and bool(fits(DQ_CONFIGS, True))
-    digest = hashlib.sha256(repr((plan, fixed_tiles, head_dim, walk)).encode()).hexdigest()[:12]
     names = kernel_names(plan)
     tunes = dict.fromkeys(names, "")  # fixed tiles: the caller passes BLOCK_M and BLOCK_N
     if not fixed_tiles:
@@ -428,7 +455,6 @@ def kernel_source(plan: KernelPlan, pattern_text: str, fixed_tiles: bool, head_d
     text = " ".join(pattern_text.split())
     src = (_template()
            .replace("{{pattern_name}}", plan.name)
-           .replace("{{plan_hash}}", digest)
            .replace("{{pattern_text}}", text)
            .replace("{{mask_functions}}", _mask_functions(plan))
            .replace("{{fwd_branches}}", _branches(plan, walk, FORWARD))
@@ -438,7 +464,8 @@ def kernel_source(plan: KernelPlan, pattern_text: str, fixed_tiles: bool, head_d
            .replace("{{dlm_branches}}", _branches(plan, walk, None, 12)))
     for kind in names:
         src = src.replace(f"{{{{{kind}_autotune}}}}", tunes[kind]).replace(f"{{{{{kind}_name}}}}", names[kind])
-    return src, names
+    # the hash of the text itself (the plan's repr would unfold its shared subexpressions)
+    return src.replace("{{plan_hash}}", hashlib.sha256(src.encode()).hexdigest()[:12]), names
 
 
 def _ident(name: str) -> str:

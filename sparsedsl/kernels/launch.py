@@ -6,6 +6,7 @@ batch arrives as [1, H, T, D] views of the packed [T, H, D] tensors, with
 batch axis and read their rows from the cumulative starts."""
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 
 import torch
@@ -19,8 +20,10 @@ from .cache import load_source
 from .generate import kernel_source
 
 LOG2E = 1.4426950408889634
-_PLANS: dict = {}
-_KERNELS: dict = {}  # (root, fixed tiles, head dim, iterated tile) -> (module, kernel names)
+# Keyed weakly by the (interned) root: a pattern's entries go with it (plans and
+# kernels never refer back to the root, which would keep it alive).
+_PLANS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_KERNELS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # root -> {(fixed, d, block_n): (module, names)}
 
 
 def plan_for(root: ir.Pattern) -> KernelPlan:
@@ -33,11 +36,14 @@ def plan_for(root: ir.Pattern) -> KernelPlan:
 def kernels_for(root: ir.Pattern, fixed_tiles: bool, head_dim: int, block_n: int | None):
     """(module, {kind: kernel name}) of a pattern's kernels, generated once: a
     call costs a dict lookup, not code generation (milliseconds of host time)."""
-    key = (root, fixed_tiles, head_dim, block_n)
-    hit = _KERNELS.get(key)
+    per_root = _KERNELS.get(root)
+    if per_root is None:
+        per_root = _KERNELS[root] = {}
+    key = (fixed_tiles, head_dim, block_n)
+    hit = per_root.get(key)
     if hit is None:
         src, names = kernel_source(plan_for(root), to_text(root), fixed_tiles, head_dim, block_n)
-        hit = _KERNELS[key] = (load_source(src, names["fwd"]), names)
+        hit = per_root[key] = (load_source(src, names["fwd"]), names)
     return hit
 
 
@@ -171,6 +177,8 @@ def dynamic_args(run: "_Launch", q, selection, landmarks, k, v, out, lse, block_
     landmark tensors (q where unused) and every tensor's strides; `parts`: out and lse are
     split-KV workspaces with a leading part axis; a paged cache has no batch stride."""
     st = run.strides
+    if selection is not None:  # contiguous rows: the kernels read a row's width from its stride
+        selection = selection.contiguous()
     sel = selection if selection is not None else q
     kl, vl = landmarks if landmarks is not None else (q, q)
     bt = block_table if block_table is not None else q
@@ -207,7 +215,7 @@ def backward(root: ir.Pattern, q, k, v, out, lse, dout, scale: float, interpret:
     plan = run.plan
     if plan.topk is not None and selection is None:
         raise InputError(f"pattern {root.name!r}: the backward of a topk pattern needs the forward's selection")
-    sel, landmarks = selection, None
+    sel, landmarks = (None if selection is None else selection.contiguous()), None
     if plan.landmarks is not None:  # recomputed (one pass over K and V) rather than saved
         from .selection import prefill_inputs
 
@@ -299,7 +307,7 @@ def _landmark_grads(run: "_Launch", plan: KernelPlan, q, landmarks, dout, lse, d
 # A key tile seen by more than about this many queries (times the query heads of
 # its KV head) is split over several programs of the dK/dV kernel.
 SPLIT_QUERIES = 2048
-_LONG: dict = {}
+_LONG: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def long_keys(root: ir.Pattern) -> int:

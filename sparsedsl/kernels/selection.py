@@ -165,13 +165,14 @@ def group_means(q: torch.Tensor, kv_len, block: int, rows: int, lens=None) -> to
 
 def select(q: torch.Tensor, stats, n: int, block: int, kv_len: int, rows: int, minmax: bool, causal: bool,
            lens=None, num_blocks: int | None = None) -> torch.Tensor:
-    """int32 [B, H, rows, n]: the selected key blocks, ascending, -1 for empty slots.
+    """int32 [B, H, rows, min(n, blocks)]: the selected key blocks, ascending, -1 for empty slots.
     `stats`: (mean,) or (max, min) block summaries [B, Hk, nb, D] float32; `lens`:
     per-sequence key counts (decoding), else kv_len for all."""
     b, h, lq, d = q.shape
     hk = stats[0].shape[1]
     nb = stats[0].shape[2] if num_blocks is None else num_blocks
-    out = torch.full((b, h, rows, n), -1, device=q.device, dtype=torch.int32)
+    # a row holds at most nb blocks: the width is min(n, nb) (n may be any size up to 2**62)
+    out = torch.full((b, h, rows, min(n, nb)), -1, device=q.device, dtype=torch.int32)
     take = min(n, nb)
     if out.numel() == 0 or take == 0:
         return out

@@ -3,19 +3,24 @@ fold constants. Every mistake is a PatternError pointing at its source."""
 from __future__ import annotations
 
 import difflib
+import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import PatternError, Span
 from ..ir import build
 from ..ir import nodes as ir
-from ..ir.atoms import ATOMS, arg_problem
+from ..ir.atoms import ATOMS, arg_problem, atom_problem
+from ..ir.ranges import range_problem
 from . import ast
 from .parser import parse
 
 BUILTIN_SYMBOLS = ("h", "H", "hk", "Hk", "q", "k")
 INT_FUNCS = {"min": 2, "max": 2, "abs": 1}
 PARAM_TYPES = ("int", "bool")
+MAX_CALL_DEPTH = 64  # pattern calls nest at most this deep
+MAX_FILE_BYTES = 1 << 20  # an .attn file is at most 1 MiB
 
 
 @dataclass
@@ -34,31 +39,32 @@ class Loader:
     def __init__(self):
         self._files: dict[Path, ModuleInfo] = {}
 
-    def load_file(self, path: Path, stack: tuple[Path, ...] = (), span: Span | None = None) -> ModuleInfo:
-        path = path.resolve()
+    def load_file(self, path: Path, stack: tuple[Path, ...] = (), span: Span | None = None,
+                  imported: bool = False) -> ModuleInfo:
+        try:
+            path = Path(os.path.abspath(path)).resolve()
+        except (OSError, RuntimeError) as e:  # (a symlink loop is a RuntimeError before Python 3.13)
+            raise PatternError(f"cannot read {path}: {getattr(e, 'strerror', None) or e}", span) from None
+        if imported and path.suffix != ".attn":  # (never show a line of some other file in an error)
+            raise PatternError(f"cannot import {path}: only .attn files can be imported", span)
         if path in stack:
             chain = " -> ".join(p.name for p in (*stack, path))
             raise PatternError(f"import cycle: {chain}", span)
         if path in self._files:
             return self._files[path]
-        try:
-            text = path.read_text(encoding="utf-8")
-        except FileNotFoundError:
-            raise PatternError(f"file not found: {path}", span) from None
-        except (OSError, UnicodeDecodeError) as e:
-            raise PatternError(f"cannot read {path}: {e}", span) from None
-        info = self._load(parse(text, str(path)), path, (*stack, path))
+        text = read_source(path, span)
+        info = self._load(parse(text, str(path)), path, (*stack, path), path.parent)
         self._files[path] = info
         return info
 
     def load_text(self, text: str, name: str = "<string>", base: Path | None = None) -> ModuleInfo:
-        return self._load(parse(text, name), base, ())
+        """Source text; its imports resolve against `base` (the working directory by default)."""
+        return self._load(parse(text, name), None, (), Path(base) if base is not None else Path.cwd())
 
-    def _load(self, module: ast.Module, path: Path | None, stack: tuple[Path, ...]) -> ModuleInfo:
+    def _load(self, module: ast.Module, path: Path | None, stack: tuple[Path, ...], folder: Path) -> ModuleInfo:
         info = ModuleInfo(module, path)
-        folder = path.parent if path is not None and path.suffix else (path or Path.cwd())
         for imp in module.imports:
-            target = self.load_file(folder / imp.path, stack, imp.span)
+            target = self.load_file(folder / imp.path, stack, imp.span, imported=True)
             visible = dict(target.imported)  # the imported file's own patterns win over its imports
             visible.update({n: (d, target) for n, d in target.own.items()})
             for name, entry in visible.items():
@@ -72,6 +78,39 @@ class Loader:
         return info
 
 
+def read_source(path: Path, span: Span | None = None) -> str:
+    """The UTF-8 text of a regular file of at most MAX_FILE_BYTES, or a PatternError."""
+    try:
+        # O_NONBLOCK: opening a FIFO must not wait for a writer (it is refused below)
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except FileNotFoundError:
+        raise PatternError(f"file not found: {path}", span) from None
+    except OSError as e:
+        raise PatternError(f"cannot read {path}: {e.strerror}", span) from None
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            what = "a directory" if stat.S_ISDIR(mode) else "not a regular file"
+            raise PatternError(f"cannot read {path}: {what}", span)
+        chunks, size = [], 0
+        while size <= MAX_FILE_BYTES:
+            chunk = os.read(fd, MAX_FILE_BYTES + 1 - size)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+    except OSError as e:
+        raise PatternError(f"cannot read {path}: {e.strerror}", span) from None
+    finally:
+        os.close(fd)
+    if size > MAX_FILE_BYTES:
+        raise PatternError(f"cannot read {path}: larger than {MAX_FILE_BYTES} bytes (1 MiB)", span)
+    try:
+        return b"".join(chunks).decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise PatternError(f"cannot read {path}: not UTF-8 text (byte {e.start})", span) from None
+
+
 def suggest(name: str, candidates) -> tuple[str, ...]:
     close = difflib.get_close_matches(name, sorted(set(candidates)), n=1, cutoff=0.6)
     return (f"did you mean {close[0]!r}?",) if close else ()
@@ -83,15 +122,19 @@ class Lowerer:
     def __init__(self):
         self.spans: dict[ir.Node, Span] = {}
         self._depth = 0
+        self._calls: dict[tuple, ir.Node] = {}  # a pattern called twice with the same arguments is lowered once
 
     # -- patterns ---------------------------------------------------------------------
 
     def instantiate(self, pdef: ast.PatternDef, info: ModuleInfo, args: dict[str, object],
                     call_span: Span | None, from_python: bool = False) -> ir.Node:
         """The IR mask of `pdef` with parameters bound from `args` (IR nodes or Python values)."""
+        key = None if from_python else (id(pdef), id(info), tuple(sorted(args.items(), key=lambda kv: kv[0])))
+        if key in self._calls:
+            return self._calls[key]
         self._depth += 1
-        if self._depth > 64:
-            raise PatternError("patterns call each other more than 64 deep", call_span)
+        if self._depth > MAX_CALL_DEPTH + 1:  # (the compiled pattern itself plus 64 nested calls)
+            raise PatternError(f"patterns call each other more than {MAX_CALL_DEPTH} deep", call_span)
         try:
             env: dict[str, ir.Node] = {}
             names = [p.name for p in pdef.params]
@@ -124,6 +167,8 @@ class Lowerer:
             if not ir.is_mask(body):
                 raise PatternError(f"the body of pattern {pdef.name!r} must be a mask, got {_kind(body)}",
                                    pdef.body.span)
+            if key is not None:
+                self._calls[key] = body
             return body
         finally:
             self._depth -= 1
@@ -134,6 +179,10 @@ class Lowerer:
         if p.type == "bool" and isinstance(value, bool):
             return ir.Bool(value)
         if p.type == "int" and isinstance(value, int) and not isinstance(value, bool):
+            problem = range_problem(ir.Const(value))
+            if problem:
+                raise PatternError(f"parameter {p.name!r} of pattern {pdef.name!r}: {problem}", p.span,
+                                   (f"given from Python as {p.name}={value}",))
             return ir.Const(value)
         raise PatternError(f"parameter {p.name!r} of pattern {pdef.name!r} is {p.type}, got {value!r}",
                            p.span)
@@ -145,15 +194,38 @@ class Lowerer:
                                span or p.span)
         if ir.symbols(value) & {"q", "k"}:
             raise PatternError(f"parameter {p.name!r} may not depend on q or k", span or p.span)
+        problem = range_problem(value) if ir.is_int(value) else None
+        if problem:  # (IR nodes given from Python; lowered values were checked when built)
+            raise PatternError(f"parameter {p.name!r} of pattern {pdef.name!r}: {problem}", span or p.span)
         return value
 
     # -- expressions -------------------------------------------------------------------
 
     def expr(self, e: ast.Expr, env, info: ModuleInfo, pdef: ast.PatternDef) -> ir.Node:
+        # A chain of binary operators (a | b | c ..., left-associative) or of prefix
+        # operators is lowered in a loop, so that a long flat chain does not recurse.
+        spine, x = [], e
+        while isinstance(x, (ast.BinOp, ast.UnaryOp)):
+            spine.append(x)
+            x = x.left if isinstance(x, ast.BinOp) else x.operand
+        node = self._checked(x, self._expr, x, env, info, pdef)
+        for y in reversed(spine):
+            if isinstance(y, ast.BinOp):
+                right = self.expr(y.right, env, info, pdef)
+                node = self._checked(y, self._binop, y, node, right)
+            else:
+                node = self._checked(y, self._unary, y, node)
+        return node
+
+    def _checked(self, e: ast.Expr, make, *args) -> ir.Node:
+        """make(*args), the node of `e`; an integer must stay in range; remember its span."""
         try:
-            node = self._expr(e, env, info, pdef)
+            node = make(*args)
         except ZeroDivisionError:
             raise PatternError("division or modulo by zero", e.span) from None
+        problem = range_problem(node, _source_text(e.span)) if ir.is_int(node) else None
+        if problem:
+            raise PatternError(problem, e.span)
         self.spans.setdefault(node, e.span)
         return node
 
@@ -167,17 +239,6 @@ class Lowerer:
             return self._name(e, env, info, pdef)
         if isinstance(e, ast.Call):
             return self._call(e, env, info, pdef)
-        if isinstance(e, ast.UnaryOp):
-            value = sub(e.operand)
-            if e.op == "-":
-                return build.int_op("neg", self._want_int(value, e.operand, "'-'"))
-            if e.op == "~":
-                if ir.is_bool(value):
-                    raise PatternError("'~' complements a mask; for a condition use 'not'", e.span)
-                return build.compl(self._want_mask(value, e.operand, "'~'"))
-            return build.logic("not", self._want_bool(value, e.operand, "'not'"))
-        if isinstance(e, ast.BinOp):
-            return self._binop(e, sub(e.left), sub(e.right))
         if isinstance(e, ast.Compare):
             values = [self._want_int(sub(x), x, "a comparison") for x in e.operands]
             parts = [build.cmp(op, a, b) for op, a, b in zip(e.ops, values, values[1:])]
@@ -185,6 +246,15 @@ class Lowerer:
         if isinstance(e, ast.HeadSwitch):
             return ir.Heads(tuple(self._branch(b, env, info, pdef) for b in e.branches))
         raise PatternError(f"unsupported expression {type(e).__name__}", e.span)  # pragma: no cover
+
+    def _unary(self, e: ast.UnaryOp, value: ir.Node) -> ir.Node:
+        if e.op == "-":
+            return build.int_op("neg", self._want_int(value, e.operand, "'-'"))
+        if e.op == "~":
+            if ir.is_bool(value):
+                raise PatternError("'~' complements a mask; for a condition use 'not'", e.span)
+            return build.compl(self._want_mask(value, e.operand, "'~'"))
+        return build.logic("not", self._want_bool(value, e.operand, "'not'"))
 
     def _binop(self, e: ast.BinOp, a: ir.Node, b: ir.Node) -> ir.Node:
         op = e.op
@@ -311,6 +381,9 @@ class Lowerer:
                 continue
             v = self.expr(x, env, info, pdef)
             values.append(self._atom_value(name, p, v, x.span))
+        problem = atom_problem(name, tuple(values))
+        if problem:
+            raise PatternError(problem, span)
         node = ir.Atom(name, tuple(values))
         self.spans.setdefault(node, span)
         return node
@@ -336,6 +409,13 @@ class Lowerer:
 
     def _want_mask(self, v, e, where, span=None):
         return self._want(v, ir.is_mask, "a mask", e, where, span)
+
+
+def _source_text(span: Span) -> str | None:
+    """The text under a one-line span, when short (to name an expression in a message)."""
+    if span.end_line != span.line or not 0 < span.end_col - span.col <= 80:
+        return None
+    return span.source.line(span.line)[span.col - 1:span.end_col - 1]
 
 
 def _kind(v: ir.Node) -> str:

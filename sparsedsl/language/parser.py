@@ -1,6 +1,7 @@
 """Text -> syntax tree (language/ast.py), with every error as a PatternError."""
 from __future__ import annotations
 
+import contextvars
 import functools
 
 import lark
@@ -16,6 +17,9 @@ _BINARY = {"|", "&", "-", "+", "*", "//", "%", "<", "<=", ">", ">=", "==", "!=",
 _CONTINUE_AFTER = _BINARY | {"~", "not", "(", "[", "{", ",", "=", "=>", ":"}
 _CONTINUE_BEFORE = _BINARY | {")", "]", "{", "}", ",", "=>"}
 _MAX_NESTING = 100
+# The source being parsed, for the post-lexer's errors: the Lark instance (and its
+# post-lexer) is shared by every thread, so the source cannot be stored on it.
+_SOURCE: contextvars.ContextVar[Source | None] = contextvars.ContextVar("sparsedsl_parse_source", default=None)
 
 
 class _Newlines:
@@ -40,7 +44,8 @@ class _Newlines:
             if value in ("(", "["):
                 depth += 1
                 if depth > _MAX_NESTING:
-                    raise PatternError(f"brackets nested more than {_MAX_NESTING} deep", _token_span(tok, self.source))
+                    span = _token_span(tok, _SOURCE.get())
+                    raise PatternError(f"brackets nested more than {_MAX_NESTING} deep", span)
             elif value in (")", "]"):
                 depth = max(0, depth - 1)
             prev = tok
@@ -211,7 +216,7 @@ def parse(text: str, name: str = "<string>") -> ast.Module:
     """Parse .attn source text; any problem raises PatternError."""
     source = Source(name, text)
     parser = _lark()
-    parser.parser.lexer_conf.postlex.source = source  # for nesting errors
+    token = _SOURCE.set(source)  # for nesting errors
     try:
         tree = parser.parse(text)
     except UnexpectedToken as e:
@@ -229,6 +234,8 @@ def parse(text: str, name: str = "<string>") -> ast.Module:
         raise PatternError(f"unexpected end of file; expected {_describe(e.expected)}", _end_span(source)) from None
     except UnexpectedInput as e:  # pragma: no cover - other lark input errors
         raise PatternError(f"syntax error: {e}", None) from None
+    finally:
+        _SOURCE.reset(token)
     try:
         return _ToAst(source).transform(tree)
     except VisitError as e:

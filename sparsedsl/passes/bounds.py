@@ -99,17 +99,41 @@ def segments(node: ir.Node, rate: int = 1, transposed: bool = False) -> tuple[Se
     if isinstance(node, ir.Atom):
         return _atom_t(node, rate) if transposed else _atom(node, rate)
     if isinstance(node, ir.Union):
-        return tuple(s for a in node.args for s in segments(a, rate, transposed))
+        return _bounded(tuple(s for a in node.args for s in segments(a, rate, transposed)))
     if isinstance(node, ir.Inter):
         out = segments(node.args[0], rate, transposed)
         for a in node.args[1:]:
-            out = _intersect(out, segments(a, rate, transposed))
+            out = _bounded(_intersect(out, segments(a, rate, transposed)))
         return out
     if isinstance(node, ir.Diff):  # the pairs of a; b may hide some, so nothing is known full
         return tuple(s.partial() for s in segments(node.a, rate, transposed))
     if isinstance(node, ir.Heads):  # a nested per-head choice: the union, all partial
-        return tuple(s.partial() for b in node.branches for s in segments(b.body, rate, transposed))
+        return _bounded(tuple(s.partial() for b in node.branches for s in segments(b.body, rate, transposed)))
     return EVERY_QUERY if transposed else EVERYTHING  # a complement
+
+
+# The kernel walks each segment minus the earlier ones: its code grows with the number of
+# segments squared. Past this many, the last ones are merged into one masked range.
+MAX_SEGMENTS = 6
+
+
+def _bounded(segs: tuple[Segment, ...]) -> tuple[Segment, ...]:
+    """At most MAX_SEGMENTS segments: the first ones as they are, then their hull."""
+    if len(segs) <= MAX_SEGMENTS:
+        return segs
+    keep, rest = segs[:MAX_SEGMENTS - 1], segs[MAX_SEGMENTS - 1:]
+    guards = {s.guard for s in rest}
+    guard = TRUE if TRUE in guards else _balanced("or", [s.guard for s in rest], build.logic)
+    hull = Segment(_balanced("min", [s.lo for s in rest]), _balanced("max", [s.hi for s in rest]), guard=guard)
+    return keep + (hull,)
+
+
+def _balanced(op: str, xs: list, make=build.int_op):
+    """op over xs as a balanced tree (the kernel's expression depth stays logarithmic)."""
+    if len(xs) == 1:
+        return xs[0]
+    mid = len(xs) // 2
+    return make(op, _balanced(op, xs[:mid], make), _balanced(op, xs[mid:], make))
 
 
 def _intersect(xs, ys):

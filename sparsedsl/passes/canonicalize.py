@@ -2,29 +2,55 @@
 full/none, remove double complements and unreachable head branches."""
 from __future__ import annotations
 
+import hashlib
+import weakref
+
 from ..ir import nodes as ir
 from ..ir.printer import expr
 from .base import Pass, rewrite
 
 FULL = ir.Atom("full", ())
 NONE = ir.Atom("none", ())
+_LANDMARKS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+_BIG = 2000  # operands of more tree nodes than this sort by a digest, not by their text
+_SIZES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_DIGESTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _plain_fields(value):
+    """The fields of a node without its operand nodes (those are in the digest by their digests)."""
+    if isinstance(value, tuple):
+        return tuple(_plain_fields(v) for v in value)
+    return None if isinstance(value, ir.Node) else value
+
+
+def _key(n: ir.Node) -> str:
+    """The sort key of an operand: its printed text or, for a big one (a shared
+    DAG may print exponentially long), a digest of its structure sorted last."""
+    for x in ir.post_order(n, _SIZES):  # tree sizes, capped
+        _SIZES[x] = min(_BIG + 1, 1 + sum(_SIZES[c] for c in x.children()))
+    if _SIZES[n] <= _BIG:
+        return expr(n)
+    for x in ir.post_order(n, _DIGESTS):
+        parts = [type(x).__name__, repr(_plain_fields(x.fields()))] + [_DIGESTS[c] for c in x.children()]
+        _DIGESTS[x] = hashlib.sha256(repr(parts).encode()).hexdigest()
+    return "\uffff" + _DIGESTS[n]
 
 
 def _order(args) -> tuple:
     unique = list(dict.fromkeys(args))
-    return tuple(sorted(unique, key=lambda n: (type(n).__name__ != "Atom", expr(n))))
+    return tuple(sorted(unique, key=lambda n: (type(n).__name__ != "Atom", _key(n))))
 
 
 def has_landmarks(n: ir.Node) -> bool:
     """Landmark entries are extra keys that no mask operator restricts: a
     rewrite may drop an operand only when it holds none."""
-    stack = [n]
-    while stack:
-        x = stack.pop()
-        if isinstance(x, ir.Atom) and x.kind == "landmarks":
-            return True
-        stack.extend(x.children())
-    return False
+    for x in ir.post_order(n, _LANDMARKS):
+        _LANDMARKS[x] = (isinstance(x, ir.Atom) and x.kind == "landmarks") or any(
+            _LANDMARKS[c] for c in x.children())
+    return _LANDMARKS[n]
 
 
 def rule(n: ir.Node):

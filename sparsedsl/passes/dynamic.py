@@ -48,10 +48,13 @@ class Unsupported(ValueError):
 
 
 def _atoms(mask: ir.Node) -> list[ir.Atom]:
-    out, stack = [], [mask]
+    out, seen, stack = [], set(), [mask]
     while stack:
         n = stack.pop()
-        if is_dynamic(n) and n not in out:
+        if n in seen:  # (a DAG: each node once)
+            continue
+        seen.add(n)
+        if is_dynamic(n):
             out.append(n)
         stack.extend(n.children())
     return out

@@ -21,6 +21,7 @@ from ..ir import build
 from ..ir import nodes as ir
 from ..ir.atoms import atom_arg, is_dynamic
 from ..ir.heads import branch_condition
+from ..ir.ranges import widest
 from . import bounds
 from .dynamic import TopkPart, Unsupported, split
 
@@ -50,6 +51,10 @@ class KernelPlan:
         return self.topk is not None or self.landmarks is not None
 
 
+INT32_MAX = 2**31 - 1
+MAX_RATE = 256  # the largest dilation rate walked as a residue layout
+
+
 def group_heads(body: ir.Node) -> list[tuple[ir.Node, ir.Node]]:
     """[(condition over the heads, body)] in first-match order."""
     if not isinstance(body, ir.Heads):
@@ -72,21 +77,42 @@ def residue_rate(body: ir.Node) -> int:
     for _, m in group_heads(body):
         parts = m.args if isinstance(m, ir.Inter) else (m,)
         found = [atom_arg(a, "rate") for a in parts if isinstance(a, ir.Atom) and a.kind == "dilated"]
-        consts = [r.value for r in found if isinstance(r, ir.Const) and r.value > 1]
+        # (a larger rate would launch a program per residue class, most of them empty)
+        consts = [r.value for r in found if isinstance(r, ir.Const) and 1 < r.value <= MAX_RATE]
         rates.add(consts[0] if consts else 1)
     return rates.pop() if len(rates) == 1 else 1
 
 
+def _mask_terms(node: ir.Node):
+    """The integer expressions the element mask computes (emit.py), for the range check."""
+    q, k = ir.Sym("q"), ir.Sym("k")
+    if isinstance(node, ir.Cmp):
+        return (node.a, node.b)
+    if not isinstance(node, ir.Atom):
+        return ()
+    arg = lambda name: atom_arg(node, name)  # noqa: E731
+    op = ir.IntOp
+    args = tuple(a for a in node.args if isinstance(a, ir.Node) and ir.is_int(a))  # each is a value too
+    if node.kind == "window":
+        return args + (op("-", (q, arg("size"))),)
+    if node.kind == "band":
+        return args + (op("-", (q, arg("left"))), op("+", (q, arg("right"))))
+    if node.kind == "dilated":
+        return args + (op("-", (q, k)), op("*", (arg("size"), arg("rate"))),
+                       op("%", (op("-", (q, k)), arg("rate"))))
+    if node.kind == "local_blocks":
+        return args + (op("-", (op("//", (q, arg("block"))), op("//", (k, arg("block"))))),)
+    if node.kind == "strided":
+        return args + (op("%", (op("+", (op("//", (k, arg("block"))), arg("offset"))), arg("stride"))),)
+    return args
+
+
 def _needs_wide(root: ir.Node) -> bool:
-    stack = [root]
-    while stack:
-        n = stack.pop()
-        if isinstance(n, ir.Const) and abs(n.value) >= 1 << 20:
-            return True
-        if isinstance(n, ir.IntOp) and n.op == "*" and ir.symbols(n) & {"q", "k"}:
-            return True
-        stack.extend(n.children())
-    return False
+    """64-bit element masks when some value the mask computes may leave int32 (for any
+    position of a sequence the runtime takes; the tile bounds are always 64-bit)."""
+    conds = [branch_condition(b) for n in _walk(root) if isinstance(n, ir.Heads) for b in n.branches]
+    nodes = list(_walk(root)) + [c for cond in conds for c in _walk(cond)]
+    return any(widest(t) > INT32_MAX for n in nodes for t in _mask_terms(n))
 
 
 def make_plan(root: ir.Pattern) -> KernelPlan:
@@ -118,8 +144,11 @@ def make_plan(root: ir.Pattern) -> KernelPlan:
 
 
 def _walk(node):
-    stack = [node]
+    """Every node of a DAG once."""
+    seen, stack = set(), [node]
     while stack:
         n = stack.pop()
-        yield n
-        stack.extend(n.children())
+        if n not in seen:
+            seen.add(n)
+            yield n
+            stack.extend(n.children())

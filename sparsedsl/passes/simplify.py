@@ -4,6 +4,7 @@ window(w), empty sinks and strides of 1, ...)."""
 from __future__ import annotations
 
 from ..ir import nodes as ir
+from ..ir.ranges import INT_LIMIT, value_range
 from .base import Pass, rewrite
 from .canonicalize import FULL, NONE, has_landmarks
 from .canonicalize import rule as canonical
@@ -29,7 +30,7 @@ def atom_rule(n: ir.Node):
     if not isinstance(n, ir.Atom):
         return None
     a = [_const(x) if isinstance(x, ir.Node) else x for x in n.args]
-    if n.kind == "band" and a[1] == 0:
+    if n.kind == "band" and a[1] == 0 and value_range(n.args[0])[1] < INT_LIMIT:  # (left + 1 stays in range)
         return ir.Atom("window", (ir.IntOp("+", (n.args[0], ir.Const(1))) if a[0] is None else ir.Const(a[0] + 1),))
     if n.kind == "dilated" and a[1] == 1:
         return ir.Atom("window", (n.args[0],))

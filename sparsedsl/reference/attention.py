@@ -16,15 +16,16 @@ from .select import group_of_rows, landmark_keys, select_topk, selected_block_ma
 CHUNK_ELEMENTS = 1 << 25
 
 
-def compute_selection(root: ir.Node, q: torch.Tensor, k: torch.Tensor, dtype=None) -> dict:
-    """{topk atom: int32 [B, H, R, n]} for every topk atom of the pattern."""
+def compute_selection(root: ir.Node, q: torch.Tensor, k: torch.Tensor, dtype=None, clamp: bool = False) -> dict:
+    """{topk atom: int32 [B, H, R, n]} for every topk atom of the pattern
+    (clamp=True: [B, H, R, min(n, nb)], for masks and attention)."""
     dtype = dtype or (torch.float64 if q.dtype == torch.float64 else torch.float32)
     out = {}
     for atom in dynamic_atoms(root):
         if atom.kind == "topk":
             out[atom] = select_topk(q.to(dtype), k.to(dtype), atom_arg(atom, "n").value,
                                     atom_arg(atom, "block").value, atom_arg(atom, "score"),
-                                    atom_arg(atom, "causal").value)
+                                    atom_arg(atom, "causal").value, clamp)
     return out
 
 
@@ -74,13 +75,19 @@ def reference_attention(root: ir.Node, q: torch.Tensor, k: torch.Tensor, v: torc
     scale = 1.0 / math.sqrt(d) if scale is None else float(scale)
     qf, kf, vf = q.to(cd), k.to(cd), v.to(cd)
     if selection is None:
-        selection = compute_selection(root, q, k, cd)
+        selection = compute_selection(root, q, k, cd, clamp=True)
     landmarks = []
     for atom in dynamic_atoms(root):
         if atom.kind == "landmarks":
             block = atom_arg(atom, "block").value
             kl, vl = landmark_keys(kf, vf, block)
             landmarks.append((block, kl, vl, active_heads(root, atom, h, hk).to(q.device)))
+    # A non-finite value must reach only the queries that see it: the product runs
+    # on finite values, and the (query, column) entries with a visible non-finite
+    # value are set afterwards as a sum over the visible keys would give them.
+    nonfinite = [~torch.isfinite(x) for x in [vf] + [vl for _, _, vl, _ in landmarks]]
+    if not any(bool(x.any()) for x in nonfinite):
+        nonfinite = None  # (finite inputs: the plain product, exactly as before)
     out = torch.empty((b, h, lq, dv), dtype=cd, device=q.device)
     lse = torch.empty((b, h, lq), dtype=cd, device=q.device)
     if chunk_elements is None:  # read at call time, so the module setting can be changed
@@ -107,13 +114,40 @@ def reference_attention(root: ir.Node, q: torch.Tensor, k: torch.Tensor, v: torc
         p = torch.exp(logits - m_safe)
         s = p.sum(dim=-1, keepdim=True)
         o = torch.zeros((b, h, c, dv), dtype=cd, device=q.device)
+        counts = torch.zeros((3, b, h, c, dv), dtype=cd, device=q.device) if nonfinite else None
         offset = 0
-        for vals in values:
+        for i, vals in enumerate(values):
             n = vals.shape[2]
             pv = p[..., offset:offset + n].reshape(b, hk, g, c, n)
+            if nonfinite:
+                bad = nonfinite[i]
+                seen = (logits[..., offset:offset + n] > float("-inf")).reshape(b, hk, g, c, n)
+                _count_nonfinite(counts, seen, pv, vals)
+                vals = vals.masked_fill(bad, 0)
             o += torch.einsum("bgxck,bgkd->bgxcd", pv, vals).reshape(b, h, c, dv)
             offset += n
+        if nonfinite:
+            nan, pos, neg = counts > 0
+            o = torch.where(pos, torch.full_like(o, float("inf")), o)
+            o = torch.where(neg, torch.full_like(o, float("-inf")), o)
+            o = torch.where(nan | (pos & neg), torch.full_like(o, float("nan")), o)
         empty = s == 0
         out[:, :, r0:r0 + c] = torch.where(empty, torch.zeros_like(o), o / torch.where(empty, torch.ones_like(s), s))
         lse[:, :, r0:r0 + c] = torch.where(empty, torch.full_like(s, float("-inf")), torch.log(s) + m_safe).squeeze(-1)
+    if lq == 0:  # (no row was written: still a result that autograd can go back through)
+        zero = (qf.sum() + kf.sum() + vf.sum()) * 0
+        out, lse = out + zero, lse + zero
     return out.to(q.dtype), lse
+
+
+def _count_nonfinite(counts, seen, pv, vals) -> None:
+    """Add, per (query, column), the visible keys whose value makes the sum NaN
+    (a NaN, or an infinity with weight 0), +inf or -inf (with weight > 0)."""
+    b, h, c, dv = counts.shape[1:]
+    nan, inf = torch.isnan(vals), torch.isinf(vals)
+    pos, neg = inf & (vals > 0), inf & (vals < 0)
+    live = seen & (pv > 0)
+    for j, (w, x) in enumerate(((seen, nan), (live, pos), (live, neg))):
+        counts[j] += torch.einsum("bgxck,bgkd->bgxcd", w.to(vals.dtype), x.to(vals.dtype)).reshape(b, h, c, dv)
+    counts[0] += torch.einsum("bgxck,bgkd->bgxcd", (seen & (pv == 0)).to(vals.dtype),
+                              inf.to(vals.dtype)).reshape(b, h, c, dv)

@@ -57,20 +57,36 @@ _INT = {
 }
 
 
-def eval_int(node: ir.Node, env: dict):
+_MISSING = object()
+
+
+def eval_int(node: ir.Node, env: dict, memo: dict | None = None):
+    """`memo` (node -> value for this env) makes a shared subexpression evaluate once."""
     if isinstance(node, ir.Const):
         return node.value
     if isinstance(node, ir.Sym):
         return env[node.name]
-    return _INT[node.op](*(eval_int(a, env) for a in node.args))
+    memo = {} if memo is None else memo
+    out = memo.get(node, _MISSING)
+    if out is _MISSING:
+        out = memo[node] = _INT[node.op](*(eval_int(a, env, memo) for a in node.args))
+    return out
 
 
-def eval_cond(node: ir.Node, env: dict):
+def eval_cond(node: ir.Node, env: dict, memo: dict | None = None):
     if isinstance(node, ir.Bool):
         return node.value
+    memo = {} if memo is None else memo
+    out = memo.get(node, _MISSING)
+    if out is _MISSING:
+        out = memo[node] = _eval_cond(node, env, memo)
+    return out
+
+
+def _eval_cond(node: ir.Node, env: dict, memo: dict):
     if isinstance(node, ir.Cmp):
-        return COMPARE[node.op](eval_int(node.a, env), eval_int(node.b, env))
-    values = [eval_cond(a, env) for a in node.args]
+        return COMPARE[node.op](eval_int(node.a, env, memo), eval_int(node.b, env, memo))
+    values = [eval_cond(a, env, memo) for a in node.args]
     if node.op == "not":
         v = values[0]
         return (not v) if isinstance(v, bool) else torch.logical_not(v)
@@ -99,19 +115,20 @@ def _bool(x, env) -> torch.Tensor:
     return x
 
 
-def atom_mask(a: ir.Atom, env: dict, dynamic: Callable | None) -> torch.Tensor:
+def atom_mask(a: ir.Atom, env: dict, dynamic: Callable | None, memo: dict | None = None) -> torch.Tensor:
     """The visibility of ordinary keys under one atom (broadcastable to [B, Hs, C, Lk])."""
     q, k = env["q"], env["k"]
     kind = a.kind
+    memo = {} if memo is None else memo
     if kind == "where":
-        return _bool(eval_cond(a.args[0], env), env) & _true(env)
+        return _bool(eval_cond(a.args[0], env, memo), env) & _true(env)
     if kind == "landmarks":  # landmarks add virtual keys; no ordinary key
         return _false(env)
     if kind == "topk":
         if dynamic is None:
             raise ValueError("topk needs a block selection (pass q and k)")
         return dynamic(a, env)
-    x = [eval_int(v, env) if isinstance(v, ir.Node) else v for v in a.args]
+    x = [eval_int(v, env, memo) if isinstance(v, ir.Node) else v for v in a.args]
     if kind == "full":
         return _true(env)
     if kind == "none":
@@ -151,13 +168,32 @@ def branch_heads(b: ir.Branch, num_heads: int, num_kv_heads: int) -> range:
     return range(num_heads)[slice(start, stop)]
 
 
+def head_segments(node: ir.Heads, num_heads: int, num_kv_heads: int) -> list[tuple[int, int, int]]:
+    """[(start, stop, branch)] covering range(num_heads) in order: the heads
+    start..stop-1 take branch `branch` (-1: no branch covers them). Selections are
+    ranges, so this needs no list of every head."""
+    segs = [(0, num_heads, -1)]
+    for i, b in enumerate(node.branches):
+        r = branch_heads(b, num_heads, num_kv_heads)
+        lo, hi = r.start, r.stop
+        if lo >= hi:
+            continue
+        out = []
+        for a, z, owner in segs:
+            if owner >= 0 or z <= lo or a >= hi:
+                out.append((a, z, owner))
+                continue
+            out.extend(s for s in ((a, max(a, lo), -1), (max(a, lo), min(z, hi), i), (min(z, hi), z, -1))
+                       if s[0] < s[1])
+        segs = out
+    return segs
+
+
 def head_assignment(node: ir.Heads, num_heads: int, num_kv_heads: int) -> list[int]:
     """For each head, the index of the branch it takes (-1: no branch covers it)."""
-    owner = [-1] * num_heads
-    for i, b in enumerate(node.branches):
-        for h in branch_heads(b, num_heads, num_kv_heads):
-            if owner[h] < 0:
-                owner[h] = i
+    owner: list[int] = []
+    for a, z, i in head_segments(node, num_heads, num_kv_heads):
+        owner.extend([i] * (z - a))
     return owner
 
 
@@ -171,33 +207,43 @@ def restrict(env: dict, idx: torch.Tensor) -> dict:
     return out
 
 
-def eval_mask(node: ir.Node, env: dict, dynamic: Callable | None = None) -> torch.Tensor:
-    """Visibility of ordinary keys, broadcastable to [B, Hs, C, Lk]."""
+def eval_mask(node: ir.Node, env: dict, dynamic: Callable | None = None, memo: dict | None = None) -> torch.Tensor:
+    """Visibility of ordinary keys, broadcastable to [B, Hs, C, Lk]. `memo` (node ->
+    value for this env) makes a sub-pattern used twice evaluate once."""
+    memo = {} if memo is None else memo
+    out = memo.get(node, _MISSING)
+    if out is _MISSING:
+        out = memo[node] = _eval_mask(node, env, dynamic, memo)
+    return out
+
+
+def _eval_mask(node: ir.Node, env: dict, dynamic, memo: dict) -> torch.Tensor:
+    sub = lambda n: eval_mask(n, env, dynamic, memo)  # noqa: E731
     if isinstance(node, ir.Pattern):
-        return eval_mask(node.body, env, dynamic)
+        return sub(node.body)
     if isinstance(node, ir.Atom):
-        return atom_mask(node, env, dynamic)
+        return atom_mask(node, env, dynamic, memo)
     if isinstance(node, ir.Union):
-        out = eval_mask(node.args[0], env, dynamic)
+        out = sub(node.args[0])
         for a in node.args[1:]:
-            out = out | eval_mask(a, env, dynamic)
+            out = out | sub(a)
         return out
     if isinstance(node, ir.Inter):
-        out = eval_mask(node.args[0], env, dynamic)
+        out = sub(node.args[0])
         for a in node.args[1:]:
-            out = out & eval_mask(a, env, dynamic)
+            out = out & sub(a)
         return out
     if isinstance(node, ir.Diff):
-        return eval_mask(node.a, env, dynamic) & ~eval_mask(node.b, env, dynamic)
+        return sub(node.a) & ~sub(node.b)
     if isinstance(node, ir.Compl):
-        return ~eval_mask(node.a, env, dynamic)
+        return ~sub(node.a)
     if isinstance(node, ir.Heads):
         if "head_ids" not in env:  # scalar heads (FlexAttention's mask_mod): choose by condition
             conditions = env.get("branch_conditions") or {}
             out = _false(env)
             for b in reversed(node.branches):
                 cond = conditions.get(b) or branch_condition(b)
-                out = torch.where(_bool(eval_cond(cond, env), env), eval_mask(b.body, env, dynamic), out)
+                out = torch.where(_bool(eval_cond(cond, env, memo), env), sub(b.body), out)
             return out
         return _eval_heads(node, env, dynamic)
     raise TypeError(f"not a mask: {node!r}")

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import torch
 
+from ..errors import InputError
+
 
 def first_group(q_len: int, kv_len: int, block: int) -> int:
     return (kv_len - q_len) // block
@@ -31,6 +33,7 @@ def key_block_stats(k: torch.Tensor, block: int):
     three [B, Hk, nb, D] tensors; nb = ceil(Lk / block), the last block may be partial."""
     b, hk, lk, d = k.shape
     nb = -(-lk // block)
+    block = min(block, max(lk, 1))  # (a block longer than the keys is the one partial block)
     pad = nb * block - lk
     kp = torch.nn.functional.pad(k, (0, 0, 0, pad)).view(b, hk, nb, block, d)
     present = (torch.arange(nb * block, device=k.device) < lk).view(1, 1, nb, block, 1)
@@ -52,15 +55,23 @@ def query_group_means(q: torch.Tensor, kv_len: int, block: int) -> torch.Tensor:
 
 
 def select_topk(q: torch.Tensor, k: torch.Tensor, n: int, block: int, score: str = "mean",
-                causal: bool = True) -> torch.Tensor:
+                causal: bool = True, clamp: bool = False) -> torch.Tensor:
     """The topk atom's selection: int32 [B, H, R, n], block ids ascending, -1 for empty slots.
 
     Candidates of group i are key blocks j <= i (causal) or all blocks; each is
-    scored against the group's mean query; the n best win, ties to the lower j."""
+    scored against the group's mean query; the n best win, ties to the lower j.
+    clamp=True: [B, H, R, min(n, nb)] (the same blocks, without the empty slots
+    past the nb key blocks; n may be up to 2**62)."""
     b, h, lq, d = q.shape
     hk, lk = k.shape[1], k.shape[2]
     r = num_groups(lq, lk, block)
     nb = -(-lk // block)
+    if clamp:
+        n = min(n, nb)
+    elif n > nb and b * h * r * n > 1 << 31:
+        raise InputError(f"topk(n={n}): the selection layout [B, H, R, n] = [{b}, {h}, {r}, {n}] is too large; "
+                         f"there are only {nb} key blocks, so every candidate is selected (mask(q=, k=) and "
+                         "attention take such an n)")
     out = torch.full((b, h, r, n), -1, dtype=torch.int32, device=q.device)
     if r == 0 or nb == 0 or b == 0 or h == 0:
         return out
@@ -109,6 +120,8 @@ def landmark_keys(k: torch.Tensor, v: torch.Tensor, block: int):
     """Mean key and value of every complete key block: [B, Hk, Lk // block, D]."""
     b, hk, lk, d = k.shape
     nl = lk // block
+    if nl == 0:  # (also a block longer than the keys: no reshape by a huge block)
+        return k.new_zeros((b, hk, 0, d)), v.new_zeros((b, hk, 0, v.shape[-1]))
     kl = k[:, :, : nl * block].reshape(b, hk, nl, block, d).mean(3)
     vl = v[:, :, : nl * block].reshape(b, hk, nl, block, v.shape[-1]).mean(3)
     return kl, vl

@@ -7,6 +7,7 @@ import math
 import torch
 
 from ..errors import InputError
+from ..ir.ranges import SEQUENCE_LIMIT
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
@@ -42,6 +43,8 @@ def check_qk(q, k, what: str = "select_blocks") -> None:
         raise InputError(f"{what}: batch sizes differ: q has {q.shape[0]}, k has {k.shape[0]}")
     if q.shape[3] != k.shape[3]:
         raise InputError(f"{what}: head dims differ: q has {q.shape[3]}, k has {k.shape[3]}")
+    if q.shape[3] == 0:
+        raise InputError(f"{what}: head_dim must be at least 1, got shape {tuple(q.shape)}")
     if k.shape[1] == 0 or q.shape[1] % k.shape[1]:
         raise InputError(f"{what}: the number of query heads ({q.shape[1]}) must be a multiple of the "
                          f"number of KV heads ({k.shape[1]})")
@@ -61,6 +64,7 @@ def check_qkv(q, k, v, scale) -> float | None:
     if v.shape[:3] != k.shape[:3]:
         raise InputError(f"attention: k and v must agree in [batch, kv_heads, length], got "
                          f"{tuple(k.shape[:3])} and {tuple(v.shape[:3])}")
+    check_lengths((q.shape[2], k.shape[2]))
     if scale is not None:
         if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale):
             raise InputError(f"attention: scale must be a finite number, got {scale!r}")
@@ -148,7 +152,10 @@ def check_decode(q, k_cache, v_cache, cache_seqlens, block_table, scale):
         raise InputError(f"{what}: cache_seqlens must be an int32 tensor [{b}] on {q.device}, got "
                          f"{getattr(cache_seqlens, 'dtype', type(cache_seqlens).__name__)} "
                          f"{tuple(getattr(cache_seqlens, 'shape', ()))}")
+    if d == 0:
+        raise InputError(f"{what}: head_dim must be at least 1, got q {tuple(q.shape)}")
     capacity = block_table.shape[1] * k_cache.shape[1] if paged else k_cache.shape[2]
+    check_lengths((capacity,), what)
     if not cache_seqlens.is_cuda and cache_seqlens.numel():
         lo, hi = int(cache_seqlens.min()), int(cache_seqlens.max())
         if lo < 0 or hi > capacity:
@@ -157,3 +164,21 @@ def check_decode(q, k_cache, v_cache, cache_seqlens, block_table, scale):
         if paged and block_table.numel() and (int(block_table.min()) < 0 or int(block_table.max()) >= k_cache.shape[0]):
             raise InputError(f"{what}: block_table holds page ids outside [0, {k_cache.shape[0]})")
     return check_qkv(q, q[:, :1], q[:, :1], scale)
+
+
+def check_kernel(q, lengths, what: str = "attention") -> None:
+    """What the Triton backend adds: a dtype it computes in, and sequences its int32 positions hold."""
+    if q.dtype == torch.float64:
+        raise InputError(f"{what}: backend='triton' takes float16, bfloat16 or float32; float64 runs on "
+                         "backend='reference'")
+    if q.dtype == torch.bfloat16 and not q.is_cuda:
+        raise InputError(f"{what}: bfloat16 on the CPU runs on backend='reference' (Triton's interpreter has no "
+                         "bfloat16)")
+    check_lengths(lengths, what)
+
+
+def check_lengths(lengths, what: str = "attention") -> None:
+    """Positions are in (-2**30, 2**30): the range the compiler proves the pattern's arithmetic for."""
+    longest = max(lengths, default=0)
+    if longest >= SEQUENCE_LIMIT:
+        raise InputError(f"{what}: sequences must have fewer than 2**30 tokens, got {longest}")

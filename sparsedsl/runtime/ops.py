@@ -4,27 +4,46 @@ with a fake implementation for shapes, and no graph break) and made
 differentiable with register_autograd.
 
 A pattern travels through the op as a key into a table of compiled IRs (ops
-take tensors and plain values only). Triton is imported on the first launch,
-not with this module, so that TRITON_INTERPRET can still be set before it."""
+take tensors and plain values only). The table holds the IRs weakly, so a
+dropped pattern frees its entry; keys are never reused. Triton is imported on
+the first launch, not with this module, so that TRITON_INTERPRET can still be
+set before it."""
 from __future__ import annotations
 
+import itertools
+import threading
+import weakref
 from typing import Optional
 
 import torch
 
+from ..errors import InputError
 from ..ir import nodes as ir
 
-_PATTERNS: dict[str, ir.Pattern] = {}
-_KEYS: dict[ir.Pattern, str] = {}
+# Weak both ways: a server compiling patterns per request must not keep them all.
+_PATTERNS: weakref.WeakValueDictionary[str, ir.Pattern] = weakref.WeakValueDictionary()
+_KEYS: weakref.WeakKeyDictionary[ir.Pattern, str] = weakref.WeakKeyDictionary()
+_COUNT = itertools.count()
+_LOCK = threading.Lock()
 
 
 def pattern_key(root: ir.Pattern) -> str:
-    """The key under which the ops find this (interned, immutable) IR."""
-    key = _KEYS.get(root)
-    if key is None:
-        key = _KEYS[root] = f"{root.name}#{len(_KEYS)}"
-        _PATTERNS[key] = root
-    return key
+    """The key under which the ops find this (interned, immutable) IR, for as
+    long as the IR is alive (a CompiledPattern holds it)."""
+    with _LOCK:
+        key = _KEYS.get(root)
+        if key is None:
+            key = _KEYS[root] = f"{root.name}#{next(_COUNT)}"
+            _PATTERNS[key] = root
+        return key
+
+
+def _root(key: str) -> ir.Pattern:
+    root = _PATTERNS.get(key)
+    if root is None:
+        raise InputError(f"pattern key {key!r} is no longer alive: its CompiledPattern was freed while a call "
+                         "(e.g. a torch.compile'd graph) still used it; keep a reference to the pattern")
+    return root
 
 
 def _varlen(cu_q, cu_k, max_q, max_k):
@@ -54,7 +73,7 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pattern: str, s
     from ..kernels.selection import prefill_inputs
 
     packed = cu_seqlens_q is not None
-    root = _PATTERNS[pattern]
+    root = _root(pattern)
     landmarks = None
     plan = launch.plan_for(root)
     if plan.dynamic:
@@ -82,7 +101,7 @@ def attention_backward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: t
     from ..kernels import launch
 
     packed = cu_seqlens_q is not None
-    grads = launch.backward(_PATTERNS[pattern], _view(q, packed), _view(k, packed), _view(v, packed),
+    grads = launch.backward(_root(pattern), _view(q, packed), _view(k, packed), _view(v, packed),
                             _view(out, packed), lse.unsqueeze(0) if packed else lse, _view(dout, packed),
                             scale, interpret=not q.is_cuda, config=_config(config),
                             varlen=_varlen(cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k),
@@ -102,6 +121,7 @@ def _setup(ctx, inputs, output):
     out, lse = output
     ctx.save_for_backward(q, k, v, out, lse, cu_q, cu_k, selection)
     ctx.args = (pattern, scale, max_q, max_k, config)
+    ctx.root = _PATTERNS.get(pattern)  # the backward may run after the pattern itself was dropped
 
 
 def _backward(ctx, dout, dlse):
@@ -123,7 +143,7 @@ def select(q: torch.Tensor, k: torch.Tensor, pattern: str) -> torch.Tensor:
     from ..kernels import launch
     from ..kernels.selection import prefill_inputs
 
-    return prefill_inputs(launch.plan_for(_PATTERNS[pattern]), q, k, k)[0]
+    return prefill_inputs(launch.plan_for(_root(pattern)), q, k, k)[0]
 
 
 @select.register_fake
@@ -132,7 +152,7 @@ def _(q, k, pattern):
     from ..reference.heads import dynamic_atoms
     from ..reference.select import num_groups
 
-    atom = next(a for a in dynamic_atoms(_PATTERNS[pattern]) if a.kind == "topk")
+    atom = next(a for a in dynamic_atoms(_root(pattern)) if a.kind == "topk")
     block = atom_arg(atom, "block").value
     return q.new_empty((q.shape[0], q.shape[1], num_groups(q.shape[2], k.shape[2], block),
                         atom_arg(atom, "n").value), dtype=torch.int32)

@@ -99,7 +99,7 @@ class CompiledPattern:
             if tuple(q.shape[1:3]) != (h, q_len) or tuple(k.shape[1:3]) != (hk, kv_len):
                 raise InputError(f"mask: q must be [B, {h}, {q_len}, D] and k [B, {hk}, {kv_len}, D], got "
                                  f"{tuple(q.shape)} and {tuple(k.shape)}")
-            selection, batch = compute_selection(self.root, q, k), q.shape[0]
+            selection, batch = compute_selection(self.root, q, k, clamp=True), q.shape[0]
         else:
             self._static_only("mask")
         shape = (h, q_len, kv_len) if batch is None else (batch, h, q_len, kv_len)
@@ -199,7 +199,16 @@ class CompiledPattern:
                 raise InputError("select_blocks on backend='triton' takes one topk atom and float16, bfloat16 "
                                  "or float32 inputs; use backend='reference'")
             self._kernel_plan()
-            return select(q, k, self._op_key)
+            sel = select(q, k, self._op_key)  # [B, H, R, min(n, blocks)]
+            n = atom_arg(atoms[0], "n").value
+            if sel.shape[-1] < n:  # the reference's layout [B, H, R, n]: empty slots past the key blocks
+                b, h, r = sel.shape[:3]
+                if b * h * r * n > 1 << 31:
+                    raise InputError(f"topk(n={n}): the selection layout [B, H, R, n] = [{b}, {h}, {r}, {n}] is "
+                                     f"too large; there are only {sel.shape[-1]} key blocks, so every candidate is "
+                                     "selected (mask(q=, k=) and attention take such an n)")
+                sel = torch.nn.functional.pad(sel, (0, n - sel.shape[-1]), value=-1)
+            return sel
         selection = compute_selection(self.root, q, k)
         out = tuple(selection[a] for a in atoms)
         return out[0] if len(out) == 1 else out
@@ -229,9 +238,8 @@ class CompiledPattern:
             self._heads(q.shape[1], k.shape[1])
         use_triton = backend == "triton" or (backend == "auto" and q.is_cuda and q.dtype != torch.float64)
         if use_triton:
-            if q.dtype == torch.float64:
-                raise InputError("backend='triton' takes float16, bfloat16 or float32; float64 runs on "
-                                 "backend='reference'")
+            lengths = (max_seqlen_q, max_seqlen_k, q.shape[0], k.shape[0]) if packed else (q.shape[2], k.shape[2])
+            inputs.check_kernel(q, lengths)
             sel = self._kernel_selection(q, k, selection)
             scale = q.shape[-1] ** -0.5 if scale is None else scale
             out, lse = attention(q, k, v, self._op_key, scale, cu_seqlens_q, cu_seqlens_k,
@@ -294,9 +302,8 @@ class CompiledPattern:
         else:
             from ..kernels.decode import decode
 
-            if q.dtype == torch.float64:
-                raise InputError("decode on backend='triton' takes float16, bfloat16 or float32; float64 runs on "
-                                 "backend='reference'")
+            paged = block_table is not None
+            inputs.check_kernel(q, (block_table.shape[1] * k_cache.shape[1] if paged else k_cache.shape[2],), "decode")
             self._kernel_plan()
             out, lse = decode(self.root, q, k_cache, v_cache, cache_seqlens, scale, not q.is_cuda, block_table,
                               summaries, num_splits)
