@@ -16,8 +16,9 @@ install:
 demo: install
 	$(PYTHON) -m sparsedsl demo
 
+# the kernel tests are CPU-bound (Triton's interpreter): one worker per core
 test: install
-	$(PYTHON) -m pytest -q
+	$(PYTHON) -m pytest -q -n auto
 
 test-long: install
-	HYPOTHESIS_PROFILE=long $(PYTHON) -m pytest -q -m "not gpu"
+	HYPOTHESIS_PROFILE=long $(PYTHON) -m pytest -q -n auto -m "not gpu"
