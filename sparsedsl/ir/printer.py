@@ -37,21 +37,11 @@ _INLINE = (ir.Const, ir.Sym, ir.Bool, ir.Branch, ir.Heads)
 def _lets(body: ir.Node) -> list[tuple[str, str]]:
     """(name, text) of the shared nodes to bind first, children first; none when the
     tree is at most a few times the DAG (ordinary patterns print as they always did)."""
-    order, uses, size = [], {}, {}
-    stack, seen = [(body, False)], set()
-    while stack:
-        n, done = stack.pop()
-        if done:
-            order.append(n)
-            size[n] = 1 + sum(size[c] for c in n.children())
-            continue
-        if n in seen:
-            continue
-        seen.add(n)
-        stack.append((n, True))
+    order, uses, size = ir.post_order(body), {}, {}
+    for n in order:
+        size[n] = 1 + sum(size[c] for c in n.children())
         for c in n.children():
             uses[c] = uses.get(c, 0) + 1
-            stack.append((c, False))
     if size[body] <= 4 * len(order) + 200:
         return []
     out = []

@@ -316,14 +316,10 @@ def long_keys(root: ir.Pattern) -> int:
     long ones; splitting any tile is correct, so this is only a schedule."""
     n = _LONG.get(root)
     if n is None:
-        n, stack = 0, [root]
-        while stack:
-            node = stack.pop()
-            if isinstance(node, ir.Atom) and node.kind in ("sink", "global"):
-                arg = node.args[0]
-                arg = arg.value if isinstance(arg, ir.Const) else arg
-                n = max(n, arg if isinstance(arg, int) else 0)
-            stack.extend(node.children())
+        n = 0
+        for node in ir.post_order(root):
+            if isinstance(node, ir.Atom) and node.kind in ("sink", "global") and isinstance(node.args[0], ir.Const):
+                n = max(n, node.args[0].value)
         _LONG[root] = n
     return n
 

@@ -110,14 +110,14 @@ def _mask_terms(node: ir.Node):
 def _needs_wide(root: ir.Node) -> bool:
     """64-bit element masks when some value the mask computes may leave int32 (for any
     position of a sequence the runtime takes; the tile bounds are always 64-bit)."""
-    conds = [branch_condition(b) for n in _walk(root) if isinstance(n, ir.Heads) for b in n.branches]
-    nodes = list(_walk(root)) + [c for cond in conds for c in _walk(cond)]
+    conds = [branch_condition(b) for n in ir.post_order(root) if isinstance(n, ir.Heads) for b in n.branches]
+    nodes = list(ir.post_order(root)) + [c for cond in conds for c in ir.post_order(cond)]
     return any(widest(t) > INT32_MAX for n in nodes for t in _mask_terms(n))
 
 
 def make_plan(root: ir.Pattern) -> KernelPlan:
     """Raises dynamic.Unsupported for data-dependent patterns without kernels."""
-    dynamic = any(is_dynamic(n) for n in _walk(root))
+    dynamic = any(is_dynamic(n) for n in ir.post_order(root))
     rate = 1 if dynamic else residue_rate(root.body)
     branches = []
     blocks = set()
@@ -141,14 +141,3 @@ def make_plan(root: ir.Pattern) -> KernelPlan:
                           "use backend='reference'")
     return KernelPlan(root.name, tuple(branches), rate, _needs_wide(root), tuple(sorted(blocks)),
                       next(iter(topk_atoms), None), next(iter(landmark_blocks), None))
-
-
-def _walk(node):
-    """Every node of a DAG once."""
-    seen, stack = set(), [node]
-    while stack:
-        n = stack.pop()
-        if n not in seen:
-            seen.add(n)
-            yield n
-            stack.extend(n.children())
