@@ -191,3 +191,68 @@ def test_a_400_atom_union_runs_on_the_kernels():
     body = " | ".join(f"band({i}, {i % 7})" for i in range(400))
     assert len(_source(body).splitlines()) <= 3 * len(_source("causal").splitlines())
     _check(body, grads=False)
+
+
+# ---- non-finite values in V -------------------------------------------------------------------
+
+NONFINITE = [
+    "causal & (sink(1) | window(6))",
+    "causal",
+    "causal & topk(2, block=8)",
+    "causal & local_blocks(1, block=8) | landmarks(block=8)",
+    "heads[0:1] => causal & dilated(3, 2)\n heads[1:] => band(5, 5)",
+]
+
+
+def _poisoned_v(v):
+    v = v.clone()
+    n = v.shape[2]
+    v[0, 0, n - 1] = float("nan")  # under causal masking only the last query sees the last key
+    v[0, 1, 12, 3] = float("inf")
+    v[0, 1, 14, 5] = float("-inf")  # +inf and -inf both seen: NaN; one of them: that infinity
+    v[0, 1, 16, 5] = float("inf")
+    v[0, 0, 9, 0] = float("nan")
+    return v
+
+
+@pytest.mark.parametrize("body", NONFINITE)
+def test_a_nonfinite_value_in_v_reaches_only_the_queries_that_see_it(body):
+    # Before the fix a NaN at a key reached every row of that key's tile (a masked weight 0 times
+    # NaN is NaN): 128 outputs where the reference has 32 (issue 12).
+    p = sd.compile_pattern(f"pattern p() {{ {body} }}")
+    q, k, v = _inputs(40, 40, h=4, hk=2)
+    v = _poisoned_v(v)
+    want = p(q.double(), k.double(), v.double(), backend="reference")
+    out = torch.full_like(want, float("nan")).float()
+    out.copy_(p(q, k, v, backend="triton"))
+    assert want.isfinite().sum() > want.numel() // 2  # most rows stay finite
+    assert torch.equal(out.isnan(), want.isnan())
+    assert torch.equal(out == float("inf"), want == float("inf"))
+    assert torch.equal(out == float("-inf"), want == float("-inf"))
+    torch.testing.assert_close(out.double(), want, equal_nan=True, rtol=1e-4, atol=1e-5)
+
+
+def test_a_nonfinite_value_in_the_cache_reaches_only_the_queries_that_see_it():
+    p = sd.compile_pattern("pattern p() { causal & (sink(1) | window(6)) }")
+    q, k, v = _inputs(3, 40, h=4, hk=2)
+    v = _poisoned_v(v)
+    lens = torch.tensor([40], dtype=torch.int32)
+    want = p(q.double(), k.double(), v.double(), backend="reference")
+    for splits in (1, 3):
+        out = p.decode(q, k, v, lens, backend="triton", num_splits=splits)
+        assert torch.equal(out.isnan(), want.isnan()) and want.isnan().any()
+        torch.testing.assert_close(out.double(), want, equal_nan=True, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("file,name", [("streaming_llm.attn", None), ("s2_attention.attn", "s2_attention"),
+                                       ("duo_attention.attn", "duo_attention"), ("quest.attn", None),
+                                       ("nsa.attn", None), ("landmark.attn", "landmark")])
+def test_the_autotuned_source_is_complete(file, name):
+    # the GPU path autotunes; its source must be complete Python with every placeholder filled
+    from sparsedsl.kernels.generate import kernel_source
+    from sparsedsl.kernels.launch import plan_for
+
+    p = sd.compile_pattern(file, name) if name else sd.compile_pattern(file)
+    src, names = kernel_source(plan_for(p.root), "pattern", False, 128)
+    compile(src, "<kernels>", "exec")
+    assert "{{" not in src and all(f"def {n}(" in src for n in names.values())

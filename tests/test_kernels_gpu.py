@@ -133,3 +133,22 @@ def test_cuda_graph_capture_gpu():
     graph.replay()
     torch.cuda.synchronize()
     assert torch.equal(out, p(q, k, v)) and not torch.equal(out, expected)
+
+
+@pytest.mark.parametrize("src", ["pattern c() { causal }", "pattern s() { causal & (sink(4) | window(100)) }",
+                                 "pattern d() { causal & dilated(64, 4) }"])
+def test_nonfinite_value_in_v_reaches_only_its_queries_gpu(src):
+    # a NaN or infinity in V must reach only the rows that see its key, on the autotuned kernels
+    p = sparsedsl.compile_pattern(src)
+    gen = torch.Generator(device="cuda").manual_seed(7)
+    q, k, v = (torch.randn(1, 4, 700, 64, device="cuda", dtype=torch.bfloat16, generator=gen) for _ in range(3))
+    v[0, 0, 699] = float("nan")
+    v[0, 1, 300, 5] = float("inf")
+    v[0, 2, 5, 7] = float("-inf")
+    golden, _ = reference_attention(p.root, q.double(), k.double(), v.double())
+    out = p(q, k, v, backend="triton")
+    assert golden.isfinite().float().mean() > 0.5
+    for bad in (torch.isnan, torch.isposinf, torch.isneginf):
+        assert torch.equal(bad(out), bad(golden)), bad.__name__
+    finite = golden.isfinite()
+    assert (out.double() - golden)[finite].abs().max() < 0.05

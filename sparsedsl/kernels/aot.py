@@ -15,7 +15,7 @@ def _signature(fn, consts: dict, dtype: str) -> dict:
     for name in fn.arg_names:
         if name in consts:
             sig[name] = "constexpr"
-        elif name.startswith("CU_") or name in ("BT", "SEL", "IOFF"):
+        elif name.startswith("CU_") or name in ("BT", "SEL", "IOFF", "FLAG"):
             sig[name] = "*i32"
         elif name == "INV":
             sig[name] = "*i64"
@@ -44,7 +44,7 @@ def compile_kernels(root: ir.Pattern, head_dim: int = 128, head_dim_v: int | Non
     module, names = kernels_for(root, True, head_dim, bn)
     consts = dict(HEAD_DIM=head_dim, HEAD_DIM_V=dv, BLOCK_D=_pow2(head_dim), BLOCK_DV=_pow2(dv), RATE=plan.rate,
                   WIDE=plan.wide, DOT_PRECISION="ieee" if dtype == "fp32" else "tf32", VARLEN=int(varlen),
-                  PAGE=0, BLOCK_M=bm, BLOCK_N=bn)
+                  PAGE=0, GUARD=False, BLOCK_M=bm, BLOCK_N=bn)
     out = {}
     for kind in KINDS + (("dlm",) if plan.landmarks is not None else ()):
         fn = getattr(module, names[kind])

@@ -19,7 +19,7 @@ from ..ir import nodes as ir
 from ..ir.atoms import atom_arg
 from ..reference.evaluate import eval_int
 from .generate import keep_config
-from .launch import LOG2E, _Launch, dynamic_args, plan_for
+from .launch import LOG2E, _Launch, _sm_count, dynamic_args, plan_for
 from .selection import select
 from .summaries import _pow2, stats
 
@@ -99,18 +99,6 @@ def _tiles(plan, cap: int, lq: int, bn: int, num_heads: int, num_kv_heads: int) 
     return most
 
 
-_SMS: dict = {}
-
-
-def _sm_count(device) -> int:
-    if device.type != "cuda":
-        return 4
-    n = _SMS.get(device.index)
-    if n is None:
-        n = _SMS[device.index] = torch.cuda.get_device_properties(device).multi_processor_count
-    return n
-
-
 def decode_config(plan, head_dim: int, lq: int, interpret: bool):
     """(BLOCK_M, BLOCK_N, warps, stages): a tile of all new queries (up to 64), and key
     tiles no longer than the topk blocks (a selected block is walked whole)."""
@@ -157,10 +145,11 @@ def decode(root: ir.Pattern, q, k_cache, v_cache, lens, scale: float, interpret:
                   config, None)
     run.lk = cap
     run.meta.update(VARLEN=2, PAGE=k_cache.shape[1] if block_table is not None else 0)
-    args = (q, k_cache, v_cache, o_part, l_part, q, lens,
+    flag = torch.zeros(1, dtype=torch.int32, device=q.device)
+    args = (q, k_cache, v_cache, o_part, l_part, flag, q, lens,
             *dynamic_args(run, q, selection, landmarks, k_cache, v_cache, o_part, l_part, block_table, parts=True),
             h, hk, lq, cap, splits, scale * LOG2E)
-    run.run("fwd", lq, h * splits, args)
+    run.run("fwd", lq, h * splits, args, guard=flag)
     merge_kernel[(triton.cdiv(lq, 16), h, b)](o_part, l_part, out, lse, *o_part.stride(), *l_part.stride(),
                                              *out.stride(), *lse.stride(), lq, splits,
                                              HEAD_DIM_V=dv, BLOCK_DV=_pow2(max(dv, 16)), BLOCK=16)

@@ -208,13 +208,13 @@ class Traversal:
 FORWARD = Traversal(False, (
     "acc, l_i, m_i = _attend(acc, l_i, m_i, q, q_pos, k_base, v_base, bt_base, offs_d, offs_dv, "
     "stride_kn, stride_kd, stride_kp, stride_vn, stride_vd, stride_vp, u0, c, lo_v, hi_v, masked, "
-    "h, hk, H, Hk, qk_scale, RATE, BLOCK_N, HEAD_DIM, HEAD_DIM_V, {i}, DOT_PRECISION, WIDE, PAGE)"), "parts", (
+    "h, hk, H, Hk, qk_scale, RATE, BLOCK_N, HEAD_DIM, HEAD_DIM_V, {i}, DOT_PRECISION, WIDE, PAGE, GUARD)"), "parts", (
     "acc, l_i, m_i = _attend_rows(acc, l_i, m_i, q, q_pos, k_base, v_base, bt_base, offs_d, offs_dv, "
     "stride_kn, stride_kd, stride_kp, stride_vn, stride_vd, stride_vp, u0, lo_v, hi_v, q_lo, q_lo + {block}, "
-    "h, hk, H, Hk, qk_scale, BLOCK_N, HEAD_DIM, HEAD_DIM_V, {i}, DOT_PRECISION, PAGE)"), (
+    "h, hk, H, Hk, qk_scale, BLOCK_N, HEAD_DIM, HEAD_DIM_V, {i}, DOT_PRECISION, PAGE, GUARD)"), (
     "acc, l_i, m_i = _attend(acc, l_i, m_i, q, q_pos, kl_base, vl_base, bt_base, offs_d, offs_dv, "
     "stride_kln, stride_kld, 0, stride_vln, stride_vld, 0, u0, 0, 0, nl, u0 + BLOCK_N > nl_all, "
-    "h, hk, H, Hk, qk_scale, 1, BLOCK_N, HEAD_DIM, HEAD_DIM_V, {i}, DOT_PRECISION, WIDE, 0)"))
+    "h, hk, H, Hk, qk_scale, 1, BLOCK_N, HEAD_DIM, HEAD_DIM_V, {i}, DOT_PRECISION, WIDE, 0, GUARD)"))
 DQ = Traversal(False, (
     "dq = _dq_step(dq, q, do, lse2, delta, q_pos, k_base, v_base, offs_d, offs_dv, "
     "stride_kn, stride_kd, stride_vn, stride_vd, u0, c, lo_v, hi_v, masked, h, hk, H, Hk, qk_scale, "
@@ -428,7 +428,7 @@ def _autotune(configs, key: str = TUNE_KEY) -> str:
 def kernel_names(plan: KernelPlan) -> dict[str, str]:
     stem = _ident(plan.name)
     return {"fwd": f"{stem}_fwd_kernel", "dq": f"{stem}_bwd_dq_kernel", "dkdv": f"{stem}_bwd_dkdv_kernel",
-            "dlm": f"{stem}_bwd_landmarks_kernel"}
+            "dlm": f"{stem}_bwd_landmarks_kernel", "guard": f"{stem}_fwd_guard_kernel"}
 
 
 def kernel_source(plan: KernelPlan, pattern_text: str, fixed_tiles: bool, head_dim: int,
@@ -447,11 +447,11 @@ def kernel_source(plan: KernelPlan, pattern_text: str, fixed_tiles: bool, head_d
     else:
         walk = bool(fits(GPU_CONFIGS, True, False)) and bool(fits(DQ_CONFIGS, True))
     names = kernel_names(plan)
-    tunes = dict.fromkeys(names, "")  # fixed tiles: the caller passes BLOCK_M and BLOCK_N
+    tunes = dict.fromkeys(names, "")  # fixed tiles (and the guard kernel): the caller passes BLOCK_M and BLOCK_N
     if not fixed_tiles:
         tunes = {"fwd": _autotune(fits(GPU_CONFIGS, walk, False)), "dq": _autotune(fits(DQ_CONFIGS, walk)),
                  "dkdv": _autotune(fits(DKDV_CONFIGS, False)),
-                 "dlm": _autotune(fits(DKDV_CONFIGS, False), '["HEAD_DIM", "HEAD_DIM_V", "H", "Hk"]')}
+                 "dlm": _autotune(fits(DKDV_CONFIGS, False), '["HEAD_DIM", "HEAD_DIM_V", "H", "Hk"]'), "guard": ""}
     text = " ".join(pattern_text.split())
     src = (_template()
            .replace("{{pattern_name}}", plan.name)

@@ -118,15 +118,16 @@ class _Launch:
         (the batch axis picks a sequence, whose rows start at its cumulative start)."""
         return (0, *t.stride()[1:]) if self.varlen is not None else t.stride()
 
-    def run(self, kind: str, own_len: int, heads: int, args: tuple, extra=None) -> None:
+    def run(self, kind: str, own_len: int, heads: int, args: tuple, extra=None, guard=None) -> None:
         """Launch kernel `kind` over tiles of `own_len` positions (+1: with Lq != Lk
         a residue class may hold one more), `heads` per batch entry; `extra(BLOCK_M)`
-        more programs on the first grid axis."""
+        more programs on the first grid axis. `guard` (the forward's FLAG): the guard
+        kernel follows, which computes the outputs again where a NaN or an infinity
+        in V reached a tile (FLAG set) and otherwise returns at once."""
         fixed = self.fixed(kind)
         module, names = kernels_for(self.root, fixed is not None, self.head_dim, fixed[1] if fixed else None)
         kernel = getattr(module, names[kind])
-        takes = kernel_args(kernel)
-        meta = {k: v for k, v in self.meta.items() if k in takes}  # Triton rejects unknown keywords
+        meta = {k: v for k, v in self.meta.items() if k in kernel_args(kernel)}  # Triton rejects unknown keywords
         rate = self.plan.rate
         per_class = -(-own_len // rate) + 1
 
@@ -140,6 +141,28 @@ class _Launch:
             kernel[grid({"BLOCK_M": bm})](*args, **meta, BLOCK_M=bm, BLOCK_N=bn, **launch)
         else:
             kernel[grid](*args, **meta)
+        if guard is None or (self.interpret and guard.item() == 0):  # (on the CPU: no launch to pay for)
+            return
+        # the guard kernel: fixed tiles (it runs only on non-finite inputs), a few programs
+        bm, bn, *rest = fixed or ((64, 32, 4, 2) if self.head_dim <= 128 else (32, 32, 4, 2))
+        launch = dict(zip(("num_warps", "num_stages"), rest))
+        g0, g1, g2 = grid({"BLOCK_M": bm})
+        programs = min(g0 * g1 * g2, 4 if self.interpret else 2 * _sm_count(guard.device))
+        getattr(module, names["guard"])[(max(programs, 1),)](*args, **meta, GRID0=g0, GRID1=g1, GRID2=g2,
+                                                             BLOCK_M=bm, BLOCK_N=bn, **launch)
+
+
+_SMS: dict = {}
+
+
+def _sm_count(device) -> int:
+    """The multiprocessors of a GPU (4 on the CPU)."""
+    if device.type != "cuda":
+        return 4
+    n = _SMS.get(device.index)
+    if n is None:
+        n = _SMS[device.index] = torch.cuda.get_device_properties(device).multi_processor_count
+    return n
 
 
 def kernel_args(kernel) -> list[str]:
@@ -166,9 +189,10 @@ def forward(root: ir.Pattern, q, k, v, scale: float, interpret: bool, config=Non
     run = _Launch(root, q, k, v, interpret, config, varlen)
     if run.batch == 0:
         return out, lse
-    args = (q, k, v, out, lse, *run.cu, *dynamic_args(run, q, selection, landmarks, k, v, out, lse),
+    flag = torch.zeros(1, dtype=torch.int32, device=q.device)
+    args = (q, k, v, out, lse, flag, *run.cu, *dynamic_args(run, q, selection, landmarks, k, v, out, lse),
             h, run.hk, run.lq, run.lk, 1, scale * LOG2E)
-    run.run("fwd", run.lq, h, args)
+    run.run("fwd", run.lq, h, args, guard=flag)
     return out, lse
 
 
