@@ -125,8 +125,8 @@ def breakdown(p, q, k, v, do):
     scale = q.shape[-1] ** -0.5
     out, lse = p(q, k, v, return_lse=True)
     fwd = bench(lambda: p(q, k, v))
-    dq = bench(lambda: launch.backward(p.root, q, k, v, out, lse, do, scale, False, kinds=("dq",), selection=sel))
-    dkdv = bench(lambda: launch.backward(p.root, q, k, v, out, lse, do, scale, False, kinds=("dkdv",),
+    dq = bench(lambda: launch.backward(p.plan, q, k, v, out, lse, do, scale, False, kinds=("dq",), selection=sel))
+    dkdv = bench(lambda: launch.backward(p.plan, q, k, v, out, lse, do, scale, False, kinds=("dkdv",),
                                          selection=sel))
     return f"fwd {fwd:.2f}, dQ {dq:.2f}, dK/dV {dkdv:.2f}"
 

@@ -28,6 +28,12 @@ PATTERNS = {
     "duo 8 retrieval/16": ("patterns/duo_attention.attn", dict(pattern="duo_attention", retrieval=8, sink=64,
                                                               recent=1024), 16),
     "GQA sink128+window1024 Hk=4": ("patterns/streaming_llm.attn", dict(sink=128, window=1024), 4),
+    # block-diagonal chunks (issue 13): Llama 4's chunked attention, as an atom and as where(...), and
+    # LongLoRA's shifted groups on half the heads
+    "chunked 2048 (Llama 4)": ("pattern chunked_() { causal & chunked(2048) }", {}, 16),
+    "where q//2048 == k//2048": ("pattern where_chunks() { causal & where(q // 2048 == k // 2048) }", {}, 16),
+    "LongLoRA shifted 2048": ("pattern longlora() {\n heads[0:H // 2] => causal & where(q // 2048 == k // 2048)\n"
+                              " heads[*] => causal & where((q + 1024) // 2048 == (k + 1024) // 2048)\n}", {}, 16),
 }
 
 

@@ -65,9 +65,9 @@ def main(argv=None):
             row = []
             for cfg in CANDIDATES[kind]:
                 if kind == "fwd":
-                    fn = lambda: launch.forward(p.root, q, k, v, D ** -0.5, cpu, config=cfg)  # noqa: E731
+                    fn = lambda: launch.forward(p.plan, q, k, v, D ** -0.5, cpu, config=cfg)  # noqa: E731
                 else:
-                    fn = lambda: launch.backward(p.root, q, k, v, out, lse, do, D ** -0.5, cpu,  # noqa: E731
+                    fn = lambda: launch.backward(p.plan, q, k, v, out, lse, do, D ** -0.5, cpu,  # noqa: E731
                                                  config={kind: cfg}, kinds=(kind,))
                 try:
                     fn()

@@ -4,16 +4,19 @@
     p = sparsedsl.compile_pattern("patterns/streaming_llm.attn", window=2048)
     out = p(q, k, v)
 """
-from .builder import (H, Hk, causal, band, dilated, full, global_, h, heads, hk, k, landmarks, local_blocks,
-                      maximum, minimum, none, q, sink, strided, topk, where, window)
+from . import builder as _builder
+from .builder import ATOM_BUILDERS, H, Hk, causal, full, h, heads, hk, k, maximum, minimum, none, q
 from .compiler import compile_pattern
 from .errors import InputError, PatternError, SparseDSLError
 from .runtime.pattern import CompiledPattern
+
+globals().update({f.__name__: f for f in ATOM_BUILDERS.values()})  # window, band, ..., global_, where, topk
 
 __version__ = "0.1.0"
 
 __all__ = [
     "compile_pattern", "CompiledPattern", "PatternError", "InputError", "SparseDSLError",
-    "causal", "full", "none", "window", "band", "sink", "global_", "dilated", "local_blocks", "strided",
-    "where", "landmarks", "topk", "heads", "minimum", "maximum", "h", "H", "hk", "Hk", "q", "k",
+    "causal", "full", "none", *(f.__name__ for f in ATOM_BUILDERS.values()),
+    "heads", "minimum", "maximum", "h", "H", "hk", "Hk", "q", "k",
 ]
+del _builder

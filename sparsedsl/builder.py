@@ -8,10 +8,13 @@
 """
 from __future__ import annotations
 
+import inspect
+import keyword
+
 from .errors import PatternError
 from .ir import build
 from .ir import nodes as ir
-from .ir.atoms import ATOMS, arg_problem, atom_problem
+from .atoms import ATOMS, arg_problem, atom_problem
 from .ir.ranges import range_problem
 
 
@@ -198,45 +201,33 @@ none = Mask(ir.Atom("none", ()))
 causal = Mask(ir.Atom("causal", ()))
 
 
-def window(size) -> Mask:
-    return _atom("window", size)
+def _builder(kind: str):
+    """The builder function of an atom with parameters, made from its definition
+    (sparsedsl/atoms/): `window(size)`, `strided(stride, block=64, offset=0)`, ..."""
+    d = ATOMS[kind]
+
+    def make(*args, **kwargs) -> Mask:
+        return _atom(kind, *args, **kwargs)
+
+    shown = [p.name if p.default is None else f"{p.name}={_shown(p.default)}" for p in d.params]
+    make.__name__ = make.__qualname__ = kind + "_" if keyword.iskeyword(kind) else kind
+    make.__doc__ = f"The `{kind}({', '.join(shown)})` atom: {d.formula}."
+    make.__signature__ = inspect.Signature([
+        inspect.Parameter(p.name, inspect.Parameter.POSITIONAL_OR_KEYWORD,
+                          default=inspect.Parameter.empty if p.default is None else _shown(p.default))
+        for p in d.params])
+    return make
 
 
-def band(left, right) -> Mask:
-    return _atom("band", left, right)
+def _shown(default):
+    if isinstance(default, ir.Const):
+        return default.value
+    return default.value if isinstance(default, ir.Bool) else default
 
 
-def sink(n) -> Mask:
-    return _atom("sink", n)
-
-
-def global_(n) -> Mask:
-    """The `global(n)` atom (global is a Python keyword)."""
-    return _atom("global", n)
-
-
-def dilated(size, rate) -> Mask:
-    return _atom("dilated", size, rate)
-
-
-def local_blocks(n, block=64) -> Mask:
-    return _atom("local_blocks", n, block=block)
-
-
-def strided(stride, block=64, offset=0) -> Mask:
-    return _atom("strided", stride, block=block, offset=offset)
-
-
-def where(cond) -> Mask:
-    return _atom("where", cond)
-
-
-def landmarks(block=64) -> Mask:
-    return _atom("landmarks", block=block)
-
-
-def topk(n, block=64, score="mean", causal=True) -> Mask:
-    return _atom("topk", n, block=block, score=score, causal=causal)
+# one function per atom with parameters (global is a Python keyword: global_)
+ATOM_BUILDERS = {kind: _builder(kind) for kind, d in ATOMS.items() if d.params}
+globals().update({f.__name__: f for f in ATOM_BUILDERS.values()})
 
 
 def minimum(a, b) -> Int:

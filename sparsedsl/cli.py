@@ -44,6 +44,15 @@ def cmd_check(args) -> int:
                 p = compile_pattern(path, pattern=name)
                 if args.heads:
                     p.check(args.heads, args.kv_heads)
+                for line in p.bounds_warnings(num_heads=args.heads or 1, num_kv_heads=args.kv_heads):
+                    print(line)
+                if args.cost:
+                    if p.is_dynamic:
+                        print(f"{path}: {name}: cost: static patterns only (the selection depends on the data)")
+                    else:
+                        rep = p.cost(args.cost_len, num_heads=args.heads or 1, num_kv_heads=args.kv_heads,
+                                     tile=tuple(args.tile))
+                        print(f"{path}: {name}: {rep}")
             print(f"{path}: ok ({len(names)} pattern{'s' if len(names) != 1 else ''}: {', '.join(names)})")
         except SparseDSLError as e:
             bad += 1
@@ -64,17 +73,16 @@ def cmd_ir(args) -> int:
     if args.passes:
         from .ir.printer import to_text
         from .passes import optimize
-        from .passes.plan import make_plan
 
         trace: list = []
-        root = optimize(p.root, trace)
+        optimize(p.root, trace)
         for step, after in trace:
             print(f"\n# after {step.name}: {step.purpose}")
             print(to_text(after), end="")
         if not p.is_dynamic:
-            print("\n# kernel plan" + (f" (residue layout, rate {make_plan(root).rate})" if make_plan(root).rate > 1
-                                       else ""))
-            for i, br in enumerate(make_plan(root).branches):
+            plan = p.plan  # (the same optimizer, then the lowering)
+            print("\n# kernel plan" + (f" (residue layout, rate {plan.rate})" if plan.rate > 1 else ""))
+            for i, br in enumerate(plan.branches):
                 print(f"branch {i}: heads where {to_text(br.cond)}")
                 for seg in br.segments:
                     line = f"  keys [{to_text(seg.lo)}, {to_text(seg.hi)})"
@@ -89,9 +97,7 @@ def cmd_ir(args) -> int:
 
 
 def cmd_kernel(args) -> int:
-    from .ir.printer import to_text
     from .kernels.generate import kernel_source
-    from .kernels.launch import plan_for
 
     p = _pick(args)
     if args.compile is not None:
@@ -100,7 +106,7 @@ def cmd_kernel(args) -> int:
         arch = int(args.compile.lower().removeprefix("sm_"))
         for varlen in (False, True):
             try:
-                shared = compile_kernels(p.root, args.head_dim, arch=arch, varlen=varlen)
+                shared = compile_kernels(p.plan, args.head_dim, arch=arch, varlen=varlen)
             except Exception as e:  # Triton's CompilationError and friends: report, exit 1
                 print(f"sparsedsl: compiling for sm_{arch}{' (varlen)' if varlen else ''} failed:\n{e}",
                       file=sys.stderr)
@@ -108,7 +114,7 @@ def cmd_kernel(args) -> int:
             print(f"sm_{arch}{' varlen' if varlen else ''}: " + ", ".join(f"{k} ok ({v} B shared)"
                                                                          for k, v in shared.items()))
         return 0
-    src, _ = kernel_source(plan_for(p.root), to_text(p.root), False, args.head_dim)
+    src, _ = kernel_source(p.plan, p.plan.text, False, args.head_dim)
     print(src, end="")
     return 0
 
@@ -186,6 +192,11 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("files", nargs="+")
     c.add_argument("--heads", type=int, default=0, help="also check for this many query heads")
     c.add_argument("--kv-heads", type=int, default=None)
+    c.add_argument("--cost", action="store_true", help="print each pattern's static kernel cost (tiles visited, "
+                   "full, partial, needed)")
+    c.add_argument("--cost-len", type=int, default=16384, help="sequence length of --cost (default 16384)")
+    c.add_argument("--tile", type=int, nargs=2, default=[128, 128], metavar=("BLOCK_M", "BLOCK_N"),
+                   help="tile of --cost (default 128 128)")
     c.set_defaults(run=cmd_check)
 
     def pattern_args(s):
@@ -232,9 +243,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_fuzz(args) -> int:
-    from .fuzz import main as fuzz_main
+    from .fuzz import FuzzError, run
 
-    return fuzz_main(args)
+    params = _params(args.param)
+    try:
+        p = compile_pattern(args.file, pattern=args.pattern, **params)
+        return run(p, examples=args.examples, backend=args.backend, seed=args.seed, source=args.file,
+                   pattern=args.pattern, params=params)
+    except FuzzError as e:
+        print(f"sparsedsl fuzz: {e}", file=sys.stderr)
+        return 1
 
 
 def _interpreter_without_cuda(args) -> None:

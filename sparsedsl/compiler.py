@@ -1,7 +1,14 @@
-"""The pipeline: source -> syntax tree -> IR -> checks -> CompiledPattern.
+"""The pipeline: source -> syntax tree -> IR -> checks -> CompiledPattern -> kernel plan.
 
     parse (language/parser.py)  ->  lower (language/lower.py)
     -> check_dynamic_placement (ir/check.py) -> verify (ir/graph.py)
+    -> CompiledPattern (runtime/pattern.py)
+    -> optimize (passes/) -> make_plan (passes/plan.py): the KernelPlan (ir/plan.py)
+
+The last step runs once per pattern, when its kernels are first needed
+(CompiledPattern.plan, through runtime/ops.py plan_for): patterns used only with
+the reference (masks, densities, backend="reference") never pay for it. The
+kernels receive the plan; they never plan. A builder mask takes the same path.
 """
 from __future__ import annotations
 
@@ -96,7 +103,7 @@ def compile_pattern(source, pattern: str | None = None, **params) -> CompiledPat
 
 def _valid_name(name: str) -> bool:
     from .language.lower import BUILTIN_SYMBOLS, INT_FUNCS
-    from .ir.atoms import ATOMS
+    from .atoms import ATOMS
 
     keywords = {"pattern", "import", "let", "heads", "true", "false", "and", "or", "not"}
     return (isinstance(name, str) and re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name) is not None

@@ -4,7 +4,8 @@ Hypothesis draws shapes (lengths around tile boundaries, Lq != Lk, GQA head
 counts, head dims, dtypes, memory layouts) and tile sizes, runs the pattern's
 kernel and checks it with `sparsedsl.testing.assert_matches_reference`. On a
 failure Hypothesis shrinks the case, and `run` prints a ready-to-paste pytest
-test that reproduces it.
+test that reproduces it. The command line (cli.py cmd_fuzz) parses its
+arguments and calls `run`; this module does not import the command line.
 
     sparsedsl fuzz patterns/s2_attention.attn --pattern s2_attention -p block=16 --examples 200
 
@@ -179,19 +180,3 @@ def _report(p, f: _Failure, backend, device, seed, source, pattern, params) -> s
 
 def _indent(text: str, n: int) -> str:
     return "\n".join(" " * n + line for line in text.splitlines())
-
-
-def main(args) -> int:
-    """The `sparsedsl fuzz` command (args from cli.py's parser)."""
-    from .cli import _params
-    from .compiler import compile_pattern
-
-    params = _params(args.param)
-    try:
-        p = compile_pattern(args.file, pattern=args.pattern, **params)
-        return run(p, examples=args.examples, backend=args.backend, seed=args.seed, source=args.file,
-                   pattern=args.pattern, params=params)
-    except FuzzError as e:
-        print(f"sparsedsl fuzz: {e}", file=sys.stderr)
-        return 1
-

@@ -37,6 +37,7 @@ ARG_NAMES = {
     "dilated": ("size", "rate"),
     "local_blocks": ("n", "block"),
     "strided": ("stride", "block", "offset"),
+    "chunked": ("size", "offset"),
     "where": ("cond",),
 }
 
@@ -140,6 +141,8 @@ def atom_value(node, env: dict) -> bool:
         return 0 <= d < a["n"]
     if kind == "strided":
         return (k // a["block"] + a["offset"]) % a["stride"] == 0
+    if kind == "chunked":  # block-diagonal: the same chunk of `size` positions, shifted by offset
+        return (q + a["offset"]) // a["size"] == (k + a["offset"]) // a["size"]
     if kind == "where":
         return cond_value(a["cond"], env)
     raise ValueError(f"the oracle has no semantics for atom {kind!r}")

@@ -328,8 +328,8 @@ def test_split_key_tiles_gradients(split_everything, body, h, hk, lq, lk):
     """Split tiles sum their parts' partial dK/dV in order: the same gradients as golden."""
     p = P(body)
     q, k, v = inputs(2, h, hk, lq, lk, seed=21)
-    run = split_everything._Launch(p.root, q, k, v, True, (16, 16), None)
-    assert split_everything.split_plan(p.root, run)[1] > 1  # the split path is the one tested
+    run = split_everything._Launch(p.plan, q, k, v, True, (16, 16), None)
+    assert split_everything.split_plan(run)[1] > 1  # the split path is the one tested
     assert_grads_match_reference(p, q, k, v, _config=(16, 16))
 
 
@@ -356,7 +356,7 @@ def test_split_plan_only_for_long_keys():
 
     def plan(body):
         p = P(body)
-        return launch.split_plan(p.root, launch._Launch(p.root, q, k, k, True, (16, 16), None))
+        return launch.split_plan(launch._Launch(p.plan, q, k, k, True, (16, 16), None))
 
     assert plan("causal & (sink(4) | window(64))") == (128, 8)  # 4096 queries x 4 heads / 2048
     assert plan("global(130) | band(8, 8)") == (256, 8)
@@ -372,7 +372,7 @@ def test_short_sequences_skip_autotuning():
 
     def fixed(lq, lk, d):
         q, k = torch.randn(1, 2, lq, d), torch.randn(1, 1, lk, d)
-        return launch._Launch(p.root, q, k, k, False, None, None).fixed("dkdv")
+        return launch._Launch(p.plan, q, k, k, False, None, None).fixed("dkdv")
 
     assert fixed(64, 64, 64) == (64, 32, 4, 2)
     assert fixed(256, 200, 256) == (32, 32, 4, 2)

@@ -160,5 +160,5 @@ def test_split_sink_tiles_gpu(src, params):
 
     p = sparsedsl.compile_pattern(src, **params)
     q, k, v = make(1, 8, 2, 4096, 4096, 64, torch.bfloat16, seed=9)
-    assert launch.split_plan(p.root, launch._Launch(p.root, q, k, v, False, None, None))[1] > 1
+    assert launch.split_plan(launch._Launch(p.plan, q, k, v, False, None, None))[1] > 1
     assert_grads_match_reference(p, q, k, v, _config=(64, 32, 4, 3))

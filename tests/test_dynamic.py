@@ -217,8 +217,8 @@ def test_backward_split_key_tiles(monkeypatch):
     q, k, v = qkv(2, 4, 2, 37, 37, seed=14)
     for src in (DYNAMIC[0], DYNAMIC[5]):
         p = C(src)
-        run = launch._Launch(p.root, q, k, v, not GPU, CFG or (64, 64), None)
-        assert launch.split_plan(p.root, run)[1] > 1
+        run = launch._Launch(p.plan, q, k, v, not GPU, CFG or (64, 64), None)
+        assert launch.split_plan(run)[1] > 1
         assert_grads_match_reference(p, q, k, v, _config=CFG)
 
 

@@ -21,7 +21,7 @@ from hypothesis import given, note, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 import sparsedsl as sd  # noqa: E402
-from sparsedsl.ir.atoms import ATOMS  # noqa: E402
+from sparsedsl.atoms import ATOMS  # noqa: E402
 from sparsedsl.ir.printer import to_text  # noqa: E402
 from sparsedsl.testing import ENTRY, patterns, pattern_sources  # noqa: E402
 

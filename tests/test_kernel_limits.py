@@ -58,6 +58,8 @@ LARGE = [
     "window(2147483648)",
     "band(2147483647, 0)",
     "causal & dilated(600000000, 4)",
+    "causal & chunked(8, offset=1099511627776)",
+    "chunked(2147483647, offset=2147483640)",
     "window(1000000000)",
     "causal & sink(4611686018427387904)",
     "local_blocks(2305843009213693952, block=2)",
@@ -97,10 +99,9 @@ def test_many_segments_match_reference(body):
 
 def _source(body: str) -> str:
     from sparsedsl.kernels.generate import kernel_source
-    from sparsedsl.kernels.launch import plan_for
 
     p = sd.compile_pattern(f"pattern p() {{ {body} }}")
-    return kernel_source(plan_for(p.root), body, True, 16, 16)[0]
+    return kernel_source(p.plan, body, True, 16, 16)[0]
 
 
 _ATOMS = ["causal", "window({})", "sink({})", "band({},{})", "strided({}, block=16)", "dilated({}, 2)",
@@ -143,9 +144,8 @@ def test_shared_subexpressions_are_emitted_once():
                                                         ir.Const(2**28)),)))
     p = sd.compile_pattern(mask)
     from sparsedsl.kernels.generate import kernel_source
-    from sparsedsl.kernels.launch import plan_for
 
-    src = kernel_source(plan_for(p.root), "shared", True, 16, 16)[0]
+    src = kernel_source(p.plan, "shared", True, 16, 16)[0]
     assert len(src) < 2 * len(_source("causal")), len(src)
     q, k, v = _inputs()
     assert_matches_reference(p, q, k, v)
@@ -250,9 +250,8 @@ def test_a_nonfinite_value_in_the_cache_reaches_only_the_queries_that_see_it():
 def test_the_autotuned_source_is_complete(file, name):
     # the GPU path autotunes; its source must be complete Python with every placeholder filled
     from sparsedsl.kernels.generate import kernel_source
-    from sparsedsl.kernels.launch import plan_for
 
     p = sd.compile_pattern(file, name) if name else sd.compile_pattern(file)
-    src, names = kernel_source(plan_for(p.root), "pattern", False, 128)
+    src, names = kernel_source(p.plan, "pattern", False, 128)
     compile(src, "<kernels>", "exec")
     assert "{{" not in src and all(f"def {n}(" in src for n in names.values())

@@ -32,8 +32,8 @@ def test_wheel_ships_data_folders(tmp_path):
     zipfile.ZipFile(wheel).extractall(site)
     code = ("import sparsedsl, sys; p = sparsedsl.compile_pattern('streaming_llm', window=8); "
             "assert sparsedsl.__file__.startswith(sys.argv[1]), sparsedsl.__file__; "
-            "from sparsedsl.kernels.generate import kernel_source; from sparsedsl.kernels.launch import plan_for; "
-            "assert 'def streaming_llm_fwd_kernel' in kernel_source(plan_for(p.root), '', False, 64)[0]; "
+            "from sparsedsl.kernels.generate import kernel_source; "
+            "assert 'def streaming_llm_fwd_kernel' in kernel_source(p.plan, '', False, 64)[0]; "
             "print(int(p.mask(16).sum()))")
     res = subprocess.run([sys.executable, "-c", code, str(site)], capture_output=True, text=True,
                          cwd=tmp_path, env={"PYTHONPATH": str(site)}, timeout=300)

@@ -57,7 +57,7 @@ _INT_OPS = {"+": operator.add, "-": operator.sub, "*": operator.mul, "//": opera
 _CMP_OPS = {"<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge, "==": operator.eq,
             "!=": operator.ne}
 _BUILDER_ATOMS = {"window": sd.window, "band": sd.band, "sink": sd.sink, "global": sd.global_,
-                  "dilated": sd.dilated, "local_blocks": sd.local_blocks, "strided": sd.strided,
+                  "dilated": sd.dilated, "local_blocks": sd.local_blocks, "strided": sd.strided, "chunked": sd.chunked,
                   "where": sd.where, "landmarks": sd.landmarks, "topk": sd.topk}
 
 

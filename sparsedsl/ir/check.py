@@ -1,5 +1,5 @@
 """Checks of an instantiated pattern that need the whole tree: where dynamic
-atoms may stand. (Checks that need the head count are in reference/heads.py.)"""
+atoms may stand, and which they are. (Checks that need the head count are in reference/heads.py.)"""
 from __future__ import annotations
 
 import weakref
@@ -68,6 +68,22 @@ def has_dynamic(node: ir.Node) -> bool:
             stack.extend(c for c in n.children() if ir.is_mask(c) or isinstance(c, ir.Branch))
         _HAS_DYNAMIC[node] = hit
     return hit
+
+
+def dynamic_atoms(root: ir.Node) -> list[ir.Atom]:
+    """Dynamic atoms in source order, each once."""
+    out: list[ir.Atom] = []
+    seen = set()
+    stack = [root]
+    while stack:
+        node = stack.pop()
+        if node in seen:
+            continue
+        seen.add(node)
+        if is_dynamic(node):
+            out.append(node)
+        stack.extend(reversed(node.children()))
+    return out
 
 
 def check_dynamic_placement(root: ir.Node, spans: dict | None = None) -> None:

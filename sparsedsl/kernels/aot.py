@@ -3,8 +3,8 @@ compiler, down to the binary): catches compile errors and reports each
 kernel's shared memory. Needs Triton in normal mode (not TRITON_INTERPRET=1)."""
 from __future__ import annotations
 
-from ..ir import nodes as ir
-from .launch import _pow2, kernels_for, plan_for
+from ..ir.plan import KernelPlan
+from .launch import _pow2, kernels_for
 
 KINDS = ("fwd", "dq", "dkdv")
 _SIZES = ("H", "Hk", "Lq", "Lk", "LONG_KEYS", "SPLIT", "SEL_ROWS", "NL")
@@ -30,18 +30,17 @@ def _signature(fn, consts: dict, dtype: str) -> dict:
     return sig
 
 
-def compile_kernels(root: ir.Pattern, head_dim: int = 128, head_dim_v: int | None = None, dtype: str = "bf16",
+def compile_kernels(plan: KernelPlan, head_dim: int = 128, head_dim_v: int | None = None, dtype: str = "bf16",
                     arch: int = 90, varlen: bool = False, config=(128, 64, 8, 2)) -> dict[str, int]:
     """{kind: shared memory bytes} after compiling the forward, dQ and dK/dV
-    kernels of `root` for CUDA compute capability `arch` with fixed tiles."""
+    kernels of `plan` for CUDA compute capability `arch` with fixed tiles."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    plan = plan_for(root)
     bm, bn, warps, stages = config
     dv = head_dim if head_dim_v is None else head_dim_v
-    module, names = kernels_for(root, True, head_dim, bn)
+    module, names = kernels_for(plan, True, head_dim, bn)
     consts = dict(HEAD_DIM=head_dim, HEAD_DIM_V=dv, BLOCK_D=_pow2(head_dim), BLOCK_DV=_pow2(dv), RATE=plan.rate,
                   WIDE=plan.wide, DOT_PRECISION="ieee" if dtype == "fp32" else "tf32", VARLEN=int(varlen),
                   PAGE=0, GUARD=False, BLOCK_M=bm, BLOCK_N=bn)

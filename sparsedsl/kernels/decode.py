@@ -15,11 +15,11 @@ import torch
 import triton
 import triton.language as tl
 
-from ..ir import nodes as ir
-from ..ir.atoms import atom_arg
-from ..reference.evaluate import eval_int
+from ..atoms import atom_arg
+from ..ir.evaluate import eval_int
+from ..ir.plan import KernelPlan
 from .generate import keep_config
-from .launch import LOG2E, _Launch, _sm_count, dynamic_args, plan_for
+from .launch import LOG2E, _Launch, _sm_count, dynamic_args
 from .selection import select
 from .summaries import _pow2, stats
 
@@ -41,11 +41,10 @@ def _cache_dims(k_cache, block_table):
     return k_cache.shape[2], block_table.shape[1] * k_cache.shape[1], k_cache.shape[3]
 
 
-def summarize(root: ir.Pattern, k_cache, v_cache, lens, block_table=None, into: BlockSummaries | None = None,
+def summarize(plan: KernelPlan, k_cache, v_cache, lens, block_table=None, into: BlockSummaries | None = None,
               new: int | None = None) -> BlockSummaries:
     """Compute (or, with `into` and `new`, refresh the blocks touched by each
     sequence's last `new` keys of) the summaries the pattern's decoding needs."""
-    plan = plan_for(root)
     hk, cap, d = _cache_dims(k_cache, block_table)
     b = lens.shape[0]
 
@@ -111,10 +110,9 @@ def decode_config(plan, head_dim: int, lq: int, interpret: bool):
     return (16, 16) if interpret else (bm, bn, 4, 2)
 
 
-def decode(root: ir.Pattern, q, k_cache, v_cache, lens, scale: float, interpret: bool, block_table=None,
+def decode(plan: KernelPlan, q, k_cache, v_cache, lens, scale: float, interpret: bool, block_table=None,
            summaries: BlockSummaries | None = None, splits: int | None = None, config=None):
     """(out [B, H, Lq, Dv] in q's dtype, lse float32 [B, H, Lq])."""
-    plan = plan_for(root)
     b, h, lq, d = q.shape
     hk, cap, _ = _cache_dims(k_cache, block_table)
     dv = v_cache.shape[-1]
@@ -124,7 +122,7 @@ def decode(root: ir.Pattern, q, k_cache, v_cache, lens, scale: float, interpret:
         return out, lse
     selection = landmarks = None
     if plan.dynamic:
-        summaries = summarize(root, k_cache, v_cache, lens, block_table, summaries,
+        summaries = summarize(plan, k_cache, v_cache, lens, block_table, summaries,
                               None if summaries is None else lq)
         landmarks = summaries.landmarks
         if plan.topk is not None:
@@ -141,7 +139,7 @@ def decode(root: ir.Pattern, q, k_cache, v_cache, lens, scale: float, interpret:
     o_part = torch.empty((splits, b, h, lq, dv), device=q.device, dtype=torch.float32)
     l_part = torch.empty((splits, b, h, lq), device=q.device, dtype=torch.float32)
     kv = k_cache if block_table is None else k_cache.permute(0, 2, 1, 3)  # shapes only: [., Hk, ., D]
-    run = _Launch(root, q, kv, v_cache if block_table is None else v_cache.permute(0, 2, 1, 3), interpret,
+    run = _Launch(plan, q, kv, v_cache if block_table is None else v_cache.permute(0, 2, 1, 3), interpret,
                   config, None)
     run.lk = cap
     run.meta.update(VARLEN=2, PAGE=k_cache.shape[1] if block_table is not None else 0)

@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections import Counter
 
 from ..ir import nodes as ir
-from ..ir.atoms import atom_arg
+from ..atoms import condition
 from ..ir.heads import branch_condition
 
 # How each symbol is spelled in the kernel.
@@ -54,8 +54,8 @@ def _operands(n: ir.Node) -> tuple[ir.Node, ...]:
     """The children an emitter visits (a Heads node: its branches' conditions and bodies)."""
     if isinstance(n, ir.Heads):
         return tuple(x for b in n.branches for x in (branch_condition(b), b.body))
-    if isinstance(n, ir.Atom):
-        return tuple(a for a in n.args if isinstance(a, ir.Node))
+    if isinstance(n, ir.Atom):  # the element mask emits the atom's condition
+        return (condition(n),)
     return n.children()
 
 
@@ -170,37 +170,12 @@ class Emitter:
         return name
 
     def _atom(self, a: ir.Atom) -> str:
-        kind = a.kind
-        arg = lambda name: self._int(atom_arg(a, name))  # noqa: E731
+        # the atom's condition (sparsedsl/atoms/), broadcast to [BM, BN] when it misses q or k
+        cond = condition(a)
         q, k = "q_pos", "k_pos"
-        if kind == "full":
-            return f"({k} >= 0) | ({q} == {q})"
-        if kind == "none":
-            return f"({k} < 0) & ({q} == {q})"
-        if kind == "causal":
-            return f"({k} <= {q})"
-        if kind == "window":
-            return f"(({q} - {arg('size')} < {k}) & ({k} <= {q}))"
-        if kind == "band":
-            return f"(({q} - {arg('left')} <= {k}) & ({k} <= {q} + {arg('right')}))"
-        if kind == "sink":
-            return f"(({k} < {arg('n')}) | ({q} != {q}))"
-        if kind == "global":
-            return f"(({q} < {arg('n')}) | ({k} < {arg('n')}))"
-        if kind == "dilated":
-            mod = self._int(ir.IntOp("%", (ir.IntOp("-", (ir.Sym("q"), ir.Sym("k"))), atom_arg(a, "rate"))))
-            return f"(({q} - {k} >= 0) & ({q} - {k} < {arg('size')} * {arg('rate')}) & ({mod} == 0))"
-        if kind == "local_blocks":
-            b = atom_arg(a, "block")
-            qb = self._int(ir.IntOp("//", (ir.Sym("q"), b)))
-            kb = self._int(ir.IntOp("//", (ir.Sym("k"), b)))
-            return f"(({qb} - {kb} >= 0) & ({qb} - {kb} < {arg('n')}))"
-        if kind == "strided":
-            e = ir.IntOp("%", (ir.IntOp("+", (ir.IntOp("//", (ir.Sym("k"), atom_arg(a, "block"))),
-                                              atom_arg(a, "offset"))), atom_arg(a, "stride")))
-            return f"(({self._int(e)} == 0) | ({q} != {q}))"
-        if kind == "where":
-            return f"({self._cond(a.args[0])} | (({q} != {q}) & ({k} != {k})))"
-        raise NotImplementedError(f"no kernel code for atom {kind!r}")
-
-
+        if isinstance(cond, ir.Bool):
+            return f"({k} >= 0) | ({q} == {q})" if cond.value else f"({k} < 0) & ({q} == {q})"
+        text = self._cond(cond)
+        if {"q", "k"} <= ir.symbols(cond):
+            return text
+        return f"({text} | (({q} != {q}) & ({k} != {k})))"

@@ -10,8 +10,7 @@ import hashlib
 
 from ..ir import nodes as ir
 from ..ir.printer import to_text
-from ..passes.bounds import Segment
-from ..passes.plan import KernelPlan
+from ..ir.plan import KernelPlan, Segment
 from ..resources import data_dir
 from .emit import Emitter
 

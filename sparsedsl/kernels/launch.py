@@ -3,7 +3,10 @@
 Tensors arrive as [B, H, L, D] (K/V with Hk heads). A packed variable-length
 batch arrives as [1, H, T, D] views of the packed [T, H, D] tensors, with
 `cu_q`/`cu_k` (int32 [S + 1]): the kernels then index sequences by the grid's
-batch axis and read their rows from the cumulative starts."""
+batch axis and read their rows from the cumulative starts.
+
+Every entry point takes the pattern's KernelPlan (ir/plan.py), which the compile
+pipeline built (runtime/ops.py plan_for); nothing here plans or optimizes."""
 from __future__ import annotations
 
 import weakref
@@ -12,38 +15,27 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import InputError
-from ..ir import nodes as ir
-from ..ir.printer import to_text
-from ..passes import optimize
-from ..passes.plan import KernelPlan, make_plan
+from ..ir.plan import KernelPlan
 from .cache import load_source
 from .generate import kernel_source
 
 LOG2E = 1.4426950408889634
-# Keyed weakly by the (interned) root: a pattern's entries go with it (plans and
-# kernels never refer back to the root, which would keep it alive).
-_PLANS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-_KERNELS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # root -> {(fixed, d, block_n): (module, names)}
+# Keyed weakly by the plan (its pattern owns it): a pattern's kernels go with it
+# (kernels never refer back to the plan, which would keep it alive).
+_KERNELS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # plan -> {(fixed, d, block_n): (module, names)}
 
 
-def plan_for(root: ir.Pattern) -> KernelPlan:
-    plan = _PLANS.get(root)
-    if plan is None:
-        plan = _PLANS[root] = make_plan(optimize(root))
-    return plan
-
-
-def kernels_for(root: ir.Pattern, fixed_tiles: bool, head_dim: int, block_n: int | None):
-    """(module, {kind: kernel name}) of a pattern's kernels, generated once: a
+def kernels_for(plan: KernelPlan, fixed_tiles: bool, head_dim: int, block_n: int | None):
+    """(module, {kind: kernel name}) of a plan's kernels, generated once: a
     call costs a dict lookup, not code generation (milliseconds of host time)."""
-    per_root = _KERNELS.get(root)
-    if per_root is None:
-        per_root = _KERNELS[root] = {}
+    per_plan = _KERNELS.get(plan)
+    if per_plan is None:
+        per_plan = _KERNELS[plan] = {}
     key = (fixed_tiles, head_dim, block_n)
-    hit = per_root.get(key)
+    hit = per_plan.get(key)
     if hit is None:
-        src, names = kernel_source(plan_for(root), to_text(root), fixed_tiles, head_dim, block_n)
-        hit = per_root[key] = (load_source(src, names["fwd"]), names)
+        src, names = kernel_source(plan, plan.text, fixed_tiles, head_dim, block_n)
+        hit = per_plan[key] = (load_source(src, names["fwd"]), names)
     return hit
 
 
@@ -80,14 +72,13 @@ class _Launch:
     BLOCK_N[, num_warps, num_stages]) for every kernel, or a dict from kernel
     kind ("fwd", "dq", "dkdv") to such a tuple (kinds left out autotune)."""
 
-    def __init__(self, root, q, k, v, interpret, config, varlen: Varlen | None):
+    def __init__(self, plan: KernelPlan, q, k, v, interpret, config, varlen: Varlen | None):
         if interpret and not interpreter_ready():
             raise InputError("backend='triton' on CPU tensors runs the kernels in Triton's interpreter, which must "
                              "be switched on before triton is imported: set TRITON_INTERPRET=1 in the environment")
         if q.dtype == torch.float64:
             raise NotImplementedError("float64 runs on the reference backend")
-        self.root, self.interpret, self.config = root, interpret, config
-        self.plan = plan = plan_for(root)
+        self.plan, self.interpret, self.config = plan, interpret, config
         d, dv = q.shape[-1], v.shape[-1]
         self.head_dim = d
         self.varlen = varlen
@@ -125,7 +116,7 @@ class _Launch:
         kernel follows, which computes the outputs again where a NaN or an infinity
         in V reached a tile (FLAG set) and otherwise returns at once."""
         fixed = self.fixed(kind)
-        module, names = kernels_for(self.root, fixed is not None, self.head_dim, fixed[1] if fixed else None)
+        module, names = kernels_for(self.plan, fixed is not None, self.head_dim, fixed[1] if fixed else None)
         kernel = getattr(module, names[kind])
         meta = {k: v for k, v in self.meta.items() if k in kernel_args(kernel)}  # Triton rejects unknown keywords
         rate = self.plan.rate
@@ -172,7 +163,7 @@ def kernel_args(kernel) -> list[str]:
     return kernel.arg_names
 
 
-def forward(root: ir.Pattern, q, k, v, scale: float, interpret: bool, config=None, varlen: Varlen | None = None,
+def forward(plan: KernelPlan, q, k, v, scale: float, interpret: bool, config=None, varlen: Varlen | None = None,
             selection=None, landmarks=None):
     """out (q's dtype, shaped like q with v's head dim), lse float32 ([B, H, Lq];
     varlen: [1, H, T] views of an [H, T] tensor). Dynamic patterns take the
@@ -186,7 +177,7 @@ def forward(root: ir.Pattern, q, k, v, scale: float, interpret: bool, config=Non
     lse = lse.unsqueeze(0) if varlen else lse
     if out.numel() == 0 and lse.numel() == 0:
         return out, lse
-    run = _Launch(root, q, k, v, interpret, config, varlen)
+    run = _Launch(plan, q, k, v, interpret, config, varlen)
     if run.batch == 0:
         return out, lse
     flag = torch.zeros(1, dtype=torch.int32, device=q.device)
@@ -220,7 +211,7 @@ def dynamic_args(run: "_Launch", q, selection, landmarks, k, v, out, lse, block_
             *sst, *klst, *vlst)
 
 
-def backward(root: ir.Pattern, q, k, v, out, lse, dout, scale: float, interpret: bool, config=None,
+def backward(plan: KernelPlan, q, k, v, out, lse, dout, scale: float, interpret: bool, config=None,
              varlen: Varlen | None = None, dlse=None, kinds=("dq", "dkdv"), selection=None):
     """(dq, dk, dv), each shaped like q, k, v. `dlse`: the gradient of the LSE
     output, if it was used. No atomics: every gradient element is written by
@@ -233,12 +224,11 @@ def backward(root: ir.Pattern, q, k, v, out, lse, dout, scale: float, interpret:
     # whose strides empty_like cannot reproduce (overlapping, e.g. expanded) is copied
     q, k, v = (t if g.stride() == t.stride() else t.contiguous() for t, g in zip((q, k, v), grads))
     dq, dk, dv = (g if g.stride() == t.stride() else torch.empty_like(t) for t, g in zip((q, k, v), grads))
-    run = _Launch(root, q, k, v, interpret, config, varlen)
+    run = _Launch(plan, q, k, v, interpret, config, varlen)
     if run.batch == 0:
         return dq, dk, dv
-    plan = run.plan
     if plan.topk is not None and selection is None:
-        raise InputError(f"pattern {root.name!r}: the backward of a topk pattern needs the forward's selection")
+        raise InputError(f"pattern {plan.name!r}: the backward of a topk pattern needs the forward's selection")
     sel, landmarks = (None if selection is None else selection.contiguous()), None
     if plan.landmarks is not None:  # recomputed (one pass over K and V) rather than saved
         from .selection import prefill_inputs
@@ -257,7 +247,7 @@ def backward(root: ir.Pattern, q, k, v, out, lse, dout, scale: float, interpret:
     if "dkdv" in kinds:
         inv, ioff = inverse_selection(sel, -(-run.lk // _topk_block(plan))) if sel is not None else (q, q)
         dkl, dvl, nl = _landmark_grads(run, plan, q, landmarks, dout, lse, delta, scale)
-        long_keys, parts = split_plan(root, run)
+        long_keys, parts = split_plan(run)
         wsk = wsv = dk  # no split: unused pointers
         if parts > 1:
             shape = (parts, run.batch, run.hk, long_keys)
@@ -280,7 +270,7 @@ def backward(root: ir.Pattern, q, k, v, out, lse, dout, scale: float, interpret:
 
 
 def _topk_block(plan: KernelPlan) -> int:
-    from ..ir.atoms import atom_arg
+    from ..atoms import atom_arg
 
     return atom_arg(plan.topk, "block").value
 
@@ -331,29 +321,21 @@ def _landmark_grads(run: "_Launch", plan: KernelPlan, q, landmarks, dout, lse, d
 # A key tile seen by more than about this many queries (times the query heads of
 # its KV head) is split over several programs of the dK/dV kernel.
 SPLIT_QUERIES = 2048
-_LONG: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def long_keys(root: ir.Pattern) -> int:
-    """How many leading keys every query may see: the largest n of the pattern's
-    sink(n) and global(n) atoms (0 if none). Their tiles are the dK/dV kernel's
-    long ones; splitting any tile is correct, so this is only a schedule."""
-    n = _LONG.get(root)
-    if n is None:
-        n = 0
-        for node in ir.post_order(root):
-            if isinstance(node, ir.Atom) and node.kind in ("sink", "global") and isinstance(node.args[0], ir.Const):
-                n = max(n, node.args[0].value)
-        _LONG[root] = n
-    return n
+def long_keys(plan: KernelPlan) -> int:
+    """How many leading keys every query may see (the plan's long_keys: sink(n) and
+    global(n)). Their tiles are the dK/dV kernel's long ones; splitting any tile is
+    correct, so this is only a schedule."""
+    return plan.long_keys
 
 
-def split_plan(root: ir.Pattern, run: _Launch) -> tuple[int, int]:
+def split_plan(run: _Launch) -> tuple[int, int]:
     """(long keys, parts): the dK/dV kernel splits the tiles of keys [0, long keys)
     into `parts` programs each (1: no split). Long keys are rounded up to a multiple
     of 128, so that they are whole tiles for every BLOCK_M. Residue layouts (RATE > 1)
     are not split."""
-    n = -(-min(long_keys(root), run.lk) // 128) * 128
+    n = -(-min(long_keys(run.plan), run.lk) // 128) * 128
     work = run.lq * (run.h // run.hk)
     if n == 0 or run.plan.rate != 1 or work <= SPLIT_QUERIES:
         return 0, 1

@@ -221,13 +221,14 @@ def summaries(x: torch.Tensor, block: int, minmax: bool, **kw) -> tuple[torch.Te
 def prefill_inputs(plan, q, k, v, selection=None):
     """(selection, landmarks) of a prefill call of a dynamic plan: the topk
     selection (given, or computed here) and the landmark K/V means."""
-    from ..ir.atoms import atom_arg
+    from ..atoms import atom_arg
+    from ..ir.topk import num_groups
 
     lq, lk = q.shape[2], k.shape[2]
     if plan.topk is not None and selection is None:
         a = plan.topk
         block, minmax = atom_arg(a, "block").value, atom_arg(a, "score") == "minmax"
-        rows = 0 if lq == 0 else (lk - 1) // block - (lk - lq) // block + 1
+        rows = num_groups(lq, lk, block)
         selection = select(q, summaries(k, block, minmax), atom_arg(a, "n").value, block, lk, rows, minmax,
                            atom_arg(a, "causal").value)
     landmarks = None

@@ -11,7 +11,7 @@ from pathlib import Path
 from ..errors import PatternError, Span
 from ..ir import build
 from ..ir import nodes as ir
-from ..ir.atoms import ATOMS, arg_problem, atom_problem
+from ..atoms import ATOMS, arg_problem, atom_problem
 from ..ir.ranges import range_problem
 from . import ast
 from .parser import parse

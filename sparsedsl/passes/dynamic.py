@@ -19,21 +19,12 @@ from dataclasses import dataclass
 
 from ..ir import build
 from ..ir import nodes as ir
-from ..ir.atoms import atom_arg, is_dynamic
+from ..atoms import atom_arg, is_dynamic
+from ..ir.plan import TopkPart
 from .base import rewrite
 from .simplify import rule as simplify_rule
 
 NONE = build.atom("none")
-
-
-@dataclass(frozen=True)
-class TopkPart:
-    atom: ir.Atom
-    n: int
-    block: int
-    score: str
-    causal: bool
-    mask: ir.Node  # the element mask of a selected block's pairs: C & ~static
 
 
 @dataclass(frozen=True)

@@ -12,44 +12,23 @@ IR into a KernelPlan, the input of code generation.
   ranges first, each with the interval where no element mask is needed; and
   the transposed plan for the backward's dK/dV kernel: per key tile, the query
   segments that see it.
+
+kernel_plan(root) is the whole lowering of a checked pattern (the optimizer,
+then make_plan); the plan's types are data in ir/plan.py, which kernels/ reads.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import replace
 
 from ..ir import build
 from ..ir import nodes as ir
-from ..ir.atoms import atom_arg, is_dynamic
+from ..atoms import atom_arg, condition, is_dynamic
 from ..ir.heads import branch_condition
+from ..ir.plan import BranchPlan, KernelPlan
+from ..ir.printer import to_text
 from ..ir.ranges import widest
-from . import bounds
-from .dynamic import TopkPart, Unsupported, split
-
-
-@dataclass(frozen=True)
-class BranchPlan:
-    cond: ir.Node  # over h, H, Hk: the heads of this branch (first match wins)
-    mask: ir.Node  # the element mask
-    segments: tuple[bounds.Segment, ...]  # ranges first, then strided
-    query_segments: tuple[bounds.Segment, ...] = ()  # transposed: for a key tile, the queries that see it
-    topk: TopkPart | None = None  # the branch's selected blocks (segments and mask are its static part)
-    landmarks: int | None = None  # the landmark block size, if the branch sees landmarks
-
-
-@dataclass(frozen=True)
-class KernelPlan:
-    name: str
-    branches: tuple[BranchPlan, ...]
-    rate: int  # residue layout step (1: plain)
-    wide: bool  # 64-bit index arithmetic in masks and bounds
-    blocks: tuple[int, ...]  # block sizes of strided segments (the key tile must divide them)
-    topk: ir.Atom | None = None  # the pattern's topk atom (one selection tensor for all branches)
-    landmarks: int | None = None  # the pattern's landmark block size
-
-    @property
-    def dynamic(self) -> bool:
-        return self.topk is not None or self.landmarks is not None
-
+from . import bounds, optimize
+from .dynamic import Unsupported, split
 
 INT32_MAX = 2**31 - 1
 MAX_RATE = 256  # the largest dilation rate walked as a residue layout
@@ -84,27 +63,14 @@ def residue_rate(body: ir.Node) -> int:
 
 
 def _mask_terms(node: ir.Node):
-    """The integer expressions the element mask computes (emit.py), for the range check."""
-    q, k = ir.Sym("q"), ir.Sym("k")
+    """The integer expressions the element mask computes (emit.py: each static atom's
+    condition, sparsedsl/atoms/), for the range check."""
     if isinstance(node, ir.Cmp):
         return (node.a, node.b)
-    if not isinstance(node, ir.Atom):
+    if not isinstance(node, ir.Atom) or is_dynamic(node):
         return ()
-    arg = lambda name: atom_arg(node, name)  # noqa: E731
-    op = ir.IntOp
     args = tuple(a for a in node.args if isinstance(a, ir.Node) and ir.is_int(a))  # each is a value too
-    if node.kind == "window":
-        return args + (op("-", (q, arg("size"))),)
-    if node.kind == "band":
-        return args + (op("-", (q, arg("left"))), op("+", (q, arg("right"))))
-    if node.kind == "dilated":
-        return args + (op("-", (q, k)), op("*", (arg("size"), arg("rate"))),
-                       op("%", (op("-", (q, k)), arg("rate"))))
-    if node.kind == "local_blocks":
-        return args + (op("-", (op("//", (q, arg("block"))), op("//", (k, arg("block"))))),)
-    if node.kind == "strided":
-        return args + (op("%", (op("+", (op("//", (k, arg("block"))), arg("offset"))), arg("stride"))),)
-    return args
+    return args + tuple(x for c in ir.post_order(condition(node)) if isinstance(c, ir.Cmp) for x in (c.a, c.b))
 
 
 def _needs_wide(root: ir.Node) -> bool:
@@ -141,3 +107,21 @@ def make_plan(root: ir.Pattern) -> KernelPlan:
                           "use backend='reference'")
     return KernelPlan(root.name, tuple(branches), rate, _needs_wide(root), tuple(sorted(blocks)),
                       next(iter(topk_atoms), None), next(iter(landmark_blocks), None))
+
+
+def long_keys(root: ir.Node) -> int:
+    """How many leading keys every query may see: the largest n of the pattern's
+    sink(n) and global(n) atoms (0 if none). Their tiles are the dK/dV kernel's
+    long ones; splitting any tile is correct, so this is only a schedule."""
+    n = 0
+    for node in ir.post_order(root):
+        if isinstance(node, ir.Atom) and node.kind in ("sink", "global") and isinstance(node.args[0], ir.Const):
+            n = max(n, node.args[0].value)
+    return n
+
+
+def kernel_plan(root: ir.Pattern) -> KernelPlan:
+    """The lowering of a checked pattern to its kernel plan: the optimizer, then
+    make_plan, with the pattern's text and long keys (read from `root` as written).
+    Raises dynamic.Unsupported for data-dependent patterns without kernels."""
+    return replace(make_plan(optimize(root)), long_keys=long_keys(root), text=to_text(root))

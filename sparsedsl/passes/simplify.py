@@ -1,10 +1,13 @@
-"""simplify: algebraic facts of the atoms (window(a) | window(b) = window(max(a, b)),
-causal & window(w) = window(w), band(l, 0) = window(l + 1), dilated(w, 1) =
-window(w), empty sinks and strides of 1, ...)."""
+"""simplify: algebraic facts of the atoms, read from their definitions
+(sparsedsl/atoms/): single-atom rewrites (band(l, 0) = window(l + 1),
+dilated(w, 1) = window(w), empty sinks, strides of 1, a where(...) in the chunked
+form = chunked(...)), atoms ordered by one argument merging (window(a) |
+window(b) = window(max(a, b))), causal-only atoms inside causal (causal &
+window(w) = window(w))."""
 from __future__ import annotations
 
 from ..ir import nodes as ir
-from ..ir.ranges import INT_LIMIT, value_range
+from ..atoms import ATOMS
 from .base import Pass, rewrite
 from .canonicalize import FULL, NONE, has_landmarks
 from .canonicalize import rule as canonical
@@ -20,36 +23,43 @@ def _atom(n, kind):
     return isinstance(n, ir.Atom) and n.kind == kind
 
 
-def _window_size(n) -> int | None:
-    """w when n is window(w) with a constant w."""
-    return _const(n.args[0]) if _atom(n, "window") else None
+def _size(n) -> tuple | None:
+    """(kind, the other arguments, the constant size) of an atom whose definition orders it by one
+    argument (a larger value holds a superset of pairs: window, sink)."""
+    if not isinstance(n, ir.Atom):
+        return None
+    d = ATOMS[n.kind]
+    if d.merge is None:
+        return None
+    i = [p.name for p in d.params].index(d.merge)
+    v = _const(n.args[i])
+    return None if v is None else (n.kind, n.args[:i] + n.args[i + 1:], v)
 
 
 def atom_rule(n: ir.Node):
-    """Rewrites of single atoms into simpler equivalent atoms."""
+    """Rewrites of single atoms into simpler equivalent masks (each atom's `rewrite`)."""
     if not isinstance(n, ir.Atom):
         return None
-    a = [_const(x) if isinstance(x, ir.Node) else x for x in n.args]
-    if n.kind == "band" and a[1] == 0 and value_range(n.args[0])[1] < INT_LIMIT:  # (left + 1 stays in range)
-        return ir.Atom("window", (ir.IntOp("+", (n.args[0], ir.Const(1))) if a[0] is None else ir.Const(a[0] + 1),))
-    if n.kind == "dilated" and a[1] == 1:
-        return ir.Atom("window", (n.args[0],))
-    if n.kind == "sink" and a[0] == 0:  # (not global(0): it holds for the negative positions of Lq > Lk)
-        return NONE
-    if n.kind == "strided" and a[0] == 1:
-        return FULL
-    if n.kind == "local_blocks" and a[1] == 1:
-        return ir.Atom("window", (n.args[0],))
-    return None
+    d = ATOMS[n.kind]
+    return d.rewrite(d.args(n))
 
 
-def _merge(args, kind, pick):
-    """Replace all constant-size `kind` atoms in args by one with pick(sizes)."""
-    sizes = [_const(x.args[0]) for x in args if _atom(x, kind) and _const(x.args[0]) is not None]
-    if len(sizes) < 2:
-        return None
-    rest = [x for x in args if not (_atom(x, kind) and _const(x.args[0]) is not None)]
-    return rest + [ir.Atom(kind, (ir.Const(pick(sizes)),))]
+def _merge(args, union: bool):
+    """Atoms of one kind that differ only in their ordering argument merge into the widest
+    (union) or the narrowest (intersection), which moves to the end."""
+    out = list(args)
+    for kind in ATOMS:
+        group = [x for x in out if (_size(x) or (None,))[0] == kind]
+        for rest in dict.fromkeys(_size(x)[1] for x in group):
+            same = [x for x in group if _size(x)[1] == rest]
+            if len(same) > 1:
+                pick = (max if union else min)(same, key=lambda y: _size(y)[2])
+                out = [x for x in out if x not in same] + [pick]
+    return out if out != list(args) else None
+
+
+def _causal_only(n) -> bool:
+    return isinstance(n, ir.Atom) and n is not CAUSAL and ATOMS[n.kind].causal_only
 
 
 def set_rule(n: ir.Node):
@@ -64,18 +74,17 @@ def set_rule(n: ir.Node):
             kept = [x for x in args if x not in absorbed]
             return type(n)(tuple(kept)) if len(kept) > 1 else kept[0]
         kept = args
-        if CAUSAL in args and any(_atom(x, "window") for x in args):
-            # window(w) lies inside causal: causal | window = causal, causal & window = window
-            kept = [x for x in args if not _atom(x, "window")] if union else [x for x in args if x is not CAUSAL]
-        for kind in ("window", "sink"):  # same-kind atoms merge into the widest / narrowest
-            kept = _merge(kept, kind, max if union else min) or kept
+        if CAUSAL in args and any(_causal_only(x) for x in args):
+            # a causal-only atom lies inside causal: causal | it = causal, causal & it = it
+            kept = [x for x in args if not _causal_only(x)] if union else [x for x in args if x is not CAUSAL]
+        kept = _merge(kept, union) or kept
         if kept != args:
             return type(n)(tuple(kept)) if len(kept) > 1 else kept[0]
     if isinstance(n, ir.Diff):
-        wa, wb = _window_size(n.a), _window_size(n.b)
-        if wa is not None and wb is not None and wb >= wa:
+        a, b = _size(n.a), _size(n.b)
+        if a and b and a[:2] == b[:2] and b[2] >= a[2]:  # a smaller one of a kind minus a larger one
             return NONE
-        if n.b is CAUSAL and _atom(n.a, "window"):
+        if n.b is CAUSAL and _causal_only(n.a):
             return NONE
     return None
 

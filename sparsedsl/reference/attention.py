@@ -7,9 +7,10 @@ import math
 import torch
 
 from ..ir import nodes as ir
-from ..ir.atoms import atom_arg
+from ..atoms import atom_arg
+from ..ir.check import dynamic_atoms
 from .evaluate import eval_mask, grid_env
-from .heads import active_heads, dynamic_atoms
+from .heads import active_heads
 from .select import group_of_rows, landmark_keys, select_topk, selected_block_mask
 
 # Logit elements per chunk (B * H * rows * Lk); 2**25 float32 = 128 MiB.

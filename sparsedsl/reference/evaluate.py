@@ -12,92 +12,12 @@ from typing import Callable
 
 import torch
 
+from ..atoms import condition
 from ..ir import nodes as ir
-from ..ir.build import COMPARE
+from ..ir.evaluate import _MISSING, _t, eval_cond, eval_int  # noqa: F401 (re-exported)
 from ..ir.heads import branch_condition
 
 Value = "int | bool | torch.Tensor"
-
-
-def _t(x) -> torch.Tensor:
-    return x if isinstance(x, torch.Tensor) else torch.tensor(x)
-
-
-def _floordiv(a, b):
-    if isinstance(a, int) and isinstance(b, int):
-        return a // b
-    return torch.div(_t(a), _t(b), rounding_mode="floor")
-
-
-def _mod(a, b):
-    if isinstance(a, int) and isinstance(b, int):
-        return a % b
-    return torch.remainder(_t(a), _t(b))
-
-
-def _minmax(fn_int, fn_t):
-    def op(a, b):
-        if isinstance(a, int) and isinstance(b, int):
-            return fn_int(a, b)
-        return fn_t(_t(a), _t(b))
-
-    return op
-
-
-_INT = {
-    "+": lambda a, b: a + b,
-    "-": lambda a, b: a - b,
-    "*": lambda a, b: a * b,
-    "//": _floordiv,
-    "%": _mod,
-    "min": _minmax(min, torch.minimum),
-    "max": _minmax(max, torch.maximum),
-    "neg": lambda a: -a,
-    "abs": lambda a: abs(a),
-}
-
-
-_MISSING = object()
-
-
-def eval_int(node: ir.Node, env: dict, memo: dict | None = None):
-    """`memo` (node -> value for this env) makes a shared subexpression evaluate once."""
-    if isinstance(node, ir.Const):
-        return node.value
-    if isinstance(node, ir.Sym):
-        return env[node.name]
-    memo = {} if memo is None else memo
-    out = memo.get(node, _MISSING)
-    if out is _MISSING:
-        out = memo[node] = _INT[node.op](*(eval_int(a, env, memo) for a in node.args))
-    return out
-
-
-def eval_cond(node: ir.Node, env: dict, memo: dict | None = None):
-    if isinstance(node, ir.Bool):
-        return node.value
-    memo = {} if memo is None else memo
-    out = memo.get(node, _MISSING)
-    if out is _MISSING:
-        out = memo[node] = _eval_cond(node, env, memo)
-    return out
-
-
-def _eval_cond(node: ir.Node, env: dict, memo: dict):
-    if isinstance(node, ir.Cmp):
-        return COMPARE[node.op](eval_int(node.a, env, memo), eval_int(node.b, env, memo))
-    values = [eval_cond(a, env, memo) for a in node.args]
-    if node.op == "not":
-        v = values[0]
-        return (not v) if isinstance(v, bool) else torch.logical_not(v)
-    out = values[0]
-    for v in values[1:]:
-        if isinstance(out, bool) and isinstance(v, bool):
-            out = (out and v) if node.op == "and" else (out or v)
-        else:
-            fn = torch.logical_and if node.op == "and" else torch.logical_or
-            out = fn(_t(out), _t(v))
-    return out
 
 
 def _true(env) -> torch.Tensor:
@@ -117,41 +37,15 @@ def _bool(x, env) -> torch.Tensor:
 
 def atom_mask(a: ir.Atom, env: dict, dynamic: Callable | None, memo: dict | None = None) -> torch.Tensor:
     """The visibility of ordinary keys under one atom (broadcastable to [B, Hs, C, Lk])."""
-    q, k = env["q"], env["k"]
     kind = a.kind
     memo = {} if memo is None else memo
-    if kind == "where":
-        return _bool(eval_cond(a.args[0], env, memo), env) & _true(env)
     if kind == "landmarks":  # landmarks add virtual keys; no ordinary key
         return _false(env)
     if kind == "topk":
         if dynamic is None:
             raise ValueError("topk needs a block selection (pass q and k)")
         return dynamic(a, env)
-    x = [eval_int(v, env, memo) if isinstance(v, ir.Node) else v for v in a.args]
-    if kind == "full":
-        return _true(env)
-    if kind == "none":
-        return _false(env)
-    if kind == "causal":
-        return k <= q
-    if kind == "window":
-        return (q - x[0] < k) & (k <= q)
-    if kind == "band":
-        return (q - x[0] <= k) & (k <= q + x[1])
-    if kind == "sink":
-        return k < x[0]
-    if kind == "global":
-        return (q < x[0]) | (k < x[0])
-    if kind == "dilated":
-        d = q - k
-        return (d >= 0) & (d < x[0] * x[1]) & (_mod(d, x[1]) == 0)
-    if kind == "local_blocks":
-        d = _floordiv(q, x[1]) - _floordiv(k, x[1])
-        return (d >= 0) & (d < x[0])
-    if kind == "strided":
-        return _mod(_floordiv(k, x[1]) + x[2], x[0]) == 0
-    raise ValueError(f"no semantics for atom {kind!r}")  # pragma: no cover
+    return _bool(eval_cond(condition(a), env, memo), env) & _true(env)  # its definition (sparsedsl/atoms/)
 
 
 def branch_heads(b: ir.Branch, num_heads: int, num_kv_heads: int) -> range:

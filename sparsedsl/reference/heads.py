@@ -1,13 +1,13 @@
 """Checks and facts that need the head count: argument limits of head-dependent
 arguments, divisors, heads that no branch covers, and which heads each dynamic
-atom serves."""
+atom serves. (The list of a pattern's dynamic atoms is ir/check.py dynamic_atoms.)"""
 from __future__ import annotations
 
 import torch
 
 from ..errors import InputError, PatternError
 from ..ir import nodes as ir
-from ..ir.atoms import ATOMS, is_dynamic
+from ..atoms import ATOMS
 from ..ir.ranges import POSITION_LIMIT, value_range
 from .evaluate import eval_int, head_segments
 
@@ -125,22 +125,6 @@ def _check_atom(node: ir.Atom, segs: Segs, num_heads, num_kv_heads, spans) -> No
                 f"(H={num_heads}, Hk={num_kv_heads})",
                 spans.get(node),
             )
-
-
-def dynamic_atoms(root: ir.Node) -> list[ir.Atom]:
-    """Dynamic atoms in source order, each once."""
-    out: list[ir.Atom] = []
-    seen = set()
-    stack = [root]
-    while stack:
-        node = stack.pop()
-        if node in seen:
-            continue
-        seen.add(node)
-        if is_dynamic(node):
-            out.append(node)
-        stack.extend(reversed(node.children()))
-    return out
 
 
 def active_heads(root: ir.Node, atom: ir.Atom, num_heads: int, num_kv_heads: int) -> torch.Tensor:

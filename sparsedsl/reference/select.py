@@ -3,23 +3,15 @@ keys. Everything is computed in the caller's compute dtype (float32/float64).
 
 Query rows are grouped by absolute query block: row i of a call with Lq
 queries and Lk keys sits at q = Lk - Lq + i and belongs to group q // block.
-Selections are indexed by group - first_group, first_group = (Lk - Lq) // block.
+Selections are indexed by group - first_group, first_group = (Lk - Lq) // block
+(ir/topk.py: the layout).
 """
 from __future__ import annotations
 
 import torch
 
 from ..errors import InputError
-
-
-def first_group(q_len: int, kv_len: int, block: int) -> int:
-    return (kv_len - q_len) // block
-
-
-def num_groups(q_len: int, kv_len: int, block: int) -> int:
-    if q_len == 0:
-        return 0
-    return (kv_len - 1) // block - first_group(q_len, kv_len, block) + 1
+from ..ir.topk import first_group, num_groups
 
 
 def group_of_rows(q_len: int, kv_len: int, block: int, rows: torch.Tensor | None = None) -> torch.Tensor:

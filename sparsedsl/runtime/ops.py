@@ -5,7 +5,9 @@ differentiable with register_autograd.
 
 A pattern travels through the op as a key into a table of compiled IRs (ops
 take tensors and plain values only). The table holds the IRs weakly, so a
-dropped pattern frees its entry; keys are never reused. Triton is imported on
+dropped pattern frees its entry; keys are never reused. The ops find a
+pattern's kernel plan from its IR (plan_for: the last step of the compile
+pipeline, run once per IR and handed to the kernels). Triton is imported on
 the first launch, not with this module, so that TRITON_INTERPRET can still be
 set before it."""
 from __future__ import annotations
@@ -19,10 +21,18 @@ import torch
 
 from ..errors import InputError
 from ..ir import nodes as ir
+from ..atoms import atom_arg
+from ..ir.check import dynamic_atoms
+from ..ir.plan import KernelPlan
+from ..ir.topk import num_groups
+from ..passes.dynamic import Unsupported
+from ..passes.plan import kernel_plan
 
 # Weak both ways: a server compiling patterns per request must not keep them all.
 _PATTERNS: weakref.WeakValueDictionary[str, ir.Pattern] = weakref.WeakValueDictionary()
 _KEYS: weakref.WeakKeyDictionary[ir.Pattern, str] = weakref.WeakKeyDictionary()
+# The kernel plan of each IR, freed with it (a plan never refers back to its IR).
+_PLANS: weakref.WeakKeyDictionary[ir.Pattern, KernelPlan] = weakref.WeakKeyDictionary()
 _COUNT = itertools.count()
 _LOCK = threading.Lock()
 
@@ -44,6 +54,25 @@ def _root(key: str) -> ir.Pattern:
         raise InputError(f"pattern key {key!r} is no longer alive: its CompiledPattern was freed while a call "
                          "(e.g. a torch.compile'd graph) still used it; keep a reference to the pattern")
     return root
+
+
+def plan_for(root: ir.Pattern) -> KernelPlan:
+    """The kernel plan of a compiled IR (passes/plan.py kernel_plan: the optimizer,
+    then the lowering), computed once while the IR lives; the CompiledPattern keeps
+    it. InputError when the pattern has no generated kernels."""
+    plan = _PLANS.get(root)
+    if plan is None:
+        try:
+            plan = kernel_plan(root)
+        except Unsupported as e:
+            raise InputError(f"pattern {root.name!r}: {e}") from None
+        with _LOCK:
+            plan = _PLANS.setdefault(root, plan)
+    return plan
+
+
+def _plan(key: str) -> KernelPlan:
+    return plan_for(_root(key))
 
 
 def _varlen(cu_q, cu_k, max_q, max_k):
@@ -73,12 +102,11 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pattern: str, s
     from ..kernels.selection import prefill_inputs
 
     packed = cu_seqlens_q is not None
-    root = _root(pattern)
     landmarks = None
-    plan = launch.plan_for(root)
+    plan = _plan(pattern)
     if plan.dynamic:
         selection, landmarks = prefill_inputs(plan, q, k, v, selection)
-    out, lse = launch.forward(root, _view(q, packed), _view(k, packed), _view(v, packed), scale,
+    out, lse = launch.forward(plan, _view(q, packed), _view(k, packed), _view(v, packed), scale,
                               interpret=not q.is_cuda, config=_config(config),
                               varlen=_varlen(cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k),
                               selection=selection, landmarks=landmarks)
@@ -101,7 +129,7 @@ def attention_backward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: t
     from ..kernels import launch
 
     packed = cu_seqlens_q is not None
-    grads = launch.backward(_root(pattern), _view(q, packed), _view(k, packed), _view(v, packed),
+    grads = launch.backward(_plan(pattern), _view(q, packed), _view(k, packed), _view(v, packed),
                             _view(out, packed), lse.unsqueeze(0) if packed else lse, _view(dout, packed),
                             scale, interpret=not q.is_cuda, config=_config(config),
                             varlen=_varlen(cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k),
@@ -121,7 +149,8 @@ def _setup(ctx, inputs, output):
     out, lse = output
     ctx.save_for_backward(q, k, v, out, lse, cu_q, cu_k, selection)
     ctx.args = (pattern, scale, max_q, max_k, config)
-    ctx.root = _PATTERNS.get(pattern)  # the backward may run after the pattern itself was dropped
+    # the backward may run after the pattern itself was dropped: its IR (which keeps its plan) stays alive here
+    ctx.root = _PATTERNS.get(pattern)
 
 
 def _backward(ctx, dout, dlse):
@@ -140,18 +169,13 @@ attention.register_autograd(_backward, setup_context=_setup)
 @torch.library.custom_op("sparsedsl::select", mutates_args=())
 def select(q: torch.Tensor, k: torch.Tensor, pattern: str) -> torch.Tensor:
     """The topk selection of a dynamic pattern: int32 [B, H, R, n] (kernels/selection.py)."""
-    from ..kernels import launch
     from ..kernels.selection import prefill_inputs
 
-    return prefill_inputs(launch.plan_for(_root(pattern)), q, k, k)[0]
+    return prefill_inputs(_plan(pattern), q, k, k)[0]
 
 
 @select.register_fake
 def _(q, k, pattern):
-    from ..ir.atoms import atom_arg
-    from ..reference.heads import dynamic_atoms
-    from ..reference.select import num_groups
-
     atom = next(a for a in dynamic_atoms(_root(pattern)) if a.kind == "topk")
     block = atom_arg(atom, "block").value
     return q.new_empty((q.shape[0], q.shape[1], num_groups(q.shape[2], k.shape[2], block),

@@ -5,15 +5,16 @@ import torch
 
 from ..errors import InputError
 from ..ir import nodes as ir
-from ..ir.atoms import atom_arg
+from ..atoms import atom_arg
+from ..ir.check import dynamic_atoms
 from ..ir.graph import to_graph
+from ..ir.plan import KernelPlan
 from ..ir.printer import to_text
+from ..ir.topk import num_groups
 from ..reference.attention import compute_selection, reference_attention, visible
 from ..reference.heads import check_heads as check_head_args
-from ..reference.heads import dynamic_atoms
-from ..reference.select import num_groups
 from . import inputs
-from .ops import attention, pattern_key, select
+from .ops import attention, pattern_key, plan_for, select
 
 BACKENDS = ("auto", "reference", "triton")
 
@@ -27,6 +28,7 @@ class CompiledPattern:
         self.params = dict(params)
         self._spans = spans
         self._checked: set[tuple[int, int]] = set()
+        self._plan: KernelPlan | None = None
         self.dynamic_atoms = tuple(dynamic_atoms(root))
         # registered now, not in __call__: under torch.compile the call is traced, and a
         # traced registration would only take effect after the graph that needs it has run
@@ -50,6 +52,15 @@ class CompiledPattern:
     def graph(self):
         """The IR as a networkx DiGraph (shared sub-patterns are one node)."""
         return to_graph(self.root)
+
+    @property
+    def plan(self) -> KernelPlan:
+        """The kernel plan (ir/plan.py) the generated kernels are built from: the last
+        step of the compile pipeline (the optimizer, then the lowering), run on first
+        use and kept. InputError when the pattern has no generated kernels."""
+        if self._plan is None:
+            self._plan = plan_for(self.root)
+        return self._plan
 
     def __repr__(self) -> str:
         return f"<CompiledPattern {self.name}: {to_text(self.root.body) if not isinstance(self.root.body, ir.Heads) else 'per-head'}>"
@@ -78,6 +89,46 @@ class CompiledPattern:
             kinds = ", ".join(sorted({a.kind for a in self.dynamic_atoms}))
             raise InputError(f"{what}: pattern {self.name!r} depends on the data ({kinds}); "
                              "pass q= and k= to mask(), or use select_blocks(q, k)")
+
+    def cost(self, q_len, kv_len=None, num_heads=1, num_kv_heads=None, *, tile=(128, 128), head_dim=128):
+        """The forward kernel's static cost for this shape (runtime/cost.py CostReport):
+        summed over heads, `visited` key tiles, of them `full` (no element mask) and
+        `partial`, `needed` (tiles holding a visible pair), `ratio` = visited / needed
+        and `flops`; the same per head in `per_head`. Static patterns only."""
+        from .cost import pattern_cost
+
+        self._static_only("cost")
+        q_len, kv_len = self._lengths(q_len, kv_len)
+        h, hk = self._heads(num_heads, num_kv_heads)
+        try:
+            bm, bn = (inputs.check_size("tile", int(t), 1) for t in tile)
+        except (TypeError, ValueError):
+            raise InputError(f"cost: tile must be two positive integers (BLOCK_M, BLOCK_N), got {tile!r}") from None
+        return pattern_cost(self.root, self.plan, q_len, kv_len, h, hk, (bm, bn),
+                            inputs.check_size("head_dim", head_dim, 1))
+
+    def bounds_warnings(self, q_len=2048, num_heads=1, num_kv_heads=None, tile=(128, 64)) -> list[str]:
+        """Lines naming the parts of the pattern that make the kernel visit more than 1.5x
+        the key tiles it needs at this shape (no closed-form bounds), with file:line:col."""
+        from .cost import RATIO_WARNING, responsible
+
+        if self.is_dynamic:
+            return []
+        parts = responsible(self.root)
+        if not parts:
+            return []
+        rep = self.cost(q_len, num_heads=num_heads, num_kv_heads=num_kv_heads, tile=tile)
+        if rep.ratio <= RATIO_WARNING:
+            return []
+        out = []
+        for n in parts:
+            span = self._spans.get(n)
+            where = f"{span}: " if span is not None else ""
+            what = "a complement" if isinstance(n, ir.Compl) else f"`{to_text(n)}`"
+            out.append(f"{where}warning: pattern {self.name!r} visits {rep.ratio:.1f}x the key tiles it needs "
+                       f"(L={q_len}, tile {tile[0]}x{tile[1]}): {what} has no closed-form bounds, so every tile "
+                       "the rest of the pattern allows is visited and masked (docs/language.md, where)")
+        return out
 
     def _row_chunks(self, q_len, kv_len, num_heads, batch=1, device=None):
         step = max(1, (1 << 24) // max(1, batch * num_heads * max(kv_len, 1)))
@@ -198,7 +249,7 @@ class CompiledPattern:
             if len(atoms) > 1 or q.dtype == torch.float64:
                 raise InputError("select_blocks on backend='triton' takes one topk atom and float16, bfloat16 "
                                  "or float32 inputs; use backend='reference'")
-            self._kernel_plan()
+            self.plan  # (InputError when the pattern has no generated kernels)
             sel = select(q, k, self._op_key)  # [B, H, R, min(n, blocks)]
             n = atom_arg(atoms[0], "n").value
             if sel.shape[-1] < n:  # the reference's layout [B, H, R, n]: empty slots past the key blocks
@@ -271,12 +322,12 @@ class CompiledPattern:
                             block_table, None)
         from ..kernels.decode import summarize
 
-        self._kernel_plan()
+        plan = self.plan
         if new is not None:
             new = inputs.check_size("new", new, 1)
             if into is None:
                 raise InputError("summarize: new= refreshes existing summaries: pass them as into=")
-        return summarize(self.root, k_cache, v_cache, cache_seqlens, block_table, into, new)
+        return summarize(plan, k_cache, v_cache, cache_seqlens, block_table, into, new)
 
     def decode(self, q, k_cache, v_cache, cache_seqlens, *, block_table=None, summaries=None, scale=None,
                return_lse=False, num_splits=None, backend="auto"):
@@ -304,8 +355,7 @@ class CompiledPattern:
 
             paged = block_table is not None
             inputs.check_kernel(q, (block_table.shape[1] * k_cache.shape[1] if paged else k_cache.shape[2],), "decode")
-            self._kernel_plan()
-            out, lse = decode(self.root, q, k_cache, v_cache, cache_seqlens, scale, not q.is_cuda, block_table,
+            out, lse = decode(self.plan, q, k_cache, v_cache, cache_seqlens, scale, not q.is_cuda, block_table,
                               summaries, num_splits)
         return (out, lse) if return_lse else out
 
@@ -330,7 +380,7 @@ class CompiledPattern:
         if not self.is_dynamic:
             return None
         if not torch.compiler.is_compiling():  # (traced, the op itself raises the same error)
-            self._kernel_plan()
+            self.plan  # (InputError when the pattern has no generated kernels)
         if selection is not None:
             sel = self._selection_dict(selection, q, k)
             # ascending rows (the kernels skip a repeated id when it follows itself)
@@ -338,16 +388,6 @@ class CompiledPattern:
         if any(a.kind == "topk" for a in self.dynamic_atoms):
             return select(q, k, self._op_key)
         return None
-
-    def _kernel_plan(self):
-        """The kernel plan, or InputError when the pattern has no generated kernels."""
-        from ..kernels.launch import plan_for
-        from ..passes.dynamic import Unsupported
-
-        try:
-            return plan_for(self.root)
-        except Unsupported as e:
-            raise InputError(f"pattern {self.name!r}: {e}") from None
 
     def _reference_packed(self, q, k, v, scale, cu_q, cu_k):
         """The reference on a packed batch: each sequence on its own."""

@@ -1,0 +1,36 @@
+"""The data-dependent atoms: which keys they add depends on q and k, so they
+have no condition; passes/dynamic.py splits them from the static part of a
+pattern and the kernels read their selection (kernels/selection.py)."""
+from __future__ import annotations
+
+from ..ir import nodes as ir
+from .base import AtomDef, Param, int_param
+from .segments import EVERY_QUERY, EVERYTHING
+
+
+class Landmarks(AtomDef):
+    name, dynamic = "landmarks", True
+    params = (int_param("block", 64, 1, constant=True),)
+    formula = "one mean key/value per complete key block j, seen when j < q // block"
+
+    def segments(self, a, rate):  # no ordinary key
+        return ()
+
+    def query_segments(self, a, rate):
+        return ()
+
+
+class TopK(AtomDef):
+    name, dynamic = "topk", True
+    params = (int_param("n", minimum=1, constant=True), int_param("block", 64, 1, constant=True),
+              Param("score", "choice", "mean", choices=("mean", "minmax")), Param("causal", "bool", ir.Bool(True)))
+    formula = "the n best-scoring key blocks of each query block"
+
+    def segments(self, a, rate):  # (split off before planning; any key may be selected)
+        return EVERYTHING
+
+    def query_segments(self, a, rate):
+        return EVERY_QUERY
+
+
+DEFINITIONS = (Landmarks(), TopK())

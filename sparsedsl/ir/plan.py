@@ -1,0 +1,98 @@
+"""The kernel plan: everything code generation and the launches read of a
+pattern, as data. passes/plan.py builds it (the last step of the compile
+pipeline, run once per pattern: runtime/ops.py plan_for); kernels/ reads it and
+never builds one. Data only: this module sits below both passes/ and kernels/.
+
+    KernelPlan   the pattern: its branches, layout and dynamic parts
+    BranchPlan   one head branch: its condition, element mask and segments
+    TopkPart     a branch's selected key blocks (a topk atom)
+    Segment      what the kernels read of a key (or query) segment
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+from . import build
+from . import nodes as ir
+
+
+_ZERO = ir.Const(0)
+
+
+@dataclass(frozen=True)
+class Segment:
+    """Keys in [lo, hi) of a query tile (transposed: queries of a key tile);
+    with `stride`, only those in blocks j with (j + offset) % stride == 0; with
+    `guard`, only for heads where it holds. Keys of the segment inside
+    [full_lo, full_hi) are visible to every query of the tile (the kernel skips
+    the element mask there). The atoms' definitions and the bounds analysis
+    build them (atoms/segments.py); the kernels read them."""
+
+    lo: ir.Node
+    hi: ir.Node
+    full_lo: ir.Node = _ZERO
+    full_hi: ir.Node = _ZERO
+    block: ir.Node | None = None
+    stride: ir.Node | None = None
+    offset: ir.Node | None = None
+    guard: ir.Node = ir.Bool(True)
+
+    @property
+    def strided(self) -> bool:
+        return self.stride is not None
+
+    def meet(self, other: "Segment") -> "Segment":
+        """Keys in both segments (keeps this segment's stride filter)."""
+        def both(op, a, b):
+            return a if a is b else build.int_op(op, a, b)
+
+        return Segment(both("max", self.lo, other.lo), both("min", self.hi, other.hi),
+                       both("max", self.full_lo, other.full_lo), both("min", self.full_hi, other.full_hi),
+                       self.block, self.stride, self.offset, build.logic("and", self.guard, other.guard))
+
+    def partial(self) -> "Segment":
+        """The same keys, with no full interval."""
+        return replace(self, full_lo=_ZERO, full_hi=_ZERO)
+
+
+@dataclass(frozen=True)
+class TopkPart:
+    """A branch's topk atom as its kernels walk it: the selected blocks add the
+    pairs `mask` (C & ~static, passes/dynamic.py)."""
+
+    atom: ir.Atom
+    n: int
+    block: int
+    score: str
+    causal: bool
+    mask: ir.Node  # the element mask of a selected block's pairs: C & ~static
+
+
+@dataclass(frozen=True)
+class BranchPlan:
+    cond: ir.Node  # over h, H, Hk: the heads of this branch (first match wins)
+    mask: ir.Node  # the element mask
+    segments: tuple[Segment, ...]  # ranges first, then strided
+    query_segments: tuple[Segment, ...] = ()  # transposed: for a key tile, the queries that see it
+    topk: TopkPart | None = None  # the branch's selected blocks (segments and mask are its static part)
+    landmarks: int | None = None  # the landmark block size, if the branch sees landmarks
+
+
+@dataclass(frozen=True)
+class KernelPlan:
+    name: str
+    branches: tuple[BranchPlan, ...]
+    rate: int  # residue layout step (1: plain)
+    wide: bool  # 64-bit index arithmetic in masks and bounds
+    blocks: tuple[int, ...]  # block sizes of strided segments (the key tile must divide them)
+    topk: ir.Atom | None = None  # the pattern's topk atom (one selection tensor for all branches)
+    landmarks: int | None = None  # the pattern's landmark block size
+    # how many leading keys every query may see (the largest n of sink(n) and global(n)): the
+    # backward's dK/dV kernel splits their tiles over several programs (a schedule only)
+    long_keys: int = 0
+    # the pattern as .attn text: a comment in the generated source (not part of the plan's identity)
+    text: str = field(default="", compare=False, repr=False)
+
+    @property
+    def dynamic(self) -> bool:
+        return self.topk is not None or self.landmarks is not None
