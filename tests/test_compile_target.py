@@ -25,5 +25,5 @@ def test_kernels_compile_for_sm90(args):
     assert run.returncode == 0, run.stderr[-3000:]
     lines = run.stdout.splitlines()
     assert [line.split(":")[0] for line in lines] == ["sm_90", "sm_90 varlen"]
-    kernels = 4 if "nsa" in args[0] else 3  # fwd, dq, dkdv (+ dlm: the landmark entries' backward)
+    kernels = 5 if "nsa" in args[0] else 4  # fwd, guard, dq, dkdv (+ dlm: the landmark entries' backward)
     assert all(line.count(" ok (") == kernels for line in lines), run.stdout

@@ -48,9 +48,6 @@ REFERENCE_ENTRY_POINTS = {
     ("sparsedsl.reference.attention", "visible"),
     ("sparsedsl.reference.attention", "compute_selection"),
     ("sparsedsl.reference.evaluate", "eval_mask"),
-    # Not reference semantics: the head-count check. It stays until the integer
-    # evaluator it runs on (reference/evaluate.py eval_int, head_segments) moves below.
-    ("sparsedsl.reference.heads", "check_heads"),
 }
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from . import build
+from .evaluate import eval_int
 from . import nodes as ir
 
 ZERO, ONE = ir.Const(0), ir.Const(1)
@@ -29,3 +30,38 @@ def branch_condition(b: ir.Branch) -> ir.Node:
     lo = ZERO if b.start is None else _slice_bound(b.start)
     hi = H if b.stop is None else _slice_bound(b.stop)
     return build.logic("and", build.cmp(">=", h, lo), build.cmp("<", h, hi))
+
+
+def branch_heads(b: ir.Branch, num_heads: int, num_kv_heads: int) -> range:
+    """The heads a branch selection names (before first-match resolution)."""
+    env = {"H": num_heads, "Hk": num_kv_heads}
+    if b.kind == "all":
+        return range(num_heads)
+    if b.kind == "index":
+        i = eval_int(b.start, env)
+        i = i + num_heads if i < 0 else i
+        return range(i, i + 1) if 0 <= i < num_heads else range(0)
+    start = None if b.start is None else eval_int(b.start, env)
+    stop = None if b.stop is None else eval_int(b.stop, env)
+    return range(num_heads)[slice(start, stop)]
+
+
+def head_segments(node: ir.Heads, num_heads: int, num_kv_heads: int) -> list[tuple[int, int, int]]:
+    """[(start, stop, branch)] covering range(num_heads) in order: the heads
+    start..stop-1 take branch `branch` (-1: no branch covers them). Selections are
+    ranges, so this needs no list of every head."""
+    segs = [(0, num_heads, -1)]
+    for i, b in enumerate(node.branches):
+        r = branch_heads(b, num_heads, num_kv_heads)
+        lo, hi = r.start, r.stop
+        if lo >= hi:
+            continue
+        out = []
+        for a, z, owner in segs:
+            if owner >= 0 or z <= lo or a >= hi:
+                out.append((a, z, owner))
+                continue
+            out.extend(s for s in ((a, max(a, lo), -1), (max(a, lo), min(z, hi), i), (min(z, hi), z, -1))
+                       if s[0] < s[1])
+        segs = out
+    return segs

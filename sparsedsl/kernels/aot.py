@@ -6,8 +6,8 @@ from __future__ import annotations
 from ..ir.plan import KernelPlan
 from .launch import _pow2, kernels_for
 
-KINDS = ("fwd", "dq", "dkdv")
-_SIZES = ("H", "Hk", "Lq", "Lk", "LONG_KEYS", "SPLIT", "SEL_ROWS", "NL")
+KINDS = ("fwd", "guard", "dq", "dkdv")
+_SIZES = ("H", "Hk", "Lq", "Lk", "LONG_KEYS", "SPLIT", "SEL_ROWS", "NL", "GRID0", "GRID1", "GRID2")
 
 
 def _signature(fn, consts: dict, dtype: str) -> dict:

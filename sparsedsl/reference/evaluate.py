@@ -14,8 +14,8 @@ import torch
 
 from ..atoms import condition
 from ..ir import nodes as ir
-from ..ir.evaluate import _MISSING, _t, eval_cond, eval_int  # noqa: F401 (re-exported)
-from ..ir.heads import branch_condition
+from ..ir.evaluate import _MISSING, eval_cond, eval_int  # noqa: F401 (eval_int re-exported)
+from ..ir.heads import branch_condition, branch_heads, head_segments  # noqa: F401 (re-exported)
 
 Value = "int | bool | torch.Tensor"
 
@@ -46,41 +46,6 @@ def atom_mask(a: ir.Atom, env: dict, dynamic: Callable | None, memo: dict | None
             raise ValueError("topk needs a block selection (pass q and k)")
         return dynamic(a, env)
     return _bool(eval_cond(condition(a), env, memo), env) & _true(env)  # its definition (sparsedsl/atoms/)
-
-
-def branch_heads(b: ir.Branch, num_heads: int, num_kv_heads: int) -> range:
-    """The heads a branch selection names (before first-match resolution)."""
-    env = {"H": num_heads, "Hk": num_kv_heads}
-    if b.kind == "all":
-        return range(num_heads)
-    if b.kind == "index":
-        i = eval_int(b.start, env)
-        i = i + num_heads if i < 0 else i
-        return range(i, i + 1) if 0 <= i < num_heads else range(0)
-    start = None if b.start is None else eval_int(b.start, env)
-    stop = None if b.stop is None else eval_int(b.stop, env)
-    return range(num_heads)[slice(start, stop)]
-
-
-def head_segments(node: ir.Heads, num_heads: int, num_kv_heads: int) -> list[tuple[int, int, int]]:
-    """[(start, stop, branch)] covering range(num_heads) in order: the heads
-    start..stop-1 take branch `branch` (-1: no branch covers them). Selections are
-    ranges, so this needs no list of every head."""
-    segs = [(0, num_heads, -1)]
-    for i, b in enumerate(node.branches):
-        r = branch_heads(b, num_heads, num_kv_heads)
-        lo, hi = r.start, r.stop
-        if lo >= hi:
-            continue
-        out = []
-        for a, z, owner in segs:
-            if owner >= 0 or z <= lo or a >= hi:
-                out.append((a, z, owner))
-                continue
-            out.extend(s for s in ((a, max(a, lo), -1), (max(a, lo), min(z, hi), i), (min(z, hi), z, -1))
-                       if s[0] < s[1])
-        segs = out
-    return segs
 
 
 def head_assignment(node: ir.Heads, num_heads: int, num_kv_heads: int) -> list[int]:

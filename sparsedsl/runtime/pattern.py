@@ -12,7 +12,7 @@ from ..ir.plan import KernelPlan
 from ..ir.printer import to_text
 from ..ir.topk import num_groups
 from ..reference.attention import compute_selection, reference_attention, visible
-from ..reference.heads import check_heads as check_head_args
+from ..ir.head_args import check_heads as check_head_args
 from . import inputs
 from .ops import attention, pattern_key, plan_for, select
 
