@@ -72,18 +72,7 @@ def has_dynamic(node: ir.Node) -> bool:
 
 def dynamic_atoms(root: ir.Node) -> list[ir.Atom]:
     """Dynamic atoms in source order, each once."""
-    out: list[ir.Atom] = []
-    seen = set()
-    stack = [root]
-    while stack:
-        node = stack.pop()
-        if node in seen:
-            continue
-        seen.add(node)
-        if is_dynamic(node):
-            out.append(node)
-        stack.extend(reversed(node.children()))
-    return out
+    return [n for n in ir.pre_order(root) if is_dynamic(n)]
 
 
 def check_dynamic_placement(root: ir.Node, spans: dict | None = None) -> None:

@@ -22,20 +22,13 @@ class VerifyError(AssertionError):
 
 def to_graph(root: ir.Node) -> nx.DiGraph:
     g = nx.DiGraph(root=root)
-    seen = set()
-    stack = [root]
-    while stack:
-        node = stack.pop()
-        if node in seen:
-            continue
-        seen.add(node)
+    for node in ir.pre_order(root):
         g.add_node(node, kind=type(node).__name__)
         for i, child in enumerate(node.children()):
             if g.has_edge(node, child):
                 g.edges[node, child]["index"].append(i)
             else:
                 g.add_edge(node, child, index=[i])
-            stack.append(child)
     return g
 
 

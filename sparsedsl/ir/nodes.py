@@ -270,6 +270,19 @@ def post_order(root: Node, done=()) -> list[Node]:
     return out
 
 
+def pre_order(root: Node) -> list[Node]:
+    """The nodes under root (a DAG), parents before children and children in order (source
+    order), each once."""
+    out, seen, stack = [], set(), [root]
+    while stack:
+        n = stack.pop()
+        if n not in seen:
+            seen.add(n)
+            out.append(n)
+            stack.extend(reversed(n.children()))
+    return out
+
+
 def symbols(node: Node) -> frozenset[str]:
     """The built-in symbols an expression depends on."""
     return _symbols(node)
