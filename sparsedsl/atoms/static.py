@@ -234,7 +234,7 @@ class Where(AtomDef):
         return a.cond
 
     def rewrite(self, a):  # the chunked form, whichever way it was written
-        return Chunked.recognize(a.cond)
+        return _recognize_chunked(a.cond)
 
 
 def _recognize_chunked(cond):
@@ -260,8 +260,6 @@ def _chunk_of(e, var):
         return (e.args[1], x.args[1] if x.op == "+" else ir.Const(-x.args[1].value))
     return None
 
-
-Chunked.recognize = staticmethod(_recognize_chunked)
 
 DEFINITIONS = (Full(), Nothing(), Causal(), Window(), Band(), Sink(), Global(), Dilated(), LocalBlocks(),
                Strided(), Chunked(), Where())

@@ -41,6 +41,11 @@ class Segment:
     def strided(self) -> bool:
         return self.stride is not None
 
+    @property
+    def has_full(self) -> bool:
+        """Whether some keys may be full (an interval other than the empty [0, 0))."""
+        return not (self.full_lo == _ZERO and self.full_hi == _ZERO)
+
     def meet(self, other: "Segment") -> "Segment":
         """Keys in both segments (keeps this segment's stride filter)."""
         def both(op, a, b):

@@ -84,17 +84,13 @@ def _mask_functions(plan: KernelPlan) -> str:
     return "\n".join(out) + "\n"
 
 
-def _has_full(seg: Segment) -> bool:
-    return not (seg.full_lo == ir.Const(0) and seg.full_hi == ir.Const(0))
-
-
 def _describe(j: int, seg: Segment) -> str:
     desc = f"keys [{_text(seg.lo, 80)}, {_text(seg.hi, 80)})"
     if seg.strided:
         desc += f" in blocks j with (j + {_text(seg.offset, 80)}) % {_text(seg.stride, 80)} == 0"
     if seg.guard != ir.Bool(True):
         desc += f" if {_text(seg.guard, 80)}"
-    if _has_full(seg):
+    if seg.has_full:
         desc += f"; no mask in [{_text(seg.full_lo, 80)}, {_text(seg.full_hi, 80)})"
     return f"# segment {j}: {desc}"
 
@@ -124,7 +120,7 @@ def _segment_pieces(j: int, seg: Segment, segs, plan: KernelPlan, walk: bool,
     em = Emitter(f"b{j}_", wide=True)
     lo, hi = em.int(seg.lo), em.int(seg.hi)
     guard = em.cond(seg.guard) if seg.guard != ir.Bool(True) else None
-    full = _has_full(seg) and (_strided_here(seg, plan, walk) or not seg.strided)
+    full = seg.has_full and (strided_walk(seg, plan, walk) or not seg.strided)
     full_lo, full_hi = (em.int(seg.full_lo), em.int(seg.full_hi)) if full else (None, None)
     stride, offset = (em.int(seg.stride), em.int(seg.offset)) if seg.strided else (None, None)
     lines = [_describe(j, seg), *em.lines, f"lo = _clamp({lo}, {clip}, Lk)", f"hi = _clamp({hi}, {clip}, Lk)"]
@@ -132,7 +128,7 @@ def _segment_pieces(j: int, seg: Segment, segs, plan: KernelPlan, walk: bool,
         lines.append(f"hi = tl.where({guard}, hi, lo)")
     lines += [f"ua_{j} = _floor_to(_first_u(lo, c, RATE), BLOCK_N)",
               f"ub_{j} = tl.where(hi > lo, _floor_to(_first_u(hi, c, RATE) + BLOCK_N - 1, BLOCK_N), ua_{j})"]
-    strided = _strided_here(seg, plan, walk)
+    strided = strided_walk(seg, plan, walk)
     # (a strided segment walked as a plain range visits keys outside its blocks: all need the mask)
     if full:
         lines += [f"fa = _floor_to(_first_u(_clamp({full_lo}, {clip}, Lk), c, RATE) + BLOCK_N - 1, BLOCK_N)",
@@ -141,7 +137,7 @@ def _segment_pieces(j: int, seg: Segment, segs, plan: KernelPlan, walk: bool,
     # are cut out in closed form (each cut doubles the pieces), the others make a tile dead.
     spans = [(f"ua_{j}", f"ub_{j}")]
     deads = []
-    plain = [m for m, other in enumerate(segs[:j]) if not _strided_here(other, plan, walk)]
+    plain = [m for m, other in enumerate(segs[:j]) if not strided_walk(other, plan, walk)]
     for m in plain[:CUT_RANGES]:
         cut = []
         for a, b in spans:
@@ -149,7 +145,7 @@ def _segment_pieces(j: int, seg: Segment, segs, plan: KernelPlan, walk: bool,
         spans = cut
     deads += [f"((u0 >= ua_{m}) & (u0 < ub_{m}))" for m in plain[CUT_RANGES:]]
     deads += [f"((u0 >= ua_{m}) & (u0 < ub_{m}) & (_fmod(u0 // {o.block.value} + off_{m}, s_{m}) == 0))"
-              for m, o in enumerate(segs[:j]) if _strided_here(o, plan, walk)]
+              for m, o in enumerate(segs[:j]) if strided_walk(o, plan, walk)]
     dead = " | ".join(deads)
     if strided:
         # the offset only matters modulo the stride; both fit int32 unless the stride does not
@@ -182,7 +178,7 @@ def _segment_pieces(j: int, seg: Segment, segs, plan: KernelPlan, walk: bool,
     return lines, pieces
 
 
-def _strided_here(seg: Segment, plan: KernelPlan, walk: bool) -> bool:
+def strided_walk(seg: Segment, plan: KernelPlan, walk: bool) -> bool:
     """Walk a strided segment block by block (else as a plain range, every tile masked).
     `walk` says the key tile divides every constant strided block."""
     return walk and seg.strided and plan.rate == 1 and isinstance(seg.block, ir.Const)
@@ -245,7 +241,7 @@ def _branch_body(i: int, br, plan: KernelPlan, walk: bool, how: Traversal) -> li
         lines += setup
         pieces += ps
         for p in ps:
-            full[p.name] = _has_full(seg) and (_strided_here(seg, plan, walk) or not seg.strided)
+            full[p.name] = seg.has_full and (strided_walk(seg, plan, walk) or not seg.strided)
     dynamic = how.selected and (br.topk is not None or br.landmarks is not None)
     inverse = how.transposed and br.topk is not None
     if not pieces and not dynamic:

@@ -19,10 +19,6 @@ def _const(x) -> int | None:
     return x.value if isinstance(x, ir.Const) else None
 
 
-def _atom(n, kind):
-    return isinstance(n, ir.Atom) and n.kind == kind
-
-
 def _size(n) -> tuple | None:
     """(kind, the other arguments, the constant size) of an atom whose definition orders it by one
     argument (a larger value holds a superset of pairs: window, sink)."""

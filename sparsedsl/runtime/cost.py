@@ -14,10 +14,11 @@ from dataclasses import dataclass
 
 import torch
 
-from ..atoms import ATOMS, condition
+from ..atoms import condition
 from ..atoms.solve import fallbacks
 from ..ir import nodes as ir
 from ..ir.evaluate import eval_cond, eval_int
+from ..kernels.generate import strided_walk
 from ..reference.evaluate import eval_mask
 
 RATIO_WARNING = 1.5  # `sparsedsl check` warns above this visited / needed ratio
@@ -71,10 +72,6 @@ def _floor_to(x, n: int):
     return torch.div(x, n, rounding_mode="floor") * n
 
 
-def _has_full(seg) -> bool:
-    return not (seg.full_lo == ir.Const(0) and seg.full_hi == ir.Const(0))
-
-
 def _tensor(x, like: torch.Tensor) -> torch.Tensor:
     return x.to(torch.int64) if isinstance(x, torch.Tensor) else torch.full_like(like, int(x))
 
@@ -104,7 +101,7 @@ def _head_cost(root, plan, lq, lk, h, H, Hk, bm, bn, head_dim) -> HeadCost:
     heads = {"h": h, "hk": h // (H // Hk), "H": H, "Hk": Hk, "Lk": lk, "Lq": lq}
     br = _branch(plan, heads)
     rate = plan.rate
-    walk = rate == 1 and all(b % bn == 0 for b in plan.blocks)
+    walk = all(b % bn == 0 for b in plan.blocks)  # (as kernels/generate.py decides for fixed tiles)
     visited = full = needed = 0
     for c in range(rate):
         u_start = int(_first_u(torch.tensor(lk - lq), c, rate))
@@ -129,13 +126,13 @@ def _head_cost(root, plan, lq, lk, h, H, Hk, bm, bn, head_dim) -> HeadCost:
             ua = _floor_to(_first_u(lo, c, rate), bn)
             ub = torch.where(hi > lo, _floor_to(_first_u(hi, c, rate) + bn - 1, bn), ua)
             inside = (u0 >= ua) & (u0 < ub)
-            strided = walk and seg.strided and isinstance(seg.block, ir.Const)
+            strided = strided_walk(seg, plan, walk)
             if strided:
                 blk = seg.block.value
                 s, off = int(eval_int(seg.stride, env)), int(eval_int(seg.offset, env))
                 inside &= torch.remainder(torch.div(u0, blk, rounding_mode="floor") + off, s) == 0
             new = inside & ~seen
-            if _has_full(seg) and (strided or not seg.strided):
+            if seg.has_full and (strided or not seg.strided):
                 flo = torch.clamp(_tensor(eval_int(seg.full_lo, env), q0), 0, lk).view(-1, 1)
                 fhi = torch.clamp(_tensor(eval_int(seg.full_hi, env), q0), 0, lk).view(-1, 1)
                 fa = _floor_to(_first_u(flo, c, rate) + bn - 1, bn)
@@ -178,7 +175,7 @@ def responsible(root: ir.Node) -> list[ir.Node]:
     where(...) without a closed form, and complements."""
     out = []
     for n in ir.post_order(root):
-        if isinstance(n, ir.Atom) and not ATOMS[n.kind].dynamic and n.kind == "where":
+        if isinstance(n, ir.Atom) and n.kind == "where":
             out += fallbacks(condition(n))
         elif isinstance(n, ir.Compl):
             out.append(n)
