@@ -34,7 +34,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import sparsedsl  # noqa: E402
-from bench_forward import PATTERNS, bench, timed_block_mask  # noqa: E402
+from bench_forward import PATTERNS, bench, pick_patterns, raise_recompile_limit, timed_block_mask  # noqa: E402
 
 NAN = math.nan
 FWD_FLOPS, BWD_FLOPS, FB_FLOPS = 4, 10, 14          # per visible pair, times D
@@ -46,8 +46,8 @@ VARLEN_PATTERNS = ["causal", "sink128+window1024"]
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--lengths", type=int, nargs="+", default=[16384, 65536])
-    ap.add_argument("--patterns", nargs="+", default=list(PATTERNS), choices=list(PATTERNS), metavar="PATTERN",
-                    help="names from bench_forward.PATTERNS (default: all)")
+    ap.add_argument("--patterns", nargs="+", default=list(PATTERNS), metavar="PATTERN",
+                    help="names from bench_forward.PATTERNS, or the start of one (default: all)")
     ap.add_argument("--heads", type=int, default=16)
     ap.add_argument("--dim", type=int, default=128)
     ap.add_argument("--no-flex", action="store_true")
@@ -65,6 +65,7 @@ def parse_args(argv=None):
                     metavar="PATTERN")
     ap.add_argument("--out", default=None, help="write the markdown table(s) here")
     args = ap.parse_args(argv)
+    args.patterns = pick_patterns(args.patterns)
     if args.varlen_min < 1 or args.varlen_max < args.varlen_min or args.varlen_tokens < args.varlen_min:
         ap.error("need 1 <= --varlen-min <= --varlen-max and --varlen-tokens >= --varlen-min")
     return args
@@ -280,14 +281,8 @@ def maxdiff(a, b) -> float:
     return float((a.float() - b.float()).abs().max())
 
 
-def raise_recompile_limit(n=64):
-    # every pattern (mask_mod) and shape is one more FlexAttention compile; past the limit
-    # dynamo falls back to eager flex_attention, which materialises the scores (OOM at 64K)
-    import torch._dynamo
-
-    for name in ("recompile_limit", "cache_size_limit"):
-        if hasattr(torch._dynamo.config, name):
-            setattr(torch._dynamo.config, name, max(n, getattr(torch._dynamo.config, name)))
+def raise_limits(n=64):
+    raise_recompile_limit(n)
     # the timed backward reruns one graph (retain_graph=True), which compiled backwards
     # with donated buffers refuse
     import torch._functorch.config
@@ -456,7 +451,7 @@ def main(argv=None):
     import triton
     from torch.nn.attention.flex_attention import flex_attention
 
-    raise_recompile_limit()
+    raise_limits()
     flex = torch.compile(flex_attention, dynamic=False)
     dtype = torch.bfloat16
     versions = f"{torch.cuda.get_device_name()}, torch {torch.__version__}, triton {triton.__version__}"

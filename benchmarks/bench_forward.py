@@ -34,7 +34,25 @@ PATTERNS = {
     "where q//2048 == k//2048": ("pattern where_chunks() { causal & where(q // 2048 == k // 2048) }", {}, 16),
     "LongLoRA shifted 2048": ("pattern longlora() {\n heads[0:H // 2] => causal & where(q // 2048 == k // 2048)\n"
                               " heads[*] => causal & where((q + 1024) // 2048 == (k + 1024) // 2048)\n}", {}, 16),
+    # the same mask as one branch: the shift is a head-dependent chunk offset (0 or 1024)
+    "LongLoRA head offset 2048": ("pattern longlora_h() { causal & chunked(2048, h // (H // 2) * 1024) }", {}, 16),
 }
+
+
+def pick_patterns(names: list[str]) -> list[str]:
+    """PATTERNS' names for the command line's: each an exact name or the start of exactly one
+    (case and spaces ignored), so that `--patterns chunked where longloras` needs no quoting."""
+    def bare(s):
+        return s.lower().replace(" ", "")
+
+    picked = []
+    for want in names:
+        hits = [n for n in PATTERNS if n == want] or [n for n in PATTERNS if bare(n).startswith(bare(want))]
+        if len(hits) != 1:
+            raise SystemExit(f"--patterns {want!r}: {'no' if not hits else 'more than one'} pattern matches "
+                             f"(choose from: {', '.join(PATTERNS)})")
+        picked.append(hits[0])
+    return picked
 
 
 def timed_block_mask(p, L, h, hk):
@@ -45,6 +63,16 @@ def timed_block_mask(p, L, h, hk):
     bm = p.to_flex_block_mask(L, L, h, hk, device="cuda", compile=True)
     torch.cuda.synchronize()
     return bm, (time.perf_counter() - t0) * 1e3
+
+
+def raise_recompile_limit(n=64):
+    """Every pattern (mask_mod) and shape is one more FlexAttention compile; past dynamo's limit
+    (8) flex_attention falls back to eager, which materialises the scores: 100x slower, and OOM at 64K."""
+    import torch._dynamo
+
+    for name in ("recompile_limit", "cache_size_limit"):
+        if hasattr(torch._dynamo.config, name):
+            setattr(torch._dynamo.config, name, max(n, getattr(torch._dynamo.config, name)))
 
 
 def bench(fn, warmup=25, rep=100):
@@ -62,10 +90,12 @@ def main(argv=None):
     ap.add_argument("--no-flex", action="store_true")
     ap.add_argument("--out", default=None, help="write the markdown table here")
     args = ap.parse_args(argv)
+    args.patterns = pick_patterns(args.patterns)
     assert torch.cuda.is_available(), "the benchmark needs a CUDA GPU"
     from torch.nn.attention import SDPBackend, sdpa_kernel
     from torch.nn.attention.flex_attention import flex_attention
 
+    raise_recompile_limit()
     flex = torch.compile(flex_attention, dynamic=False)
     dev = torch.device("cuda")
     dtype = torch.bfloat16

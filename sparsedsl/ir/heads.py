@@ -32,6 +32,32 @@ def branch_condition(b: ir.Branch) -> ir.Node:
     return build.logic("and", build.cmp(">=", h, lo), build.cmp("<", h, hi))
 
 
+def _clamp01(x):
+    return build.int_op("min", ONE, build.int_op("max", ZERO, x))
+
+
+def indicator(cond: ir.Node) -> ir.Node:
+    """An integer expression equal to 1 where the condition (over the head symbols) holds and
+    0 elsewhere: min/max arithmetic on its comparisons, which the kernels compute per head."""
+    if isinstance(cond, ir.Bool):
+        return ir.Const(int(cond.value))
+    if isinstance(cond, ir.Logic):
+        parts = [indicator(a) for a in cond.args]
+        if cond.op == "not":
+            return build.int_op("-", ONE, parts[0])
+        out = parts[0]
+        for x in parts[1:]:
+            out = build.int_op("min" if cond.op == "and" else "max", out, x)
+        return out
+    a, b, op = cond.a, cond.b, cond.op
+    if op in (">", ">="):
+        a, b, op = b, a, "<" if op == ">" else "<="
+    if op in ("<", "<="):  # a < b: b - a >= 1; a <= b: b - a + 1 >= 1
+        return _clamp01(build.int_op("+", build.int_op("-", b, a), ONE) if op == "<=" else build.int_op("-", b, a))
+    differ = build.int_op("min", ONE, build.int_op("abs", build.int_op("-", a, b)))
+    return differ if op == "!=" else build.int_op("-", ONE, differ)
+
+
 def branch_heads(b: ir.Branch, num_heads: int, num_kv_heads: int) -> range:
     """The heads a branch selection names (before first-match resolution)."""
     env = {"H": num_heads, "Hk": num_kv_heads}

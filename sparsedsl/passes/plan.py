@@ -4,7 +4,11 @@ IR into a KernelPlan, the input of code generation.
 - head grouping: the top-level per-head branches become kernel branches;
   branches with the same body share one (their conditions are or-ed), and a
   head-dependent argument stays a per-head value computed in the kernel, not a
-  per-head kernel.
+  per-head kernel. Adjacent branches whose bodies differ only in integer atom
+  arguments become one branch whose arguments depend on the head (LongLoRA's
+  plain and shifted chunks: chunked(2048, 0) on some heads, chunked(2048, 1024)
+  on the rest, is chunked(2048, 1024 * [h not in the first group])) when that
+  keeps the tile walk's shape: one loop instead of one per branch.
 - layout: when every visible pair has q = k (mod r) (the pattern lies inside
   dilated(w, r)), the kernel walks one residue class of queries and keys at a
   time, so it does dense work (rate = r).
@@ -22,8 +26,8 @@ from dataclasses import replace
 
 from ..ir import build
 from ..ir import nodes as ir
-from ..atoms import atom_arg, condition, is_dynamic
-from ..ir.heads import branch_condition
+from ..atoms import ATOMS, atom_arg, condition, is_dynamic
+from ..ir.heads import branch_condition, indicator
 from ..ir.plan import BranchPlan, KernelPlan
 from ..ir.printer import to_text
 from ..ir.ranges import widest
@@ -50,6 +54,64 @@ def group_heads(body: ir.Node) -> list[tuple[ir.Node, ir.Node]]:
     return out
 
 
+def _blend(first: ir.Node, other: ir.Node, chosen: ir.Node) -> ir.Node:
+    """`first` where `chosen` (0 or 1) is 1, else `other`."""
+    if first == other:
+        return first
+    return build.int_op("+", other, build.int_op("*", build.int_op("-", first, other), chosen))
+
+
+def _align(a: ir.Node, b: ir.Node, chosen: ir.Node) -> ir.Node | None:
+    """One mask that is `a` where `chosen` is 1 and `b` where it is 0, when the two have
+    the same shape and differ only in integer arguments of static atoms; else None."""
+    if a == b:
+        return a
+    if type(a) is not type(b):
+        return None
+    if isinstance(a, ir.Atom):
+        if a.kind != b.kind or is_dynamic(a):
+            return None
+        args = []
+        for p, x, y in zip(ATOMS[a.kind].params, a.args, b.args):
+            if x != y and (p.kind != "int" or p.constant):
+                return None
+            args.append(_blend(x, y, chosen) if p.kind == "int" else x)
+        return ir.Atom(a.kind, tuple(args))
+    if isinstance(a, (ir.Union, ir.Inter)):
+        if len(a.args) != len(b.args):
+            return None
+        parts = [_align(x, y, chosen) for x, y in zip(a.args, b.args)]
+        return None if None in parts else type(a)(tuple(parts))
+    if isinstance(a, ir.Diff):
+        x, y = _align(a.a, b.a, chosen), _align(a.b, b.b, chosen)
+        return None if x is None or y is None else ir.Diff(x, y)
+    if isinstance(a, ir.Compl):
+        x = _align(a.a, b.a, chosen)
+        return None if x is None else ir.Compl(x)
+    return None
+
+
+def _walk_shape(mask: ir.Node, rate: int) -> tuple:
+    """What the code generator's loop nest depends on: the segments' kinds and strided blocks."""
+    return tuple((s.strided, s.block if s.strided else None, s.has_full) for s in bounds.segments(mask, rate))
+
+
+def merge_alike(groups: list[tuple[ir.Node, ir.Node]], rate: int) -> list[tuple[ir.Node, ir.Node]]:
+    """Adjacent (condition, body) groups whose static bodies differ only in integer atom
+    arguments, merged into one group with head-dependent arguments when the merged body
+    walks tiles the same way as each (first match: the first group's heads take its values)."""
+    out = list(groups[:1])
+    for cond, mask in groups[1:]:
+        c0, m0 = out[-1]
+        merged = _align(m0, mask, indicator(c0))
+        static = merged is not None and not any(is_dynamic(n) for n in ir.post_order(merged))
+        if static and _walk_shape(merged, rate) == _walk_shape(m0, rate) == _walk_shape(mask, rate):
+            out[-1] = (build.logic("or", c0, cond), merged)
+        else:
+            out.append((cond, mask))
+    return out
+
+
 def residue_rate(body: ir.Node) -> int:
     """r when every visible pair is congruent modulo r, else 1."""
     rates = set()
@@ -73,11 +135,12 @@ def _mask_terms(node: ir.Node):
     return args + tuple(x for c in ir.post_order(condition(node)) if isinstance(c, ir.Cmp) for x in (c.a, c.b))
 
 
-def _needs_wide(root: ir.Node) -> bool:
+def _needs_wide(root: ir.Node, masks=()) -> bool:
     """64-bit element masks when some value the mask computes may leave int32 (for any
-    position of a sequence the runtime takes; the tile bounds are always 64-bit)."""
+    position of a sequence the runtime takes; the tile bounds are always 64-bit).
+    `masks`: the branches' masks as planned (merged branches compute blended arguments)."""
     conds = [branch_condition(b) for n in ir.post_order(root) if isinstance(n, ir.Heads) for b in n.branches]
-    nodes = list(ir.post_order(root)) + [c for cond in conds for c in ir.post_order(cond)]
+    nodes = list(ir.post_order(root)) + [c for extra in (*conds, *masks) for c in ir.post_order(extra)]
     return any(widest(t) > INT32_MAX for n in nodes for t in _mask_terms(n))
 
 
@@ -88,7 +151,7 @@ def make_plan(root: ir.Pattern) -> KernelPlan:
     branches = []
     blocks = set()
     topk_atoms, landmark_blocks = set(), set()
-    for cond, mask in group_heads(root.body):
+    for cond, mask in merge_alike(group_heads(root.body), rate):
         parts = split(mask)
         if parts.topk:
             topk_atoms.add(parts.topk.atom)
@@ -105,7 +168,8 @@ def make_plan(root: ir.Pattern) -> KernelPlan:
     if len(topk_atoms) > 1 or len(landmark_blocks) > 1:
         raise Unsupported("kernels take one topk(...) atom and one landmark block size per pattern; "
                           "use backend='reference'")
-    return KernelPlan(root.name, tuple(branches), rate, _needs_wide(root), tuple(sorted(blocks)),
+    return KernelPlan(root.name, tuple(branches), rate, _needs_wide(root, [b.mask for b in branches]),
+                      tuple(sorted(blocks)),
                       next(iter(topk_atoms), None), next(iter(landmark_blocks), None))
 
 
