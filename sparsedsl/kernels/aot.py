@@ -4,30 +4,10 @@ kernel's shared memory. Needs Triton in normal mode (not TRITON_INTERPRET=1)."""
 from __future__ import annotations
 
 from ..ir.plan import KernelPlan
+from .interface import ArgumentError, aot_signature
 from .launch import _pow2, kernels_for
 
 KINDS = ("fwd", "guard", "dq", "dkdv")
-_SIZES = ("H", "Hk", "Lq", "Lk", "LONG_KEYS", "SPLIT", "SEL_ROWS", "NL", "GRID0", "GRID1", "GRID2")
-
-
-def _signature(fn, consts: dict, dtype: str) -> dict:
-    sig = {}
-    for name in fn.arg_names:
-        if name in consts:
-            sig[name] = "constexpr"
-        elif name.startswith("CU_") or name in ("BT", "SEL", "IOFF", "FLAG"):
-            sig[name] = "*i32"
-        elif name == "INV":
-            sig[name] = "*i64"
-        elif name in ("LSE", "DELTA", "WSK", "WSV", "KL", "VL", "DKL", "DVL"):
-            sig[name] = "*fp32"
-        elif name[0].isupper() and name not in _SIZES:
-            sig[name] = f"*{dtype}"
-        elif name in ("qk_scale", "sm_scale"):
-            sig[name] = "fp32"
-        else:
-            sig[name] = "i32"
-    return sig
 
 
 def compile_kernels(plan: KernelPlan, head_dim: int = 128, head_dim_v: int | None = None, dtype: str = "bf16",
@@ -43,15 +23,18 @@ def compile_kernels(plan: KernelPlan, head_dim: int = 128, head_dim_v: int | Non
     module, names = kernels_for(plan, True, head_dim, bn)
     consts = dict(HEAD_DIM=head_dim, HEAD_DIM_V=dv, BLOCK_D=_pow2(head_dim), BLOCK_DV=_pow2(dv), RATE=plan.rate,
                   WIDE=plan.wide, DOT_PRECISION="ieee" if dtype == "fp32" else "tf32", VARLEN=int(varlen),
-                  PAGE=0, GUARD=False, BLOCK_M=bm, BLOCK_N=bn)
+                  PAGE=0, BLOCK_M=bm, BLOCK_N=bn)
     out = {}
     for kind in KINDS + (("dlm",) if plan.landmarks is not None else ()):
         fn = getattr(module, names[kind])
         if not isinstance(fn, triton.runtime.jit.JITFunction):
             raise RuntimeError("compile_kernels needs Triton in normal mode: unset TRITON_INTERPRET")
-        index = {n: i for i, n in enumerate(fn.arg_names)}
-        mine = {n: v for n, v in consts.items() if n in index}
-        source = ASTSource(fn, _signature(fn, mine, dtype), {(index[n],): v for n, v in mine.items()})
+        signature = aot_signature(kind, dtype)
+        if list(signature) != list(fn.arg_names):
+            raise ArgumentError(f"internal error: the {kind} kernel's parameters {fn.arg_names} are not its "
+                                f"description's {list(signature)}")
+        source = ASTSource(fn, signature, {(i,): consts[n] for i, n in enumerate(signature)
+                                           if signature[n] == "constexpr"})
         compiled = triton.compile(source, target=GPUTarget("cuda", arch, 32),
                                   options=dict(num_warps=warps, num_stages=stages))
         out[kind] = compiled.metadata.shared

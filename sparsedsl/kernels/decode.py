@@ -19,7 +19,7 @@ from ..atoms import atom_arg
 from ..ir.evaluate import eval_int
 from ..ir.plan import KernelPlan
 from .generate import keep_config
-from .launch import LOG2E, _Launch, _sm_count, dynamic_args
+from .launch import LOG2E, _Launch, _sm_count, dynamic_tensors
 from .selection import select
 from .summaries import _pow2, stats
 
@@ -143,11 +143,18 @@ def decode(plan: KernelPlan, q, k_cache, v_cache, lens, scale: float, interpret:
                   config, None)
     run.lk = cap
     run.meta.update(VARLEN=2, PAGE=k_cache.shape[1] if block_table is not None else 0)
-    flag = torch.zeros(1, dtype=torch.int32, device=q.device)
-    args = (q, k_cache, v_cache, o_part, l_part, flag, q, lens,
-            *dynamic_args(run, q, selection, landmarks, k_cache, v_cache, o_part, l_part, block_table, parts=True),
-            h, hk, lq, cap, splits, scale * LOG2E)
-    run.run("fwd", lq, h * splits, args, guard=flag)
+    tensors, strides = dynamic_tensors(selection, landmarks)
+    tensors.update(Q=q, K=k_cache, V=v_cache, O=o_part, LSE=l_part, FLAG=torch.zeros(1, dtype=torch.int32,
+                                                                                   device=q.device),
+                   CU_Q=None, CU_K=lens, BT=block_table)
+    # the workspaces' part axis comes first, last in the kernel's stride group
+    strides.update((name, (*t.stride()[1:], t.stride(0))) for name, t in (("O", o_part), ("LSE", l_part)))
+    if block_table is not None:  # pages [P, PAGE, Hk, D], no batch stride: a position's page comes from the table
+        strides.update((name, (0, t.stride(2), t.stride(1), t.stride(3), t.stride(0)))
+                       for name, t in (("K", k_cache), ("V", v_cache)))
+        strides["BT"] = (block_table.stride(0),)
+    run.run("fwd", lq, h * splits, tensors, dict(H=h, Hk=hk, Lq=lq, Lk=cap, SPLIT=splits, qk_scale=scale * LOG2E),
+            strides, guard=True)
     merge_kernel[(triton.cdiv(lq, 16), h, b)](o_part, l_part, out, lse, *o_part.stride(), *l_part.stride(),
                                              *out.stride(), *lse.stride(), lq, splits,
                                              HEAD_DIM_V=dv, BLOCK_DV=_pow2(max(dv, 16)), BLOCK=16)

@@ -1,18 +1,25 @@
-"""KernelPlan -> Triton source: the template from codegen/ with the
-plan-specific parts (element masks, per-branch segment loops) filled in.
+"""KernelPlan -> Triton source: the Jinja2 templates in codegen/ (one per
+kernel, codegen/kernels.py.jinja includes them in order) with the
+plan-specific parts (element masks, per-branch segment loops) generated here.
 
-One module per plan holds three kernels: the forward, the backward's dQ
-kernel (the forward's traversal: per query tile, the key segments) and its
-dK/dV kernel (the transposed traversal: per key tile, the query segments)."""
+One module per plan holds the kernels: the forward and its guard, the
+backward's dQ kernel (the forward's traversal: per query tile, the key
+segments), its dK/dV kernel (the transposed traversal: per key tile, the query
+segments) and, with landmark entries, their backward (dlm). The kernels'
+signatures come from their descriptions in kernels/interface.py."""
 from __future__ import annotations
 
+import functools
 import hashlib
+
+import jinja2
 
 from ..ir import nodes as ir
 from ..ir.printer import to_text
 from ..ir.plan import KernelPlan, Segment
 from ..resources import data_dir
 from .emit import Emitter
+from .interface import KERNELS
 
 # (BLOCK_M, BLOCK_N, num_warps, num_stages). Measured on an H100 (benchmarks/tile_sweep.py):
 # dense-ish patterns like large tiles, windows and sparse blocks like 64-row tiles.
@@ -36,8 +43,11 @@ def keep_config(plan: KernelPlan, block_n: int, head_dim: int) -> bool:
     return head_dim <= 128 or block_n <= 64
 
 
-def _template() -> str:
-    return (data_dir("codegen") / "attention.py.tmpl").read_text()
+@functools.cache
+def _templates() -> jinja2.Environment:
+    return jinja2.Environment(loader=jinja2.FileSystemLoader(str(data_dir("codegen"))),
+                              undefined=jinja2.StrictUndefined, keep_trailing_newline=True, trim_blocks=True,
+                              lstrip_blocks=True, autoescape=False)
 
 
 def _indent(lines: list[str], n: int) -> str:
@@ -377,22 +387,6 @@ def _landmark_body(i: int, br, plan: KernelPlan) -> list[str]:
             "DOT_PRECISION, WIDE)"]
 
 
-def _landmark_spread(plan: KernelPlan) -> str:
-    """dK/dV kernel: each key of a complete landmark block gets 1/block of its entry's gradient."""
-    lb = plan.landmarks
-    if lb is None:
-        return ""
-    lines = [f"if part <= 0:  # landmark entries are means of {lb} keys: each key gets 1/{lb} of its entry's",
-             f"    ent = k_pos // {lb}",
-             "    lm_ok = key_ok & (ent < NL)",
-             "    w = (b64 * Hk + hk64) * NL + ent.to(tl.int64)",
-             "    dk += tl.load(DKL + w[:, None] * HEAD_DIM + offs_d[None, :],",
-             f"                  mask=lm_ok[:, None] & (offs_d[None, :] < HEAD_DIM), other=0.0) * {1.0 / lb!r}",
-             "    dv += tl.load(DVL + w[:, None] * HEAD_DIM_V + offs_dv[None, :],",
-             f"                  mask=lm_ok[:, None] & (offs_dv[None, :] < HEAD_DIM_V), other=0.0) * {1.0 / lb!r}"]
-    return _indent(lines, 8)
-
-
 def _branches(plan: KernelPlan, walk: bool, how: Traversal | None, indent: int = 8) -> str:
     """Every branch's code under its head condition; `how` None: the landmark backward."""
     lines: list[str] = []
@@ -413,22 +407,19 @@ def _branches(plan: KernelPlan, walk: bool, how: Traversal | None, indent: int =
     return _indent(lines, indent)
 
 
-def _autotune(configs, key: str = TUNE_KEY) -> str:
-    listed = ",\n        ".join(
-        f'triton.Config({{"BLOCK_M": {m}, "BLOCK_N": {n}}}, num_warps={w}, num_stages={s})'
-        for m, n, w, s in configs)
-    return f"@triton.autotune(\n    configs=[\n        {listed},\n    ],\n    key={key},\n)"
-
-
 def kernel_names(plan: KernelPlan) -> dict[str, str]:
+    """{kind: kernel name} of the kernels of a plan's module (dlm: with landmark entries only)."""
     stem = _ident(plan.name)
-    return {"fwd": f"{stem}_fwd_kernel", "dq": f"{stem}_bwd_dq_kernel", "dkdv": f"{stem}_bwd_dkdv_kernel",
-            "dlm": f"{stem}_bwd_landmarks_kernel", "guard": f"{stem}_fwd_guard_kernel"}
+    names = {"fwd": f"{stem}_fwd_kernel", "dq": f"{stem}_bwd_dq_kernel", "dkdv": f"{stem}_bwd_dkdv_kernel",
+             "dlm": f"{stem}_bwd_landmarks_kernel", "guard": f"{stem}_fwd_guard_kernel"}
+    if plan.landmarks is None:
+        del names["dlm"]
+    return names
 
 
 def kernel_source(plan: KernelPlan, pattern_text: str, fixed_tiles: bool, head_dim: int,
                   block_n: int | None = None) -> tuple[str, dict[str, str]]:
-    """(source, {"fwd" | "dq" | "dkdv": kernel name}) of the kernels of a plan;
+    """(source, {kind: kernel name}) of the kernels of a plan (kinds: kernels/interface.py);
     autotuned over short config lists unless `fixed_tiles` (the interpreter, or
     tiles chosen by the caller, whose iterated tile is `block_n`)."""
     def fits(configs, strided, own_tile_too=True):
@@ -442,25 +433,21 @@ def kernel_source(plan: KernelPlan, pattern_text: str, fixed_tiles: bool, head_d
     else:
         walk = bool(fits(GPU_CONFIGS, True, False)) and bool(fits(DQ_CONFIGS, True))
     names = kernel_names(plan)
-    tunes = dict.fromkeys(names, "")  # fixed tiles (and the guard kernel): the caller passes BLOCK_M and BLOCK_N
+    tunes = dict.fromkeys(names)  # fixed tiles (and the guard kernel): the caller passes BLOCK_M and BLOCK_N
     if not fixed_tiles:
-        tunes = {"fwd": _autotune(fits(GPU_CONFIGS, walk, False)), "dq": _autotune(fits(DQ_CONFIGS, walk)),
-                 "dkdv": _autotune(fits(DKDV_CONFIGS, False)),
-                 "dlm": _autotune(fits(DKDV_CONFIGS, False), '["HEAD_DIM", "HEAD_DIM_V", "H", "Hk"]'), "guard": ""}
-    text = " ".join(pattern_text.split())
-    src = (_template()
-           .replace("{{pattern_name}}", plan.name)
-           .replace("{{pattern_text}}", text)
-           .replace("{{mask_functions}}", _mask_functions(plan))
-           .replace("{{fwd_branches}}", _branches(plan, walk, FORWARD))
-           .replace("{{dq_branches}}", _branches(plan, walk, DQ))
-           .replace("{{dkdv_branches}}", _branches(plan, walk, DKDV, 12))
-           .replace("{{dkdv_spread}}", _landmark_spread(plan))
-           .replace("{{dlm_branches}}", _branches(plan, walk, None, 12)))
-    for kind in names:
-        src = src.replace(f"{{{{{kind}_autotune}}}}", tunes[kind]).replace(f"{{{{{kind}_name}}}}", names[kind])
+        tunes.update(fwd=(fits(GPU_CONFIGS, walk, False), TUNE_KEY), dq=(fits(DQ_CONFIGS, walk), TUNE_KEY),
+                     dkdv=(fits(DKDV_CONFIGS, False), TUNE_KEY),
+                     dlm=(fits(DKDV_CONFIGS, False), '["HEAD_DIM", "HEAD_DIM_V", "H", "Hk"]'))
+    src = _templates().get_template("kernels.py.jinja").render(
+        pattern_name=plan.name, pattern_text=" ".join(pattern_text.split()), plan_hash=_HASH, kernels=KERNELS,
+        names=names, tunes=tunes, landmarks=plan.landmarks, mask_functions=_mask_functions(plan),
+        fwd_branches=_branches(plan, walk, FORWARD), dq_branches=_branches(plan, walk, DQ),
+        dkdv_branches=_branches(plan, walk, DKDV, 12), dlm_branches=_branches(plan, walk, None, 12))
     # the hash of the text itself (the plan's repr would unfold its shared subexpressions)
-    return src.replace("{{plan_hash}}", hashlib.sha256(src.encode()).hexdigest()[:12]), names
+    return src.replace(_HASH, hashlib.sha256(src.encode()).hexdigest()[:12], 1), names
+
+
+_HASH = "{{plan_hash}}"  # rendered first, then replaced by the hash of the source holding it
 
 
 def _ident(name: str) -> str:

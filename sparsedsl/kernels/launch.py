@@ -18,6 +18,7 @@ from ..errors import InputError
 from ..ir.plan import KernelPlan
 from .cache import load_source
 from .generate import kernel_source
+from .interface import KERNELS, bind
 
 LOG2E = 1.4426950408889634
 # Keyed weakly by the plan (its pattern owns it): a pattern's kernels go with it
@@ -109,16 +110,20 @@ class _Launch:
         (the batch axis picks a sequence, whose rows start at its cumulative start)."""
         return (0, *t.stride()[1:]) if self.varlen is not None else t.stride()
 
-    def run(self, kind: str, own_len: int, heads: int, args: tuple, extra=None, guard=None) -> None:
+    def run(self, kind: str, own_len: int, heads: int, tensors: dict, scalars: dict, strides: dict | None = None,
+            extra=None, guard: bool = False) -> None:
         """Launch kernel `kind` over tiles of `own_len` positions (+1: with Lq != Lk
         a residue class may hold one more), `heads` per batch entry; `extra(BLOCK_M)`
-        more programs on the first grid axis. `guard` (the forward's FLAG): the guard
-        kernel follows, which computes the outputs again where a NaN or an infinity
-        in V reached a tile (FLAG set) and otherwise returns at once."""
+        more programs on the first grid axis. The arguments go by name (interface.bind:
+        `tensors`, `scalars`, the `strides` that are not the tensors' own). `guard`
+        (the forward): the guard kernel follows, which computes the outputs again where
+        a NaN or an infinity in V reached a tile (FLAG set) and otherwise returns at once."""
         fixed = self.fixed(kind)
         module, names = kernels_for(self.plan, fixed is not None, self.head_dim, fixed[1] if fixed else None)
         kernel = getattr(module, names[kind])
-        meta = {k: v for k, v in self.meta.items() if k in kernel_args(kernel)}  # Triton rejects unknown keywords
+        args = bind(kind, tensors, scalars, strides, self.strides)
+        # Triton rejects unknown keywords: each kernel takes some of the meta-parameters
+        meta = {k: v for k, v in self.meta.items() if k in KERNELS[kind].constexprs}
         rate = self.plan.rate
         per_class = -(-own_len // rate) + 1
 
@@ -129,18 +134,18 @@ class _Launch:
         if fixed is not None:
             bm, bn, *rest = fixed
             launch = dict(zip(("num_warps", "num_stages"), rest))
-            kernel[grid({"BLOCK_M": bm})](*args, **meta, BLOCK_M=bm, BLOCK_N=bn, **launch)
+            kernel[grid({"BLOCK_M": bm})](**args, **meta, BLOCK_M=bm, BLOCK_N=bn, **launch)
         else:
-            kernel[grid](*args, **meta)
-        if guard is None or (self.interpret and guard.item() == 0):  # (on the CPU: no launch to pay for)
+            kernel[grid](**args, **meta)
+        if not guard or (self.interpret and tensors["FLAG"].item() == 0):  # (on the CPU: no launch to pay for)
             return
         # the guard kernel: fixed tiles (it runs only on non-finite inputs), a few programs
         bm, bn, *rest = fixed or ((64, 32, 4, 2) if self.head_dim <= 128 else (32, 32, 4, 2))
         launch = dict(zip(("num_warps", "num_stages"), rest))
         g0, g1, g2 = grid({"BLOCK_M": bm})
-        programs = min(g0 * g1 * g2, 4 if self.interpret else 2 * _sm_count(guard.device))
-        getattr(module, names["guard"])[(max(programs, 1),)](*args, **meta, GRID0=g0, GRID1=g1, GRID2=g2,
-                                                             BLOCK_M=bm, BLOCK_N=bn, **launch)
+        programs = min(g0 * g1 * g2, 4 if self.interpret else 2 * _sm_count(tensors["FLAG"].device))
+        args = bind("guard", tensors, {**scalars, "GRID0": g0, "GRID1": g1, "GRID2": g2}, strides, self.strides)
+        getattr(module, names["guard"])[(max(programs, 1),)](**args, **meta, BLOCK_M=bm, BLOCK_N=bn, **launch)
 
 
 _SMS: dict = {}
@@ -180,35 +185,22 @@ def forward(plan: KernelPlan, q, k, v, scale: float, interpret: bool, config=Non
     run = _Launch(plan, q, k, v, interpret, config, varlen)
     if run.batch == 0:
         return out, lse
-    flag = torch.zeros(1, dtype=torch.int32, device=q.device)
-    args = (q, k, v, out, lse, flag, *run.cu, *dynamic_args(run, q, selection, landmarks, k, v, out, lse),
-            h, run.hk, run.lq, run.lk, 1, scale * LOG2E)
-    run.run("fwd", run.lq, h, args, guard=flag)
+    tensors, strides = dynamic_tensors(selection, landmarks)
+    tensors.update(Q=q, K=k, V=v, O=out, LSE=lse, FLAG=torch.zeros(1, dtype=torch.int32, device=q.device),
+                   CU_Q=run.cu[0], CU_K=run.cu[1], BT=None)
+    run.run("fwd", run.lq, h, tensors, dict(H=h, Hk=run.hk, Lq=run.lq, Lk=run.lk, SPLIT=1, qk_scale=scale * LOG2E),
+            strides, guard=True)
     return out, lse
 
 
-def dynamic_args(run: "_Launch", q, selection, landmarks, k, v, out, lse, block_table=None, parts=False):
-    """The forward's pointer and stride arguments after CU_K: the block table, selection and
-    landmark tensors (q where unused) and every tensor's strides; `parts`: out and lse are
-    split-KV workspaces with a leading part axis; a paged cache has no batch stride."""
-    st = run.strides
+def dynamic_tensors(selection, landmarks) -> tuple[dict, dict]:
+    """The selection and landmark tensors of the forward and dQ kernels (None where unused),
+    and their strides (their own, as allocated: never a packed batch's)."""
     if selection is not None:  # contiguous rows: the kernels read a row's width from its stride
         selection = selection.contiguous()
-    sel = selection if selection is not None else q
-    kl, vl = landmarks if landmarks is not None else (q, q)
-    bt = block_table if block_table is not None else q
-    if block_table is not None:  # pages [P, PAGE, Hk, D]: a position's page comes from the table
-        kst = (0, k.stride(2), k.stride(1), k.stride(3), k.stride(0))
-        vst = (0, v.stride(2), v.stride(1), v.stride(3), v.stride(0))
-    else:
-        kst, vst = (*st(k), 0), (*st(v), 0)
-    ost = (*out.stride()[1:], out.stride(0)) if parts else (*st(out), 0)
-    lst = (*lse.stride()[1:], lse.stride(0)) if parts else (*st(lse), 0)
-    sst = selection.stride() if selection is not None else (0, 0, 0, 0)
-    klst = kl.stride() if landmarks is not None else (0, 0, 0, 0)
-    vlst = vl.stride() if landmarks is not None else (0, 0, 0, 0)
-    return (bt, sel, kl, vl, *st(q), *kst, *vst, *ost, *lst, bt.stride(0) if block_table is not None else 0,
-            *sst, *klst, *vlst)
+    kl, vl = landmarks if landmarks is not None else (None, None)
+    tensors = dict(SEL=selection, KL=kl, VL=vl)
+    return tensors, {name: t.stride() for name, t in tensors.items() if t is not None}
 
 
 def backward(plan: KernelPlan, q, k, v, out, lse, dout, scale: float, interpret: bool, config=None,
@@ -235,36 +227,32 @@ def backward(plan: KernelPlan, q, k, v, out, lse, dout, scale: float, interpret:
 
         landmarks = prefill_inputs(plan, q, k, v, selection)[1]
     delta = backward_delta(out, dout, lse, dlse)
-    st = run.strides
-    common = (*st(q), *st(k), *st(v), *st(dout), *st(lse))
-    sizes = (run.h, run.hk, run.lq, run.lk)
-    kl, vl = landmarks if landmarks is not None else (q, q)
+    common = dict(Q=q, K=k, V=v, DO=dout, LSE=lse, DELTA=delta, CU_Q=run.cu[0], CU_K=run.cu[1])
+    sizes = dict(H=run.h, Hk=run.hk, Lq=run.lq, Lk=run.lk, qk_scale=scale * LOG2E, sm_scale=scale)
     if "dq" in kinds:
-        run.run("dq", run.lq, run.h, (q, k, v, dout, lse, delta, dq, *run.cu, q if sel is None else sel, kl, vl,
-                                      *common, *(sel.stride() if sel is not None else (0,) * 4),
-                                      *(kl.stride() if landmarks else (0,) * 4),
-                                      *(vl.stride() if landmarks else (0,) * 4), *sizes, scale * LOG2E, scale))
+        tensors, strides = dynamic_tensors(sel, landmarks)
+        run.run("dq", run.lq, run.h, {**common, "DQ": dq, **tensors}, sizes, strides)
     if "dkdv" in kinds:
-        inv, ioff = inverse_selection(sel, -(-run.lk // _topk_block(plan))) if sel is not None else (q, q)
+        inv, ioff = inverse_selection(sel, -(-run.lk // _topk_block(plan))) if sel is not None else (None, None)
         dkl, dvl, nl = _landmark_grads(run, plan, q, landmarks, dout, lse, delta, scale)
         long_keys, parts = split_plan(run)
-        wsk = wsv = dk  # no split: unused pointers
+        wsk = wsv = None  # no split: unused
         if parts > 1:
             shape = (parts, run.batch, run.hk, long_keys)
             wsk = torch.empty((*shape, run.meta["BLOCK_D"]), device=q.device, dtype=torch.float32)
             wsv = torch.empty((*shape, run.meta["BLOCK_DV"]), device=q.device, dtype=torch.float32)
-        inv_st = (*inv.stride()[:2], *ioff.stride()[:2]) if sel is not None else (0,) * 4
-        rows = sel.shape[2] if sel is not None else 1
-        run.run("dkdv", run.lk, run.hk, (q, k, v, dout, lse, delta, dk, dv, wsk, wsv, *run.cu, inv, ioff, dkl, dvl,
-                                         *common, *inv_st, *sizes, scale * LOG2E, scale, long_keys, parts,
-                                         rows, nl),
-                extra=lambda bm: -(-long_keys // bm) * (parts - 1))
+        strides = {} if sel is None else {"INV": inv.stride()[:2], "IOFF": ioff.stride()[:2]}
+        run.run("dkdv", run.lk, run.hk,
+                {**common, "DK": dk, "DV": dv, "WSK": wsk, "WSV": wsv, "INV": inv, "IOFF": ioff, "DKL": dkl,
+                 "DVL": dvl},
+                {**sizes, "LONG_KEYS": long_keys, "SPLIT": parts, "SEL_ROWS": sel.shape[2] if sel is not None else 1,
+                 "NL": nl}, strides, extra=lambda bm: -(-long_keys // bm) * (parts - 1))
         if parts > 1:
             from .aux_kernels import split_sum_kernel
 
             for ws, g, d, s in ((wsk, dk, q.shape[-1], scale), (wsv, dv, v.shape[-1], 1.0)):
                 split_sum_kernel[(-(-long_keys // 64), run.hk, run.batch)](
-                    ws, g, run.cu[1], *st(g), run.lk, long_keys, parts, s, HEAD_DIM=d,
+                    ws, g, run.cu[1], *run.strides(g), run.lk, long_keys, parts, s, HEAD_DIM=d,
                     BLOCK_D=ws.shape[-1], VARLEN=run.varlen is not None, BLOCK=64)
     return dq, dk, dv
 
@@ -300,9 +288,9 @@ LANDMARK_PART_QUERIES = 512
 
 def _landmark_grads(run: "_Launch", plan: KernelPlan, q, landmarks, dout, lse, delta, scale):
     """(dKL, dVL, NL): the unscaled gradients of the landmark entries (float32 [B, Hk, NL, D/Dv],
-    the dlm kernel), which the dK/dV kernel spreads onto the keys; unused pointers without landmarks."""
+    the dlm kernel), which the dK/dV kernel spreads onto the keys; unused (None) without landmarks."""
     if landmarks is None:
-        return q, q, 0
+        return None, None, 0
     kl, vl = landmarks
     b, hk, nl = kl.shape[:3]
     tiles = b * hk * -(-nl // 64)
@@ -310,9 +298,9 @@ def _landmark_grads(run: "_Launch", plan: KernelPlan, q, landmarks, dout, lse, d
     dkl = torch.empty((parts, *kl.shape), device=q.device, dtype=torch.float32)
     dvl = torch.empty((parts, *vl.shape), device=q.device, dtype=torch.float32)
     if nl > 0:
-        st = run.strides
-        run.run("dlm", nl, run.hk, (q, kl, vl, dout, lse, delta, dkl, dvl, *st(q), *kl.stride(), *vl.stride(),
-                                    *st(dout), *st(lse), run.h, run.hk, run.lq, run.lk, nl, parts, scale * LOG2E),
+        run.run("dlm", nl, run.hk, dict(Q=q, KL=kl, VL=vl, DO=dout, LSE=lse, DELTA=delta, DKL=dkl, DVL=dvl),
+                dict(H=run.h, Hk=run.hk, Lq=run.lq, Lk=run.lk, NL=nl, SPLIT=parts, qk_scale=scale * LOG2E),
+                {"KL": kl.stride(), "VL": vl.stride()},
                 extra=lambda bm: -(-nl // bm) * parts - -(-(nl + 1) // bm))  # parts programs per entry tile
     # the parts' partial sums, added in order (deterministic)
     return (dkl[0], dvl[0], nl) if parts == 1 else (dkl.sum(0), dvl.sum(0), nl)
