@@ -5,7 +5,8 @@ never builds one. Data only: this module sits below both passes/ and kernels/.
 
     KernelPlan   the pattern: its branches, layout and dynamic parts
     BranchPlan   one head branch: its condition, element mask and segments
-    TopkPart     a branch's selected key blocks (a topk atom)
+    Topk         a topk atom's arguments, decoded once
+    TopkPart     a branch's selected key blocks (its Topk and element mask)
     Segment      what the kernels read of a key (or query) segment
 """
 from __future__ import annotations
@@ -61,16 +62,32 @@ class Segment:
 
 
 @dataclass(frozen=True)
-class TopkPart:
-    """A branch's topk atom as its kernels walk it: the selected blocks add the
-    pairs `mask` (C & ~static, passes/dynamic.py)."""
+class Topk:
+    """A topk atom's arguments, decoded once (passes/dynamic.py decode_topk): what the
+    kernels and the runtime read, never the atom."""
 
     atom: ir.Atom
     n: int
     block: int
     score: str
     causal: bool
+
+    @property
+    def minmax(self) -> bool:
+        return self.score == "minmax"
+
+
+@dataclass(frozen=True)
+class TopkPart(Topk):
+    """A branch's topk as its kernels walk it: the selected blocks add the pairs
+    `mask` (C & ~static, passes/dynamic.py)."""
+
     mask: ir.Node  # the element mask of a selected block's pairs: C & ~static
+
+    @property
+    def selection(self) -> Topk:
+        """The pattern-wide part (one selection tensor serves every branch)."""
+        return Topk(self.atom, self.n, self.block, self.score, self.causal)
 
 
 @dataclass(frozen=True)
@@ -90,7 +107,7 @@ class KernelPlan:
     rate: int  # residue layout step (1: plain)
     wide: bool  # 64-bit index arithmetic in masks and bounds
     blocks: tuple[int, ...]  # block sizes of strided segments (the key tile must divide them)
-    topk: ir.Atom | None = None  # the pattern's topk atom (one selection tensor for all branches)
+    topk: Topk | None = None  # the pattern's topk (one selection tensor for all branches)
     landmarks: int | None = None  # the pattern's landmark block size
     # how many leading keys every query may see (the largest n of sink(n) and global(n)): the
     # backward's dK/dV kernel splits their tiles over several programs (a schedule only)

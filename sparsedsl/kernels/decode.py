@@ -15,7 +15,6 @@ import torch
 import triton
 import triton.language as tl
 
-from ..atoms import atom_arg
 from ..ir.evaluate import eval_int
 from ..ir.plan import KernelPlan
 from .generate import keep_config
@@ -56,13 +55,13 @@ def summarize(plan: KernelPlan, k_cache, v_cache, lens, block_table=None, into: 
         into = BlockSummaries(None, None)
         new = None
         if plan.topk is not None:
-            into.topk = alloc(atom_arg(plan.topk, "block").value, 2 if _minmax(plan) else 1)
+            into.topk = alloc(plan.topk.block, 2 if plan.topk.minmax else 1)
         if plan.landmarks is not None:
             into.landmarks = alloc(plan.landmarks, 2)
     kw = dict(lens=lens, new=new, block_table=block_table)
     if into.topk is not None:
-        block = atom_arg(plan.topk, "block").value
-        if _minmax(plan):  # stored (max, min): the scoring kernel's order
+        block = plan.topk.block
+        if plan.topk.minmax:  # stored (max, min): the scoring kernel's order
             mx, mn = into.topk
             stats(k_cache, block, (None, mn, mx), minmax=True, **kw)
         else:
@@ -71,10 +70,6 @@ def summarize(plan: KernelPlan, k_cache, v_cache, lens, block_table=None, into: 
         stats(k_cache, plan.landmarks, into.landmarks[:1], minmax=False, **kw)
         stats(v_cache, plan.landmarks, into.landmarks[1:], minmax=False, **kw)
     return into
-
-
-def _minmax(plan) -> bool:
-    return atom_arg(plan.topk, "score") == "minmax"
 
 
 @functools.lru_cache(maxsize=256)
@@ -104,7 +99,7 @@ def decode_config(plan, head_dim: int, lq: int, interpret: bool):
     bm = max(16, min(64, _pow2(lq)))
     bn = 64 if head_dim <= 128 else 32
     if plan.topk is not None:
-        bn = min(bn, max(16, 1 << (atom_arg(plan.topk, "block").value.bit_length() - 1)))
+        bn = min(bn, max(16, 1 << (plan.topk.block.bit_length() - 1)))
     while bn > 16 and not keep_config(plan, bn, head_dim):
         bn //= 2
     return (16, 16) if interpret else (bm, bn, 4, 2)
@@ -126,11 +121,10 @@ def decode(plan: KernelPlan, q, k_cache, v_cache, lens, scale: float, interpret:
                               None if summaries is None else lq)
         landmarks = summaries.landmarks
         if plan.topk is not None:
-            a = plan.topk
-            block = atom_arg(a, "block").value
-            rows = (lq + block - 2) // block + 1
-            selection = select(q, summaries.topk, atom_arg(a, "n").value, block, cap, rows, _minmax(plan),
-                               atom_arg(a, "causal").value, lens=lens, num_blocks=-(-cap // block))
+            t = plan.topk
+            rows = (lq + t.block - 2) // t.block + 1
+            selection = select(q, summaries.topk, t.n, t.block, cap, rows, t.minmax, t.causal, lens=lens,
+                               num_blocks=-(-cap // t.block))
     config = config or decode_config(plan, d, lq, interpret)
     if splits is None:
         tiles = _tiles(plan, cap, lq, config[1], h, hk)

@@ -233,7 +233,7 @@ def backward(plan: KernelPlan, q, k, v, out, lse, dout, scale: float, interpret:
         tensors, strides = dynamic_tensors(sel, landmarks)
         run.run("dq", run.lq, run.h, {**common, "DQ": dq, **tensors}, sizes, strides)
     if "dkdv" in kinds:
-        inv, ioff = inverse_selection(sel, -(-run.lk // _topk_block(plan))) if sel is not None else (None, None)
+        inv, ioff = inverse_selection(sel, -(-run.lk // plan.topk.block)) if sel is not None else (None, None)
         dkl, dvl, nl = _landmark_grads(run, plan, q, landmarks, dout, lse, delta, scale)
         long_keys, parts = split_plan(run)
         wsk = wsv = None  # no split: unused
@@ -255,12 +255,6 @@ def backward(plan: KernelPlan, q, k, v, out, lse, dout, scale: float, interpret:
                     ws, g, run.cu[1], *run.strides(g), run.lk, long_keys, parts, s, HEAD_DIM=d,
                     BLOCK_D=ws.shape[-1], VARLEN=run.varlen is not None, BLOCK=64)
     return dq, dk, dv
-
-
-def _topk_block(plan: KernelPlan) -> int:
-    from ..atoms import atom_arg
-
-    return atom_arg(plan.topk, "block").value
 
 
 def inverse_selection(sel: torch.Tensor, blocks: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -221,16 +221,13 @@ def summaries(x: torch.Tensor, block: int, minmax: bool, **kw) -> tuple[torch.Te
 def prefill_inputs(plan, q, k, v, selection=None):
     """(selection, landmarks) of a prefill call of a dynamic plan: the topk
     selection (given, or computed here) and the landmark K/V means."""
-    from ..atoms import atom_arg
     from ..ir.topk import num_groups
 
     lq, lk = q.shape[2], k.shape[2]
     if plan.topk is not None and selection is None:
-        a = plan.topk
-        block, minmax = atom_arg(a, "block").value, atom_arg(a, "score") == "minmax"
-        rows = num_groups(lq, lk, block)
-        selection = select(q, summaries(k, block, minmax), atom_arg(a, "n").value, block, lk, rows, minmax,
-                           atom_arg(a, "causal").value)
+        t = plan.topk
+        rows = num_groups(lq, lk, t.block)
+        selection = select(q, summaries(k, t.block, t.minmax), t.n, t.block, lk, rows, t.minmax, t.causal)
     landmarks = None
     if plan.landmarks is not None:
         landmarks = (summaries(k, plan.landmarks, False)[0], summaries(v, plan.landmarks, False)[0])

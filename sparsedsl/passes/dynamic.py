@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from ..ir import build
 from ..ir import nodes as ir
 from ..atoms import atom_arg, is_dynamic
-from ..ir.plan import TopkPart
+from ..ir.plan import Topk, TopkPart
 from .base import rewrite
 from .simplify import rule as simplify_rule
 
@@ -55,6 +55,12 @@ def _static(mask: ir.Node) -> ir.Node:
     return rewrite(rewrite(mask, lambda n: NONE if is_dynamic(n) else None), simplify_rule)
 
 
+def decode_topk(atom: ir.Atom) -> Topk:
+    """A topk atom's arguments (each the same for every head: checked before this)."""
+    return Topk(atom, atom_arg(atom, "n").value, atom_arg(atom, "block").value, atom_arg(atom, "score"),
+                atom_arg(atom, "causal").value)
+
+
 def split(mask: ir.Node) -> DynamicSplit:
     found = _atoms(mask)
     if not found:
@@ -73,7 +79,7 @@ def split(mask: ir.Node) -> DynamicSplit:
     if topks:
         a = topks[0]
         sel_mask = build.inter(*context, build.compl(inner)) if context else build.compl(inner)
-        topk = TopkPart(a, atom_arg(a, "n").value, atom_arg(a, "block").value, atom_arg(a, "score"),
-                        atom_arg(a, "causal").value, rewrite(sel_mask, simplify_rule))
+        t = decode_topk(topks[0])
+        topk = TopkPart(t.atom, t.n, t.block, t.score, t.causal, rewrite(sel_mask, simplify_rule))
     landmarks = atom_arg(marks[0], "block").value if marks else None
     return DynamicSplit(static, topk, landmarks)

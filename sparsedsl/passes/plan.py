@@ -154,7 +154,7 @@ def make_plan(root: ir.Pattern) -> KernelPlan:
     for cond, mask in merge_alike(group_heads(root.body), rate):
         parts = split(mask)
         if parts.topk:
-            topk_atoms.add(parts.topk.atom)
+            topk_atoms.add(parts.topk.selection)
         if parts.landmarks:
             landmark_blocks.add(parts.landmarks)
         mask = parts.static

@@ -21,11 +21,10 @@ import torch
 
 from ..errors import InputError
 from ..ir import nodes as ir
-from ..atoms import atom_arg
 from ..ir.check import dynamic_atoms
 from ..ir.plan import KernelPlan
 from ..ir.topk import num_groups
-from ..passes.dynamic import Unsupported
+from ..passes.dynamic import Unsupported, decode_topk
 from ..passes.plan import kernel_plan
 
 # Weak both ways: a server compiling patterns per request must not keep them all.
@@ -176,7 +175,6 @@ def select(q: torch.Tensor, k: torch.Tensor, pattern: str) -> torch.Tensor:
 
 @select.register_fake
 def _(q, k, pattern):
-    atom = next(a for a in dynamic_atoms(_root(pattern)) if a.kind == "topk")
-    block = atom_arg(atom, "block").value
-    return q.new_empty((q.shape[0], q.shape[1], num_groups(q.shape[2], k.shape[2], block),
-                        atom_arg(atom, "n").value), dtype=torch.int32)
+    t = decode_topk(next(a for a in dynamic_atoms(_root(pattern)) if a.kind == "topk"))
+    return q.new_empty((q.shape[0], q.shape[1], num_groups(q.shape[2], k.shape[2], t.block), t.n),
+                       dtype=torch.int32)

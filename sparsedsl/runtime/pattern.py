@@ -5,12 +5,12 @@ import torch
 
 from ..errors import InputError
 from ..ir import nodes as ir
-from ..atoms import atom_arg
 from ..ir.check import dynamic_atoms
 from ..ir.graph import to_graph
 from ..ir.plan import KernelPlan
 from ..ir.printer import to_text
 from ..ir.topk import num_groups
+from ..passes.dynamic import decode_topk
 from ..reference.attention import compute_selection, reference_attention, visible
 from ..ir.head_args import check_heads as check_head_args
 from . import inputs
@@ -251,7 +251,7 @@ class CompiledPattern:
                                  "or float32 inputs; use backend='reference'")
             self.plan  # (InputError when the pattern has no generated kernels)
             sel = select(q, k, self._op_key)  # [B, H, R, min(n, blocks)]
-            n = atom_arg(atoms[0], "n").value
+            n = decode_topk(atoms[0]).n
             if sel.shape[-1] < n:  # the reference's layout [B, H, R, n]: empty slots past the key blocks
                 b, h, r = sel.shape[:3]
                 if b * h * r * n > 1 << 31:
@@ -409,7 +409,8 @@ class CompiledPattern:
             raise InputError(f"selection: expected {len(atoms)} tensor(s), one per topk atom, got {len(given)}")
         out = {}
         for atom, sel in zip(atoms, given):
-            block, n = atom_arg(atom, "block").value, atom_arg(atom, "n").value
+            t = decode_topk(atom)
+            block, n = t.block, t.n
             r = num_groups(q.shape[2], k.shape[2], block)
             want = (q.shape[0], q.shape[1], r, n)
             ok_dtype = isinstance(sel, torch.Tensor) and sel.dtype in (torch.int8, torch.int16, torch.int32, torch.int64)
