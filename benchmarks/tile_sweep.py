@@ -17,7 +17,7 @@ import triton
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import sparsedsl  # noqa: E402
-from bench_forward import PATTERNS  # noqa: E402
+from bench_forward import PATTERNS, pick_patterns  # noqa: E402
 from sparsedsl.kernels import launch  # noqa: E402
 from sparsedsl.kernels.generate import DKDV_CONFIGS, DQ_CONFIGS, GPU_CONFIGS  # noqa: E402
 
@@ -42,11 +42,13 @@ def main(argv=None):
     ap = argparse.ArgumentParser()
     ap.add_argument("--kind", nargs="+", default=["fwd", "dq", "dkdv"], choices=list(CANDIDATES))
     ap.add_argument("--length", type=int, default=16384)
-    ap.add_argument("--patterns", nargs="+", default=list(PATTERNS), choices=list(PATTERNS), metavar="PATTERN")
+    ap.add_argument("--patterns", nargs="+", default=list(PATTERNS), metavar="PATTERN",
+                    help="names from bench_forward.PATTERNS, or the start of one (default: all)")
     ap.add_argument("--heads", type=int, default=16)
     ap.add_argument("--dim", type=int, default=128)
     ap.add_argument("--device", default="cuda", help="cpu: a dry run in Triton's interpreter (TRITON_INTERPRET=1)")
     args = ap.parse_args(argv)
+    args.patterns = pick_patterns(args.patterns)
     dev, cpu = args.device, args.device == "cpu"
     dtype = torch.float32 if cpu else torch.bfloat16
     L, H, D = args.length, args.heads, args.dim

@@ -15,6 +15,7 @@ from .select import group_of_rows, landmark_keys, select_topk, selected_block_ma
 
 # Logit elements per chunk (B * H * rows * Lk); 2**25 float32 = 128 MiB.
 CHUNK_ELEMENTS = 1 << 25
+LOG2E = 1.4426950408889634
 
 
 def compute_selection(root: ir.Node, q: torch.Tensor, k: torch.Tensor, dtype=None, clamp: bool = False) -> dict:
@@ -112,7 +113,9 @@ def reference_attention(root: ir.Node, q: torch.Tensor, k: torch.Tensor, v: torc
             values.append(vl)
         m = logits.amax(dim=-1, keepdim=True) if logits.shape[-1] else torch.full((b, h, c, 1), float("-inf"), dtype=cd, device=q.device)
         m_safe = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
-        p = torch.exp(logits - m_safe)
+        # exp2 of base-2 logits: torch.exp on float32 CPU tensors intermittently (per process) returned
+        # values 5e-5 off in relative terms (torch 2.13, AVX-512); exp2 stays at float32 rounding
+        p = torch.exp2((logits - m_safe) * LOG2E)
         s = p.sum(dim=-1, keepdim=True)
         o = torch.zeros((b, h, c, dv), dtype=cd, device=q.device)
         counts = torch.zeros((3, b, h, c, dv), dtype=cd, device=q.device) if nonfinite else None
