@@ -92,3 +92,17 @@ def test_longlora_gradients_match_reference(shape):
                                     head_dim_v=16, dtype="float32", layout="contiguous"), 3)
     assert_matches_reference(p, q, k, v, _config=(16, 16))
     assert_grads_match_reference(p, q, k, v, _config=(16, 16))
+
+
+def test_decode_split_estimate_sees_every_head_of_a_merged_branch():
+    """Decoding picks its split-KV count from the key tiles a query tile visits; a merged branch
+    holds the arguments of several heads, so the estimate evaluates each head. At a full cache
+    of 16384 keys, window(8192) on heads 1..7 visits 8192 keys = 128 tiles of 64 (head 0's
+    window(64): 1 tile), whichever branch comes first."""
+    from sparsedsl.kernels.decode import _tiles
+
+    for src in ("pattern p() { heads[0] => window(64)\n heads[*] => window(8192) }",
+                "pattern p() { heads[0] => window(8192)\n heads[*] => window(64) }"):
+        plan = sd.compile_pattern(src).plan
+        assert len(plan.branches) == 1
+        assert _tiles(plan, 16384, 1, 64, 8, 8) == 128

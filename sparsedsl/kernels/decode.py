@@ -15,7 +15,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ..ir.evaluate import eval_int
+from ..ir.evaluate import eval_cond, eval_int
 from ..ir.plan import KernelPlan
 from .generate import keep_config
 from .launch import LOG2E, _Launch, _sm_count, dynamic_tensors
@@ -72,14 +72,28 @@ def summarize(plan: KernelPlan, k_cache, v_cache, lens, block_table=None, into: 
     return into
 
 
+def _holds(cond, env) -> bool:
+    try:
+        return bool(eval_cond(cond, env))
+    except (KeyError, ZeroDivisionError):
+        return True
+
+
 @functools.lru_cache(maxsize=256)
 def _tiles(plan, cap: int, lq: int, bn: int, num_heads: int, num_kv_heads: int) -> int:
     """An estimate of the key tiles a query tile visits at a full cache (for the split count)."""
-    env = {"q0": cap - lq, "q1": cap, "Lk": cap, "Lq": lq, "h": 0, "hk": 0, "H": num_heads, "Hk": num_kv_heads}
     most = 1
-    for br in plan.branches:
+    group = max(1, num_heads // max(1, num_kv_heads))
+    for h in range(num_heads):  # each head's branch, with its head-dependent arguments (merged branches)
+        env = {"q0": cap - lq, "q1": cap, "Lk": cap, "Lq": lq, "h": h, "hk": h // group, "H": num_heads,
+               "Hk": num_kv_heads}
+        br = next((b for b in plan.branches if _holds(b.cond, env)), None)
+        if br is None:
+            continue
         keys = 0
         for seg in br.segments:
+            if not _holds(seg.guard, env):
+                continue
             try:
                 keys += max(0, min(eval_int(seg.hi, env), cap) - max(eval_int(seg.lo, env), 0))
             except (KeyError, ZeroDivisionError):

@@ -17,27 +17,40 @@ from collections import Counter
 from ..ir import nodes as ir
 from ..atoms import condition
 from ..ir.heads import branch_condition
+from ..ir.ranges import SYMBOL_RANGES, value_range
 
 # How each symbol is spelled in the kernel.
 NAMES = {"h": "h", "H": "H", "hk": "hk", "Hk": "Hk", "q": "q_pos", "k": "k_pos",
          "q0": "q0", "q1": "q1", "k0": "k0", "k1": "k1", "Lk": "Lk", "Lq": "Lq"}
 NONNEG_SYMBOLS = {"h", "H", "hk", "Hk", "k", "k0", "k1", "Lk", "Lq"}
+# the symbols' ranges as the kernels see them: a tile's first and last query may be negative (Lq > Lk)
+KERNEL_RANGES = {**SYMBOL_RANGES, "q0": SYMBOL_RANGES["q"], "q1": SYMBOL_RANGES["q"]}
 _INLINE = (ir.Const, ir.Sym, ir.Bool)
 
 
 def nonneg(n: ir.Node) -> bool:
-    """True when the integer expression can never be negative."""
+    """True when the integer expression can never be negative: by its form, or by its
+    range (a head-dependent argument, e.g. a merged branch's 1024 * [h >= H // 2])."""
+    if _nonneg_form(n):
+        return True
+    try:
+        return value_range(n, KERNEL_RANGES)[0] >= 0
+    except (KeyError, TypeError):  # a symbol the ranges do not know
+        return False
+
+
+def _nonneg_form(n: ir.Node) -> bool:
     if isinstance(n, ir.Const):
         return n.value >= 0
     if isinstance(n, ir.Sym):
         return n.name in NONNEG_SYMBOLS
     if isinstance(n, ir.IntOp):
         if n.op in ("+", "*", "min"):
-            return all(nonneg(a) for a in n.args)
+            return all(_nonneg_form(a) for a in n.args)
         if n.op == "max":
-            return any(nonneg(a) for a in n.args)
+            return any(_nonneg_form(a) for a in n.args)
         if n.op in ("//", "%"):
-            return nonneg(n.args[0]) and nonneg(n.args[1])
+            return _nonneg_form(n.args[0]) and _nonneg_form(n.args[1])
         return n.op == "abs"
     return False
 
