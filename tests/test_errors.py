@@ -712,3 +712,61 @@ def test_mask_with_only_q():
 def test_select_blocks_without_topk(causal):
     q, k, _ = _qkv()
     _input_error(lambda: causal.select_blocks(q, k), r"has no topk\(\.\.\.\) atom")
+
+
+# --------------------------------------------------------------------------
+# the keywords FlashAttention and SDPA users reach for
+# --------------------------------------------------------------------------
+
+def _qkv_gqa():
+    g = torch.Generator().manual_seed(0)
+    return torch.randn(1, 4, 9, 16, generator=g), torch.randn(1, 2, 9, 16, generator=g), \
+        torch.randn(1, 2, 9, 16, generator=g)
+
+
+@pytest.mark.parametrize("kwargs", [dict(softmax_scale=0.3), dict(scale=torch.tensor(0.3)),
+                                    dict(scale=torch.tensor([0.3], dtype=torch.float64)),
+                                    dict(scale=0.3, dropout_p=0.0, enable_gqa=True, attn_mask=None)])
+def test_flash_and_sdpa_keywords_that_are_accepted(kwargs):
+    """Each spelling gives exactly the result of scale=0.3 (the reference backend)."""
+    p = C("pattern p() { causal & window(4) }")
+    q, k, v = _qkv_gqa()
+    assert torch.equal(p(q, k, v, **kwargs), p(q, k, v, scale=0.3))
+
+
+@pytest.mark.parametrize("kwargs, phrase", [
+    (dict(is_causal=True), "write `causal`"),
+    (dict(is_causal=False), "write `causal`"),
+    (dict(causal=True), "write `causal`"),
+    (dict(attn_mask=torch.ones(9, 9, dtype=torch.bool)), "no dense mask"),
+    (dict(window_size=(4, 0)), "window(n)"),
+    (dict(dropout_p=0.1), "no attention dropout"),
+    (dict(enable_gqa=False), "enable_gqa=False with 4 query heads and 2 KV heads"),
+    (dict(scale=0.1, softmax_scale=0.2), "pass the scale once"),
+    (dict(scale=torch.ones(2)), "one-element real tensor"),
+    (dict(scale=torch.tensor(float("nan"))), "finite number"),
+    (dict(block_mask=object()), "BlockMask"),
+    (dict(sclae=0.1), "unexpected keyword argument 'sclae'"),
+])
+def test_flash_and_sdpa_keywords_that_are_refused(kwargs, phrase):
+    p = C("pattern p() { causal }")
+    q, k, v = _qkv_gqa()
+    with pytest.raises(sd.InputError) as e:
+        p(q, k, v, **kwargs)
+    assert phrase in str(e.value)
+
+
+def test_flex_block_mask_device():
+    """The block mask is built where asked (a tensor's device), on the CPU when there is no
+    CUDA device, and device='cuda' without one is a clear InputError."""
+    pytest.importorskip("torch.nn.attention.flex_attention")
+    p = C("pattern p() { causal }")
+    cpu = p.to_flex_block_mask(256, 256, 2, 2, device=torch.device("cpu"), block_size=64)
+    assert cpu.kv_num_blocks.device.type == "cpu"
+    # causal in blocks of 64: query block i has the diagonal block partial and blocks 0..i-1 full
+    assert cpu.kv_num_blocks[0, 0].tolist() == [1, 1, 1, 1]
+    assert cpu.full_kv_num_blocks[0, 0].tolist() == [0, 1, 2, 3]
+    if not torch.cuda.is_available():
+        assert p.to_flex_block_mask(256, 256, 2, 2).kv_num_blocks.device.type == "cpu"
+        with pytest.raises(sd.InputError, match="no CUDA device"):
+            p.to_flex_block_mask(256, 256, 2, 2, device="cuda")

@@ -65,11 +65,72 @@ def check_qkv(q, k, v, scale) -> float | None:
         raise InputError(f"attention: k and v must agree in [batch, kv_heads, length], got "
                          f"{tuple(k.shape[:3])} and {tuple(v.shape[:3])}")
     check_lengths((q.shape[2], k.shape[2]))
-    if scale is not None:
-        if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale):
-            raise InputError(f"attention: scale must be a finite number, got {scale!r}")
-        return float(scale)
-    return None
+    return check_scale(scale)
+
+
+def check_scale(scale) -> float | None:
+    """The softmax scale as a float: a number, or a one-element tensor on the CPU (reading
+    one on a GPU would make the call wait for it)."""
+    if scale is None:
+        return None
+    if isinstance(scale, torch.Tensor):
+        if scale.numel() != 1 or scale.is_complex() or scale.dtype == torch.bool:
+            raise InputError(f"attention: scale must be a number or a one-element real tensor, got a tensor of "
+                             f"shape {tuple(scale.shape)} and dtype {scale.dtype}")
+        if scale.device.type != "cpu":
+            raise InputError(f"attention: scale is a tensor on {scale.device}: reading it would stop the host until "
+                             "the GPU gets there; pass a Python float (or a CPU tensor)")
+        scale = scale.item()
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale):
+        raise InputError(f"attention: scale must be a finite number, got {scale!r}")
+    return float(scale)
+
+
+# Keywords of FlashAttention, SDPA and FlexAttention that sparsedsl spells differently or
+# does not take, with what to write instead.
+_CAUSAL = "the pattern decides which keys a query sees: write `causal` in it (e.g. sparsedsl.causal & ...)"
+REFUSED = {
+    "is_causal": _CAUSAL,
+    "causal": _CAUSAL,
+    "attn_mask": "sparsedsl takes no dense mask: the compiled pattern is the mask (no mask is built per call); "
+                 "run a padded batch packed, with cu_seqlens_q/cu_seqlens_k",
+    "window_size": "write window(n) (or band(left, right)) in the pattern",
+    "alibi_slopes": "sparsedsl patterns select keys and add no bias (no ALiBi)",
+    "block_mask": "the compiled pattern replaces FlexAttention's BlockMask: call it with q, k, v",
+    "score_mod": "sparsedsl patterns select keys and do not modify scores",
+    "deterministic": "the backward is always deterministic (no atomics)",
+}
+
+
+def foreign_keywords(keywords: dict, scale, q, k):
+    """The scale after FlashAttention's and SDPA's keywords: `softmax_scale` is `scale`,
+    `dropout_p=0` and `enable_gqa` are accepted; the others get an InputError that names
+    sparsedsl's spelling."""
+    keywords = dict(keywords)
+    if "softmax_scale" in keywords:
+        alias = keywords.pop("softmax_scale")
+        if scale is not None and alias is not None:
+            raise InputError("attention: pass the scale once: `scale` and `softmax_scale` (its FlashAttention "
+                             "name) are the same argument")
+        scale = alias if scale is None else scale
+    dropout = keywords.pop("dropout_p", 0.0)
+    if dropout != 0:
+        raise InputError(f"attention: dropout_p={dropout!r}: sparsedsl has no attention dropout (pass 0, or "
+                         "apply dropout outside the attention)")
+    if keywords.get("attn_mask", 0) is None:  # SDPA's default: no mask, nothing to refuse
+        keywords.pop("attn_mask")
+    gqa = keywords.pop("enable_gqa", True)
+    # heads are axis 1 of [B, H, L, D] and of a packed [T, H, D] (the shape checks come later)
+    heads = [t.shape[1] if isinstance(t, torch.Tensor) and t.dim() >= 3 else None for t in (q, k)]
+    if not gqa and None not in heads and heads[0] != heads[1]:
+        raise InputError(f"attention: enable_gqa=False with {heads[0]} query heads and {heads[1]} KV heads "
+                         "(sparsedsl always shares each KV head among its group of query heads)")
+    for name in keywords:
+        if name in REFUSED:
+            raise InputError(f"attention: sparsedsl takes no `{name}`: {REFUSED[name]}")
+        raise InputError(f"attention: unexpected keyword argument {name!r} (sparsedsl takes scale (softmax_scale), "
+                         "return_lse, backend, selection, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k)")
+    return scale
 
 
 def check_varlen(q, k, v, cu_q, cu_k, max_q, max_k, scale):

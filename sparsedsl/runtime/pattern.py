@@ -219,9 +219,16 @@ class CompiledPattern:
 
         return mask_mod(self.root, q_len, kv_len, h, hk)
 
-    def to_flex_block_mask(self, q_len, kv_len=None, num_heads=1, num_kv_heads=None, *, device="cuda",
+    def to_flex_block_mask(self, q_len, kv_len=None, num_heads=1, num_kv_heads=None, *, device=None,
                            block_size=128, compile=False):
-        """FlexAttention's BlockMask for calls of this shape (FlexAttention builds it in O(L^2))."""
+        """FlexAttention's BlockMask for calls of this shape (FlexAttention builds it in O(L^2)),
+        on `device` (a tensor's device, a name; default: CUDA when there is one, else the CPU)."""
+        if device is None:
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        device = torch.device(device)
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise InputError("to_flex_block_mask: device='cuda' but this torch has no CUDA device; "
+                             "pass device='cpu' (or the inputs' device)")
         q_len, kv_len = self._lengths(q_len, kv_len)
         h, hk = self._heads(num_heads, num_kv_heads)
         self._static_only("to_flex_block_mask")
@@ -265,7 +272,8 @@ class CompiledPattern:
         return out[0] if len(out) == 1 else out
 
     def __call__(self, q, k, v, *, scale=None, return_lse=False, backend="auto", selection=None,
-                 cu_seqlens_q=None, cu_seqlens_k=None, max_seqlen_q=None, max_seqlen_k=None, _config=None):
+                 cu_seqlens_q=None, cu_seqlens_k=None, max_seqlen_q=None, max_seqlen_k=None, _config=None,
+                 **keywords):
         """Attention under the pattern. q [B, H, Lq, D], k/v [B, Hk, Lk, D/Dv].
 
         Returns out [B, H, Lq, Dv] (q's dtype), and lse [B, H, Lq] (natural log,
@@ -275,7 +283,13 @@ class CompiledPattern:
         A packed batch (cu_seqlens_q, cu_seqlens_k: int32 [S + 1] cumulative
         starts; max_seqlen_q/k: the longest sequences): q [Tq, H, D], k/v
         [Tk, Hk, D/Dv], out [Tq, H, Dv], lse [H, Tq]; positions restart at 0 in
-        every sequence and the pattern applies within each sequence only."""
+        every sequence and the pattern applies within each sequence only.
+
+        FlashAttention's and SDPA's keywords: `softmax_scale` is `scale`; `dropout_p=0`
+        and `enable_gqa` are accepted; `is_causal`, `attn_mask`, `window_size`, ... raise
+        an InputError that says what to write instead."""
+        if keywords:
+            scale = inputs.foreign_keywords(keywords, scale, q, k)
         if backend not in BACKENDS:
             raise InputError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
         packed = any(x is not None for x in (cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k))
