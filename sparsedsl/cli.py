@@ -9,7 +9,7 @@ import torch
 
 from .compiler import compile_pattern, load
 from .errors import SparseDSLError
-from .render import block_picture, write_png
+from .render import block_picture
 
 
 def _params(items: list[str]) -> dict:
@@ -101,21 +101,54 @@ def cmd_kernel(args) -> int:
 
     p = _pick(args)
     if args.compile is not None:
-        from .kernels.aot import compile_kernels
+        from .kernels.targets import TargetError, parse_target
 
-        arch = int(args.compile.lower().removeprefix("sm_"))
-        for varlen in (False, True):
-            try:
-                shared = compile_kernels(p.plan, args.head_dim, arch=arch, varlen=varlen)
-            except Exception as e:  # Triton's CompilationError and friends: report, exit 1
-                print(f"sparsedsl: compiling for sm_{arch}{' (varlen)' if varlen else ''} failed:\n{e}",
-                      file=sys.stderr)
-                return 1
-            print(f"sm_{arch}{' varlen' if varlen else ''}: " + ", ".join(f"{k} ok ({v} B shared)"
-                                                                         for k, v in shared.items()))
-        return 0
+        try:
+            target = parse_target(args.compile)
+        except TargetError as e:
+            raise SystemExit(f"sparsedsl: {e}")
+        if args.head_dim < 1:
+            raise SystemExit(f"sparsedsl: --head-dim must be >= 1, got {args.head_dim}")
+        return _compile_for(p, target, args.head_dim)
     src, _ = kernel_source(p.plan, p.plan.text, False, args.head_dim)
     print(src, end="")
+    return 0
+
+
+def _compile_for(p, target, head_dim: int) -> int:
+    """Compile the kernels for `target` and check each against its limits: exit 1
+    with the kernel and the numbers when one does not fit (then the varlen
+    kernels are not compiled)."""
+    from .kernels.aot import compile_kernels
+    from .kernels.targets import problems, registers
+
+    arch, bad = target.arch, 0
+    for varlen in (False, True):
+        binaries: dict = {}
+        try:
+            shared = compile_kernels(p.plan, head_dim, arch=arch, varlen=varlen, binaries=binaries)
+        except Exception as e:  # Triton's CompilationError and friends: report, exit 1
+            print(f"sparsedsl: compiling for sm_{arch}{' (varlen)' if varlen else ''} failed:\n{e}",
+                  file=sys.stderr)
+            return 1
+        parts = []
+        for kind, size in shared.items():
+            cubin, name, threads = binaries[kind]
+            regs = (registers(cubin) or {}).get(name) if cubin else None
+            used = f"{size} B shared" + (f", {regs[0]} registers" if regs else "")
+            if regs and regs[1]:
+                used += f", {regs[1]} B stack"
+            found = problems(target, size, regs[0] if regs else None, threads)
+            if found:
+                bad += 1
+                print(f"sparsedsl: sm_{arch}{' varlen' if varlen else ''}: the {kind} kernel ({name}, head dim "
+                      f"{head_dim}) does not fit: {'; '.join(found)}", file=sys.stderr)
+                parts.append(f"{kind} FAILS ({used})")
+            else:
+                parts.append(f"{kind} ok ({used})")
+        print(f"sm_{arch}{' varlen' if varlen else ''}: " + ", ".join(parts))
+        if bad:  # (the varlen kernels differ only in their offsets: no second, equally long compile)
+            return 1
     return 0
 
 
@@ -128,33 +161,72 @@ def _sample_mask(p, lq, lk, h, hk, seed=0):
     return p.mask(lq, lk, h, hk, q=q, k=k)[0]
 
 
+def _check_show_args(args) -> None:
+    """Clear errors for flags `show` cannot draw (SystemExit, no traceback)."""
+    for flag, value in (("--len", args.len), ("--kv-len", args.kv_len), ("--cells", args.cells),
+                        ("--heads", args.heads), ("--kv-heads", args.kv_heads)):
+        if value is not None and value < 1:
+            raise SystemExit(f"sparsedsl: {flag} must be >= 1, got {value}")
+    if args.kv_heads is not None and args.heads % args.kv_heads:
+        raise SystemExit(f"sparsedsl: --kv-heads ({args.kv_heads}) must divide --heads ({args.heads})")
+    if not 0 <= args.head < args.heads:
+        raise SystemExit(f"sparsedsl: --head must be in [0, {args.heads}), got {args.head}")
+    if args.png:
+        folder = os.path.dirname(os.path.abspath(args.png))
+        if not os.path.isdir(folder):
+            raise SystemExit(f"sparsedsl: --png {args.png}: the folder {folder} does not exist")
+        if os.path.isdir(args.png):
+            raise SystemExit(f"sparsedsl: --png {args.png} is a folder; give a file name")
+
+
 def cmd_show(args) -> int:
+    from .picture import EXACT_PAIRS, coverage, row_density
+    from .render import coverage_picture, write_coverage_png
+
+    _check_show_args(args)
     p = _pick(args)
     lq = args.len
     lk = args.kv_len or lq
     h, hk = args.heads, args.kv_heads or args.heads
-    mask = _sample_mask(p, lq, lk, h, hk)
     head = args.head
-    if not 0 <= head < h:
-        raise SystemExit(f"sparsedsl: --head must be in [0, {h}), got {head}")
+    p.check(h, hk)
+    mask = None
+    if p.is_dynamic:
+        if h * lq * lk > EXACT_PAIRS:
+            raise SystemExit(f"sparsedsl: show draws a data-dependent pattern from its dense mask, for heads x "
+                             f"--len x --kv-len up to {EXACT_PAIRS}; got {h} x {lq} x {lk}")
+        mask = _sample_mask(p, lq, lk, h, hk)
+    cov, per_head, sampled = coverage(p, lq, lk, h, hk, args.cells, mask)
+    how = "   (sampled: estimated from the picture's sample)"
+    if sampled and (rows := row_density(p, lq, lk, h, hk)) is not None:
+        per_head, n = rows
+        how = f"   (sampled: {n} evenly spaced query rows of {lq}, every key)"
     print(p.ir(), end="")
     print(f"# Lq={lq} Lk={lk} H={h} Hk={hk}"
           + ("   (data-dependent: drawn for random q, k with seed 0)" if p.is_dynamic else ""))
     for atom in p.dynamic_atoms:
         if atom.kind == "landmarks":
             print(f"# + landmarks: one mean key per complete block of {atom.args[0].value} keys")
-    per_head = mask.flatten(1).float().mean(1)
     print(f"density {float(per_head.mean()):.4f}   per head: "
-          + " ".join(f"{float(d):.3f}" for d in per_head[:32]) + (" ..." if h > 32 else ""))
+          + " ".join(f"{float(d):.3f}" for d in per_head[:32]) + (" ..." if h > 32 else "")
+          + (how if sampled else ""))
     cells = min(args.cells, max(lq, lk, 1))
     print(f"head {head}: each character is a tile of about {-(-lq // min(cells, max(lq, 1)))} x "
           f"{-(-lk // min(cells, max(lk, 1)))} pairs ('{'.' if args.ascii else ' '}' none visible, "
           f"'{'+' if args.ascii else '░'}' some, '{'#' if args.ascii else '█'}' all)")
-    picture = block_picture(mask[head], cells, "ascii" if args.ascii else "unicode")
+    if sampled:
+        print(f"# sampled: past {EXACT_PAIRS} pairs each tile is evaluated on a grid of sample rows and columns, "
+              "not every pair, so none/some/all describe the sample (a narrow feature between samples can be missed)")
+    picture = coverage_picture(cov[head], "ascii" if args.ascii else "unicode")
     print("\n".join("|" + line + "|" for line in picture.splitlines()))
     if args.png:
-        write_png(args.png, [mask[i] for i in range(min(h, 8))])
-        print(f"wrote {args.png} (heads 0..{min(h, 8) - 1})")
+        shown = min(h, 8)
+        png, _, png_sampled = coverage(p, lq, lk, h, hk, 512, mask)
+        try:
+            write_coverage_png(args.png, [png[i] for i in range(shown)])
+        except OSError as e:
+            raise SystemExit(f"sparsedsl: cannot write --png {args.png}: {e.strerror or e}")
+        print(f"wrote {args.png} (heads 0..{shown - 1}{', sampled' if png_sampled else ''})")
     return 0
 
 

@@ -23,8 +23,12 @@ def coverage(mask: torch.Tensor, cells: int) -> torch.Tensor:
 
 def block_picture(mask: torch.Tensor, cells: int = 64, style: str = "unicode") -> str:
     """Rows of characters: empty, partly visible and fully visible tiles."""
+    return coverage_picture(coverage(mask, cells), style)
+
+
+def coverage_picture(cov: torch.Tensor, style: str = "unicode") -> str:
+    """Rows of characters for tile coverages [nq, nk] in [0, 1]."""
     empty, part, full = CHARS[style]
-    cov = coverage(mask, cells)
     lines = []
     for row in cov.tolist():
         lines.append("".join(empty if c == 0 else full if c == 1 else part for c in row))
@@ -33,7 +37,12 @@ def block_picture(mask: torch.Tensor, cells: int = 64, style: str = "unicode") -
 
 def write_png(path: str, images: list[torch.Tensor], size: int = 512, gap: int = 8) -> None:
     """Write masks [Lq, Lk] side by side as a grayscale PNG (dark = visible)."""
-    tiles = [1.0 - coverage(m, size) for m in images]
+    write_coverage_png(path, [coverage(m, size) for m in images], gap)
+
+
+def write_coverage_png(path: str, coverages: list[torch.Tensor], gap: int = 8) -> None:
+    """Write tile coverages [nq, nk] in [0, 1] side by side as a grayscale PNG (dark = visible)."""
+    tiles = [1.0 - c.float() for c in coverages]
     height = max(t.shape[0] for t in tiles)
     width = sum(t.shape[1] for t in tiles) + gap * (len(tiles) - 1)
     canvas = torch.ones(height, width)

@@ -1,4 +1,5 @@
 """The command line: exit codes, what it prints, the PNG it writes."""
+import os
 import struct
 import subprocess
 import sys
@@ -121,3 +122,140 @@ def test_block_picture_partial_tiles():
     m[:4, :4] = True
     m[5, 6] = True
     assert block_picture(m, 2, "ascii").splitlines() == ["#.", ".+"]
+
+
+SHOW_FILE = str(ROOT / "patterns" / "streaming_llm.attn")
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--len", "0"], "--len must be >= 1, got 0"),
+    (["--kv-len", "0"], "--kv-len must be >= 1, got 0"),
+    (["--cells", "0"], "--cells must be >= 1, got 0"),
+    (["--heads", "0"], "--heads must be >= 1, got 0"),
+    (["--heads", "4", "--kv-heads", "3"], "--kv-heads (3) must divide --heads (4)"),
+    (["--heads", "2", "--head", "2"], "--head must be in [0, 2), got 2"),
+])
+def test_show_bad_flags_exit_with_a_message(flags, message):
+    with pytest.raises(SystemExit) as e:
+        main(["show", SHOW_FILE, "--len", "64", *flags])
+    assert str(e.value) == f"sparsedsl: {message}"
+
+
+def test_show_png_into_a_missing_folder(tmp_path):
+    target = tmp_path / "nowhere" / "x.png"
+    res = subprocess.run([sys.executable, "-m", "sparsedsl", "show", SHOW_FILE, "--len", "64", "--png",
+                          str(target)], capture_output=True, text=True, cwd=ROOT, timeout=120, check=False)
+    assert res.returncode == 1
+    assert "Traceback" not in res.stderr
+    assert f"the folder {tmp_path / 'nowhere'} does not exist" in res.stderr
+    assert not target.parent.exists()
+    with pytest.raises(SystemExit) as e:
+        main(["show", SHOW_FILE, "--len", "64", "--png", str(tmp_path)])
+    assert str(e.value) == f"sparsedsl: --png {tmp_path} is a folder; give a file name"
+
+
+def test_show_long_sequence_is_sampled(capsys, tmp_path):
+    # L = 10^6: the dense mask would be 10^12 pairs; the picture comes from a sample of each tile.
+    png = tmp_path / "long.png"
+    assert main(["show", SHOW_FILE, "-p", "window=4096", "--len", "1000000", "--cells", "20", "--ascii",
+                 "--png", str(png)]) == 0
+    out = capsys.readouterr().out
+    rows = [line for line in out.splitlines() if line.startswith("|")]
+    assert len(rows) == 20 and all(len(r) == 22 for r in rows)
+    assert "# sampled:" in out and "(sampled: " in out.split("density ")[1].splitlines()[0]
+    # causal & (sink(4) | window(4096)): the sink column and the diagonal are partly visible, the rest empty
+    for i, r in enumerate(rows):
+        expect = ["+" if j == 0 or j in (i - 1, i) else "." for j in range(20)]
+        assert r[1:-1] == "".join(expect), (i, r)
+    density = float(out.split("density ")[1].split()[0])
+    assert density == pytest.approx((4096 + 4) / 1e6, rel=0.1)  # about (window + sink) / L
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and "sampled)" in out
+
+
+def test_show_small_lengths_are_exact_not_sampled(capsys):
+    assert main(["show", SHOW_FILE, "-p", "window=8", "--len", "64", "--cells", "8", "--ascii"]) == 0
+    out = capsys.readouterr().out
+    assert "sampled" not in out
+    rows = [line[1:-1] for line in out.splitlines() if line.startswith("|")]
+    # causal & (sink(4) | window(8)) in 8 x 8 tiles: sink column 0, the diagonal tile and the one left of it
+    assert rows == ["".join("+" if j in (0, i - 1, i) else "." for j in range(8)) for i in range(8)]
+    p = sparsedsl.compile_pattern(SHOW_FILE, window=8)
+    assert rows == block_picture(p.mask(64)[0], 8, "ascii").splitlines()
+    assert out.split("density ")[1].split()[0] == f"{p.density(64):.4f}"
+
+
+@pytest.mark.parametrize("name", ["longnet", "s2_attention", "streaming_llm"])
+def test_picture_coverage_is_exact_below_the_limit(name):
+    from sparsedsl import picture
+    from sparsedsl.render import coverage
+
+    p = sparsedsl.compile_pattern(ROOT / "patterns" / f"{name}.attn", pattern=name)
+    frac, dens, sampled = picture.coverage(p, 300, 250, 4, 2, 16)
+    mask = p.mask(300, 250, 4, 2)
+    assert not sampled
+    assert all(torch.equal(frac[i].float(), coverage(mask[i], 16)) for i in range(4))
+    assert torch.allclose(dens, mask.flatten(1).double().mean(1))
+
+
+def test_picture_sample_sees_the_same_tiles_here():
+    # The exact limit lowered: the sampled picture of streaming_llm equals the exact one at L = 4096.
+    from sparsedsl import picture
+
+    p = sparsedsl.compile_pattern(SHOW_FILE)
+    exact, _, sampled = picture.coverage(p, 4096, 4096, 1, 1, 16)
+    approx, _, sampled2 = picture.coverage(p, 4096, 4096, 1, 1, 16, exact_pairs=1000, samples=16 * 16)
+    assert not sampled and sampled2
+    assert torch.equal(exact == 0, approx == 0) and torch.equal(exact == 1, approx == 1)
+
+
+def test_kernel_compile_unsupported_target_is_a_clean_error():
+    for target, why in (("sm_12", "unsupported target sm_12: the generated kernels need sm_80 or newer"),
+                        ("sm_95", "unsupported target sm_95: its limits are not known here"),
+                        ("hopper", "--compile takes a CUDA target like sm_90, got 'hopper'")):
+        with pytest.raises(SystemExit) as e:
+            main(["kernel", SHOW_FILE, "--compile", target])
+        assert str(e.value).startswith(f"sparsedsl: {why}")
+
+
+def test_kernel_compile_reports_shared_memory_past_the_limit(monkeypatch, capsys):
+    # The check itself, with the sizes Triton reports for head dim 512 (the real compile: the slow test below).
+    from sparsedsl.kernels import aot
+
+    sizes = {"fwd": 65536, "guard": 49152, "dq": 393216, "dkdv": 98816}
+    names = {"fwd": "fwd", "guard": "fwd_guard", "dq": "bwd_dq", "dkdv": "bwd_dkdv"}
+
+    def fake(plan, head_dim, arch, varlen, binaries):
+        binaries.update({k: (b"", f"streaming_llm_{names[k]}_kernel", 256) for k in sizes})  # no cubin: no regs
+        return dict(sizes)
+
+    monkeypatch.setattr(aot, "compile_kernels", fake)
+    assert main(["kernel", SHOW_FILE, "--compile", "sm_90"]) == 1
+    cap = capsys.readouterr()
+    assert "the dq kernel (streaming_llm_bwd_dq_kernel, head dim 128) does not fit: needs 393216 B of shared " \
+           "memory, sm_90 allows 232448 B per block" in cap.err
+    assert cap.out.startswith("sm_90: fwd ok (65536 B shared), guard ok (49152 B shared), dq FAILS")
+    sizes["dq"] = 98304
+    assert main(["kernel", SHOW_FILE, "--compile", "sm_90"]) == 0
+    assert main(["kernel", SHOW_FILE, "--compile", "sm_86"]) == 0  # 98816 B fits in sm_86's 101376
+    sizes["dkdv"] = 166912 + 1
+    assert main(["kernel", SHOW_FILE, "--compile", "sm_80"]) == 1
+    assert "sm_80 allows 166912 B" in capsys.readouterr().err
+
+
+def test_register_limits():
+    from sparsedsl.kernels.targets import TARGETS, problems
+
+    assert problems(TARGETS[90], 1024, 255, 256) == []
+    assert problems(TARGETS[90], 1024, 255, 512) == ["needs 255 x 512 = 130560 registers per block, at most 65536"]
+
+
+@pytest.mark.slow  # Triton's compile at head dim 512 spills heavily: about a minute
+def test_kernel_compile_head_dim_512_does_not_fit_sm90():
+    pytest.importorskip("triton")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    res = subprocess.run([sys.executable, "-m", "sparsedsl", "kernel", SHOW_FILE, "--compile", "sm_90",
+                          "--head-dim", "512"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600, check=False)
+    assert res.returncode == 1 and "Traceback" not in res.stderr
+    assert "the dq kernel (streaming_llm_bwd_dq_kernel, head dim 512) does not fit: needs 393216 B of shared " \
+           "memory, sm_90 allows 232448 B per block" in res.stderr
+    assert "dq FAILS (393216 B shared" in res.stdout

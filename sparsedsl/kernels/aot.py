@@ -11,9 +11,11 @@ KINDS = ("fwd", "guard", "dq", "dkdv")
 
 
 def compile_kernels(plan: KernelPlan, head_dim: int = 128, head_dim_v: int | None = None, dtype: str = "bf16",
-                    arch: int = 90, varlen: bool = False, config=(128, 64, 8, 2)) -> dict[str, int]:
+                    arch: int = 90, varlen: bool = False, config=(128, 64, 8, 2),
+                    binaries: dict | None = None) -> dict[str, int]:
     """{kind: shared memory bytes} after compiling the forward, dQ and dK/dV
-    kernels of `plan` for CUDA compute capability `arch` with fixed tiles."""
+    kernels of `plan` for CUDA compute capability `arch` with fixed tiles.
+    `binaries`, when given, receives {kind: (cubin bytes, kernel name, threads per block)}."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
@@ -38,4 +40,6 @@ def compile_kernels(plan: KernelPlan, head_dim: int = 128, head_dim_v: int | Non
         compiled = triton.compile(source, target=GPUTarget("cuda", arch, 32),
                                   options=dict(num_warps=warps, num_stages=stages))
         out[kind] = compiled.metadata.shared
+        if binaries is not None:
+            binaries[kind] = (compiled.asm.get("cubin", b""), compiled.metadata.name, warps * 32)
     return out
