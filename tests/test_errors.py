@@ -770,3 +770,23 @@ def test_flex_block_mask_device():
         assert p.to_flex_block_mask(256, 256, 2, 2).kv_num_blocks.device.type == "cpu"
         with pytest.raises(sd.InputError, match="no CUDA device"):
             p.to_flex_block_mask(256, 256, 2, 2, device="cuda")
+
+
+@pytest.mark.parametrize("kwargs, shape, phrase", [
+    (dict(layout="bsdh"), (1, 9, 4, 16), "layout must be 'bhsd'"),
+    (dict(layout="bshd"), (9, 4, 16), "[batch, length, heads, head_dim]"),
+])
+def test_layout_errors(kwargs, shape, phrase):
+    p = C("pattern p() { causal }")
+    t = torch.randn(*shape)
+    with pytest.raises(sd.InputError) as e:
+        p(t, t, t, **kwargs)
+    assert phrase in str(e.value)
+
+
+def test_layout_with_a_packed_batch():
+    p = C("pattern p() { causal }")
+    t = torch.randn(9, 4, 16)
+    cu = torch.tensor([0, 9], dtype=torch.int32)
+    with pytest.raises(sd.InputError, match="packed batch"):
+        p(t, t, t, cu_seqlens_q=cu, cu_seqlens_k=cu, max_seqlen_q=9, max_seqlen_k=9, layout="bshd")

@@ -33,7 +33,7 @@ RANK = {
     "kernels": 3,
     "runtime": 4,
     "compiler": 5,
-    "fuzz": 6,
+    "fuzz": 6, "picture": 6,
     "cli": 7,
 }
 

@@ -68,6 +68,21 @@ def check_qkv(q, k, v, scale) -> float | None:
     return check_scale(scale)
 
 
+def from_layout(layout: str, q, k, v, packed: bool):
+    """q, k, v given in `layout` as [B, H, L, D] views (no copy)."""
+    if layout != "bshd":
+        raise InputError(f"attention: layout must be 'bhsd' ([B, H, L, D]) or 'bshd' ([B, L, H, D], FlashAttention's), "
+                         f"got {layout!r}")
+    if packed:
+        raise InputError("attention: a packed batch (cu_seqlens) is [T, H, D] already: leave layout at 'bhsd'")
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if not isinstance(t, torch.Tensor) or t.dim() != 4:
+            shape = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
+            raise InputError(f"attention: with layout='bshd', {name} must be [batch, length, heads, head_dim], "
+                             f"got {shape}")
+    return q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+
+
 def check_scale(scale) -> float | None:
     """The softmax scale as a float: a number, or a one-element tensor on the CPU (reading
     one on a GPU would make the call wait for it)."""

@@ -272,8 +272,8 @@ class CompiledPattern:
         return out[0] if len(out) == 1 else out
 
     def __call__(self, q, k, v, *, scale=None, return_lse=False, backend="auto", selection=None,
-                 cu_seqlens_q=None, cu_seqlens_k=None, max_seqlen_q=None, max_seqlen_k=None, _config=None,
-                 **keywords):
+                 cu_seqlens_q=None, cu_seqlens_k=None, max_seqlen_q=None, max_seqlen_k=None, layout="bhsd",
+                 _config=None, **keywords):
         """Attention under the pattern. q [B, H, Lq, D], k/v [B, Hk, Lk, D/Dv].
 
         Returns out [B, H, Lq, Dv] (q's dtype), and lse [B, H, Lq] (natural log,
@@ -285,9 +285,17 @@ class CompiledPattern:
         [Tk, Hk, D/Dv], out [Tq, H, Dv], lse [H, Tq]; positions restart at 0 in
         every sequence and the pattern applies within each sequence only.
 
+        layout="bshd": q [B, Lq, H, D], k/v [B, Lk, Hk, D/Dv] (FlashAttention's layout), read
+        in place; out is [B, Lq, H, Dv] (a view), lse [B, H, Lq].
+
         FlashAttention's and SDPA's keywords: `softmax_scale` is `scale`; `dropout_p=0`
         and `enable_gqa` are accepted; `is_causal`, `attn_mask`, `window_size`, ... raise
         an InputError that says what to write instead."""
+        if layout != "bhsd":
+            q, k, v = inputs.from_layout(layout, q, k, v, packed=cu_seqlens_q is not None or cu_seqlens_k is not None)
+            out = self(q, k, v, scale=scale, return_lse=return_lse, backend=backend, selection=selection,
+                       _config=_config, **keywords)
+            return (out[0].transpose(1, 2), out[1]) if return_lse else out.transpose(1, 2)
         if keywords:
             scale = inputs.foreign_keywords(keywords, scale, q, k)
         if backend not in BACKENDS:
