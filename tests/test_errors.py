@@ -790,3 +790,20 @@ def test_layout_with_a_packed_batch():
     cu = torch.tensor([0, 9], dtype=torch.int32)
     with pytest.raises(sd.InputError, match="packed batch"):
         p(t, t, t, cu_seqlens_q=cu, cu_seqlens_k=cu, max_seqlen_q=9, max_seqlen_k=9, layout="bshd")
+
+
+def test_decode_takes_flash_attention_keywords():
+    """flash_attn_with_kvcache's spelling: softmax_scale is scale (same result); causal and
+    window_size are refused with what to write instead; a misspelt keyword is named."""
+    p = C("pattern p() { causal & window(6) }")
+    g = torch.Generator().manual_seed(0)
+    q = torch.randn(2, 4, 1, 16, generator=g)
+    kc, vc = torch.randn(2, 2, 12, 16, generator=g), torch.randn(2, 2, 12, 16, generator=g)
+    lens = torch.tensor([12, 7], dtype=torch.int32)
+    assert torch.equal(p.decode(q, kc, vc, lens, softmax_scale=0.2), p.decode(q, kc, vc, lens, scale=0.2))
+    for kwargs, phrase in ((dict(causal=True), "write `causal`"), (dict(window_size=(5, 0)), "window(n)"),
+                           (dict(enable_gqa=False), "4 query heads and 2 KV heads"),
+                           (dict(num_split=2), "unexpected keyword argument 'num_split'")):
+        with pytest.raises(sd.InputError) as e:
+            p.decode(q, kc, vc, lens, **kwargs)
+        assert str(e.value).startswith("decode: ") and phrase in str(e.value)

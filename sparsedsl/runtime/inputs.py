@@ -117,35 +117,39 @@ REFUSED = {
 }
 
 
-def foreign_keywords(keywords: dict, scale, q, k):
+def foreign_keywords(keywords: dict, scale, heads, what: str = "attention", takes: str = ""):
     """The scale after FlashAttention's and SDPA's keywords: `softmax_scale` is `scale`,
     `dropout_p=0` and `enable_gqa` are accepted; the others get an InputError that names
-    sparsedsl's spelling."""
+    sparsedsl's spelling. `heads`: (query heads, KV heads), or None when the shapes are
+    not known yet (the shape checks come later)."""
     keywords = dict(keywords)
     if "softmax_scale" in keywords:
         alias = keywords.pop("softmax_scale")
         if scale is not None and alias is not None:
-            raise InputError("attention: pass the scale once: `scale` and `softmax_scale` (its FlashAttention "
+            raise InputError(f"{what}: pass the scale once: `scale` and `softmax_scale` (its FlashAttention "
                              "name) are the same argument")
         scale = alias if scale is None else scale
     dropout = keywords.pop("dropout_p", 0.0)
     if dropout != 0:
-        raise InputError(f"attention: dropout_p={dropout!r}: sparsedsl has no attention dropout (pass 0, or "
+        raise InputError(f"{what}: dropout_p={dropout!r}: sparsedsl has no attention dropout (pass 0, or "
                          "apply dropout outside the attention)")
     if keywords.get("attn_mask", 0) is None:  # SDPA's default: no mask, nothing to refuse
         keywords.pop("attn_mask")
     gqa = keywords.pop("enable_gqa", True)
-    # heads are axis 1 of [B, H, L, D] and of a packed [T, H, D] (the shape checks come later)
-    heads = [t.shape[1] if isinstance(t, torch.Tensor) and t.dim() >= 3 else None for t in (q, k)]
-    if not gqa and None not in heads and heads[0] != heads[1]:
-        raise InputError(f"attention: enable_gqa=False with {heads[0]} query heads and {heads[1]} KV heads "
+    if not gqa and heads is not None and heads[0] != heads[1]:
+        raise InputError(f"{what}: enable_gqa=False with {heads[0]} query heads and {heads[1]} KV heads "
                          "(sparsedsl always shares each KV head among its group of query heads)")
     for name in keywords:
         if name in REFUSED:
-            raise InputError(f"attention: sparsedsl takes no `{name}`: {REFUSED[name]}")
-        raise InputError(f"attention: unexpected keyword argument {name!r} (sparsedsl takes scale (softmax_scale), "
-                         "return_lse, backend, selection, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k)")
+            raise InputError(f"{what}: sparsedsl takes no `{name}`: {REFUSED[name]}")
+        raise InputError(f"{what}: unexpected keyword argument {name!r} (sparsedsl takes {takes})")
     return scale
+
+
+def heads_of(q, k):
+    """(query heads, KV heads) of [B, H, L, D] or packed [T, H, D] tensors (axis 1), or None."""
+    ok = all(isinstance(t, torch.Tensor) and t.dim() >= 3 for t in (q, k))
+    return (q.shape[1], k.shape[1]) if ok else None
 
 
 def check_varlen(q, k, v, cu_q, cu_k, max_q, max_k, scale):

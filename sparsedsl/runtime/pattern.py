@@ -19,6 +19,11 @@ from .ops import attention, pattern_key, plan_for, select
 BACKENDS = ("auto", "reference", "triton")
 
 
+_CALL_KEYWORDS = ("scale (softmax_scale), return_lse, backend, selection, cu_seqlens_q, cu_seqlens_k, "
+                  "max_seqlen_q, max_seqlen_k, layout")
+_DECODE_KEYWORDS = "block_table, summaries, scale (softmax_scale), return_lse, num_splits, backend"
+
+
 class CompiledPattern:
     """A pattern instantiated with its parameters; immutable and reusable for
     every sequence length and head count."""
@@ -297,7 +302,7 @@ class CompiledPattern:
                        _config=_config, **keywords)
             return (out[0].transpose(1, 2), out[1]) if return_lse else out.transpose(1, 2)
         if keywords:
-            scale = inputs.foreign_keywords(keywords, scale, q, k)
+            scale = inputs.foreign_keywords(keywords, scale, inputs.heads_of(q, k), takes=_CALL_KEYWORDS)
         if backend not in BACKENDS:
             raise InputError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
         packed = any(x is not None for x in (cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k))
@@ -352,7 +357,7 @@ class CompiledPattern:
         return summarize(plan, k_cache, v_cache, cache_seqlens, block_table, into, new)
 
     def decode(self, q, k_cache, v_cache, cache_seqlens, *, block_table=None, summaries=None, scale=None,
-               return_lse=False, num_splits=None, backend="auto"):
+               return_lse=False, num_splits=None, backend="auto", **keywords):
         """Attention of a few new queries per sequence against a KV cache (flash-decoding).
 
         q [B, H, Lq, D]: the queries at positions cache_seqlens[b] - Lq .. - 1;
@@ -361,7 +366,13 @@ class CompiledPattern:
         included. Equals the prefill call with these queries on each sequence's
         first cache_seqlens[b] keys. Dynamic patterns read `summaries`
         (summarize(); refreshed here for this call's tokens) or, without them,
-        summarize the whole cache first. Returns out [B, H, Lq, Dv] (and lse)."""
+        summarize the whole cache first. Returns out [B, H, Lq, Dv] (and lse).
+        FlashAttention's keywords as in the prefill call (`softmax_scale`, ...)."""
+        if keywords:
+            paged = block_table is not None and isinstance(k_cache, torch.Tensor) and k_cache.dim() == 4
+            heads = (q.shape[1], k_cache.shape[2] if paged else k_cache.shape[1]) if \
+                inputs.heads_of(q, k_cache) is not None else None
+            scale = inputs.foreign_keywords(keywords, scale, heads, "decode", _DECODE_KEYWORDS)
         scale = inputs.check_decode(q, k_cache, v_cache, cache_seqlens, block_table, scale)
         hk = k_cache.shape[2] if block_table is not None else k_cache.shape[1]
         self._heads(q.shape[1], hk)
