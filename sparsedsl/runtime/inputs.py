@@ -155,7 +155,9 @@ def heads_of(q, k):
 def check_varlen(q, k, v, cu_q, cu_k, max_q, max_k, scale):
     """Packed variable-length inputs (FlashAttention's convention): q [Tq, H, D],
     k/v [Tk, Hk, D/Dv], cu_seqlens int32 [S + 1] on q's device. The values of
-    cu_seqlens are checked on CPU tensors only (on a GPU that would sync)."""
+    cu_seqlens are checked on CPU tensors only (on a GPU that would sync), and not
+    while torch.compile traces the call (data-dependent: no graph break, fullgraph works)."""
+    read_values = not _tracing()
     for name, t in (("q", q), ("k", k), ("v", v)):
         if not isinstance(t, torch.Tensor):
             raise InputError(f"attention: {name} must be a torch.Tensor, got {type(t).__name__}")
@@ -172,7 +174,7 @@ def check_varlen(q, k, v, cu_q, cu_k, max_q, max_k, scale):
                              f"{getattr(cu, 'dtype', type(cu).__name__)} {tuple(getattr(cu, 'shape', ()))}")
         if cu.device != q.device:
             raise InputError(f"{name} is on {cu.device} but q is on {q.device}")
-        if not cu.is_cuda:
+        if not cu.is_cuda and read_values:
             vals = cu.tolist()
             if vals[0] != 0 or any(b < a for a, b in zip(vals, vals[1:])) or vals[-1] != total:
                 raise InputError(f"{name} must start at 0, never decrease and end at the number of packed tokens "
@@ -182,10 +184,15 @@ def check_varlen(q, k, v, cu_q, cu_k, max_q, max_k, scale):
                          f"{cu_q.numel() - 1} and {cu_k.numel() - 1}")
     max_q, max_k = check_size("max_seqlen_q", max_q), check_size("max_seqlen_k", max_k)
     for name, cu, m in (("q", cu_q, max_q), ("k", cu_k, max_k)):
-        longest = int((cu[1:] - cu[:-1]).max()) if not cu.is_cuda and cu.numel() > 1 else 0
+        longest = int((cu[1:] - cu[:-1]).max()) if not cu.is_cuda and read_values and cu.numel() > 1 else 0
         if longest > m:
             raise InputError(f"max_seqlen_{name} ({m}) is smaller than the longest sequence ({longest})")
     return scale
+
+
+def _tracing() -> bool:
+    compiler = getattr(torch, "compiler", None)
+    return bool(compiler is not None and hasattr(compiler, "is_compiling") and compiler.is_compiling())
 
 
 def check_decode(q, k_cache, v_cache, cache_seqlens, block_table, scale):
@@ -259,6 +266,6 @@ def check_kernel(q, lengths, what: str = "attention") -> None:
 
 def check_lengths(lengths, what: str = "attention") -> None:
     """Positions are in (-2**30, 2**30): the range the compiler proves the pattern's arithmetic for."""
-    longest = max(lengths, default=0)
-    if longest >= SEQUENCE_LIMIT:
-        raise InputError(f"{what}: sequences must have fewer than 2**30 tokens, got {longest}")
+    for n in lengths:  # (one comparison each: torch.compile traces it as a guard on the range, no break)
+        if n >= SEQUENCE_LIMIT:
+            raise InputError(f"{what}: sequences must have fewer than 2**30 tokens, got {n}")
