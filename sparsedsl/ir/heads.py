@@ -8,9 +8,13 @@ from . import nodes as ir
 ZERO, ONE = ir.Const(0), ir.Const(1)
 
 
+def _clamp01(x):
+    return build.int_op("min", ONE, build.int_op("max", ZERO, x))
+
+
 def _neg_flag(x):
     """1 when x < 0 else 0, as integer arithmetic: min(1, max(0, -x))."""
-    return build.int_op("min", ONE, build.int_op("max", ZERO, build.int_op("neg", x)))
+    return _clamp01(build.int_op("neg", x))
 
 
 def _slice_bound(x):
@@ -30,10 +34,6 @@ def branch_condition(b: ir.Branch) -> ir.Node:
     lo = ZERO if b.start is None else _slice_bound(b.start)
     hi = H if b.stop is None else _slice_bound(b.stop)
     return build.logic("and", build.cmp(">=", h, lo), build.cmp("<", h, hi))
-
-
-def _clamp01(x):
-    return build.int_op("min", ONE, build.int_op("max", ZERO, x))
 
 
 def indicator(cond: ir.Node) -> ir.Node:

@@ -146,10 +146,11 @@ def foreign_keywords(keywords: dict, scale, heads, what: str = "attention", take
     return scale
 
 
-def heads_of(q, k):
-    """(query heads, KV heads) of [B, H, L, D] or packed [T, H, D] tensors (axis 1), or None."""
+def heads_of(q, k, kv_axis: int = 1):
+    """(query heads, KV heads) of [B, H, L, D] or packed [T, H, D] tensors (axis 1; a paged
+    cache [pages, page_size, Hk, D] has its heads on axis 2), or None."""
     ok = all(isinstance(t, torch.Tensor) and t.dim() >= 3 for t in (q, k))
-    return (q.shape[1], k.shape[1]) if ok else None
+    return (q.shape[1], k.shape[kv_axis]) if ok else None
 
 
 def check_varlen(q, k, v, cu_q, cu_k, max_q, max_k, scale):
@@ -191,8 +192,7 @@ def check_varlen(q, k, v, cu_q, cu_k, max_q, max_k, scale):
 
 
 def _tracing() -> bool:
-    compiler = getattr(torch, "compiler", None)
-    return bool(compiler is not None and hasattr(compiler, "is_compiling") and compiler.is_compiling())
+    return torch.compiler.is_compiling()
 
 
 def check_decode(q, k_cache, v_cache, cache_seqlens, block_table, scale):

@@ -369,9 +369,7 @@ class CompiledPattern:
         summarize the whole cache first. Returns out [B, H, Lq, Dv] (and lse).
         FlashAttention's keywords as in the prefill call (`softmax_scale`, ...)."""
         if keywords:
-            paged = block_table is not None and isinstance(k_cache, torch.Tensor) and k_cache.dim() == 4
-            heads = (q.shape[1], k_cache.shape[2] if paged else k_cache.shape[1]) if \
-                inputs.heads_of(q, k_cache) is not None else None
+            heads = inputs.heads_of(q, k_cache, 2 if block_table is not None else 1)
             scale = inputs.foreign_keywords(keywords, scale, heads, "decode", _DECODE_KEYWORDS)
         scale = inputs.check_decode(q, k_cache, v_cache, cache_seqlens, block_table, scale)
         hk = k_cache.shape[2] if block_table is not None else k_cache.shape[1]
