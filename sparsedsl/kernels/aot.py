@@ -12,9 +12,10 @@ KINDS = ("fwd", "guard", "dq", "dkdv")
 
 def compile_kernels(plan: KernelPlan, head_dim: int = 128, head_dim_v: int | None = None, dtype: str = "bf16",
                     arch: int = 90, varlen: bool = False, config=(128, 64, 8, 2),
-                    binaries: dict | None = None) -> dict[str, int]:
+                    binaries: dict | None = None, group: int = 1) -> dict[str, int]:
     """{kind: shared memory bytes} after compiling the forward, dQ and dK/dV
-    kernels of `plan` for CUDA compute capability `arch` with fixed tiles.
+    kernels of `plan` for CUDA compute capability `arch` with fixed tiles (`group` query
+    heads per K/V head).
     `binaries`, when given, receives {kind: (cubin bytes, kernel name, threads per block)}."""
     import triton
     from triton.backends.compiler import GPUTarget
@@ -25,7 +26,7 @@ def compile_kernels(plan: KernelPlan, head_dim: int = 128, head_dim_v: int | Non
     module, names = kernels_for(plan, True, head_dim, bn)
     consts = dict(HEAD_DIM=head_dim, HEAD_DIM_V=dv, BLOCK_D=_pow2(head_dim), BLOCK_DV=_pow2(dv), RATE=plan.rate,
                   WIDE=plan.wide, DOT_PRECISION="ieee" if dtype == "fp32" else "tf32", VARLEN=int(varlen),
-                  PAGE=0, BLOCK_M=bm, BLOCK_N=bn)
+                  PAGE=0, GROUP=group, BLOCK_M=bm, BLOCK_N=bn)
     out = {}
     for kind in KINDS + (("dlm",) if plan.landmarks is not None else ()):
         fn = getattr(module, names[kind])

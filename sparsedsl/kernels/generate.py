@@ -198,8 +198,11 @@ class Traversal:
     """How a kernel walks a branch: which segments, which step function it
     calls per tile (with the branch's mask id as {i}), where positions start."""
 
-    def __init__(self, transposed: bool, call: str, split: str = "", selected: str = "", landmark: str = ""):
+    def __init__(self, transposed: bool, call: str, split: str = "", selected: str = "", landmark: str = "",
+                 full_call: str = ""):
         self.transposed, self.call = transposed, call
+        # the step of a full tile (no mask, no bounds): full tiles get a loop of their own
+        self.full_call = full_call
         self.clip = "off" if transposed else "0"
         # "parts": the program walks share `part` of SPLIT of the tile's loop (the forward when
         # decoding); "long": only split key tiles do (part >= 0, the dK/dV kernel)
@@ -219,7 +222,10 @@ FORWARD = Traversal(False, (
     "h, hk, H, Hk, qk_scale, BLOCK_N, HEAD_DIM, HEAD_DIM_V, {i}, DOT_PRECISION, PAGE, GUARD)"), (
     "acc, l_i, m_i = _attend(acc, l_i, m_i, q, q_pos, kl_base, vl_base, bt_base, offs_d, offs_dv, "
     "stride_kln, stride_kld, 0, stride_vln, stride_vld, 0, u0, 0, 0, nl, u0 + BLOCK_N > nl_all, "
-    "h, hk, H, Hk, qk_scale, 1, BLOCK_N, HEAD_DIM, HEAD_DIM_V, {i}, DOT_PRECISION, WIDE, 0, GUARD)"))
+    "h, hk, H, Hk, qk_scale, 1, BLOCK_N, HEAD_DIM, HEAD_DIM_V, {i}, DOT_PRECISION, WIDE, 0, GUARD)"), (
+    "acc, l_i, m_i = _attend_full(acc, l_i, m_i, q, k_base, v_base, bt_base, offs_d, offs_dv, stride_kn, stride_kd, "
+    "stride_kp, stride_vn, stride_vd, stride_vp, u0, c, qk_scale, RATE, BLOCK_N, HEAD_DIM, HEAD_DIM_V, BLOCK_D, "
+    "BLOCK_DV, DOT_PRECISION, PAGE, GUARD)"))
 DQ = Traversal(False, (
     "dq = _dq_step(dq, q, do, lse2, delta, q_pos, k_base, v_base, offs_d, offs_dv, "
     "stride_kn, stride_kd, stride_vn, stride_vd, u0, c, lo_v, hi_v, masked, h, hk, H, Hk, qk_scale, "
@@ -229,12 +235,16 @@ DQ = Traversal(False, (
     "BLOCK_N, HEAD_DIM, HEAD_DIM_V, {i}, DOT_PRECISION)"), (
     "dq = _dq_step(dq, q, do, lse2, delta, q_pos, kl_base, vl_base, offs_d, offs_dv, "
     "stride_kln, stride_kld, stride_vln, stride_vld, u0, 0, 0, nl, u0 + BLOCK_N > nl_all, h, hk, H, Hk, "
-    "qk_scale, 1, BLOCK_N, HEAD_DIM, HEAD_DIM_V, {i}, DOT_PRECISION, WIDE)"))
+    "qk_scale, 1, BLOCK_N, HEAD_DIM, HEAD_DIM_V, {i}, DOT_PRECISION, WIDE)"), (
+    "dq = _dq_full(dq, q, do, lse2, delta, k_base, v_base, offs_d, offs_dv, stride_kn, stride_kd, stride_vn, "
+    "stride_vd, u0, c, qk_scale, RATE, BLOCK_N, HEAD_DIM, HEAD_DIM_V, BLOCK_D, BLOCK_DV, DOT_PRECISION)"))
 _KV_ARGS = ("q_base, do_base, lse_base, delta_base, offs_d, offs_dv, "
             "stride_qm, stride_qd, stride_dom, stride_dod, stride_lm, off")
 DKDV = Traversal(True, (
     f"dk, dv = _kv_step(dk, dv, k, v, k_pos, key_ok, {_KV_ARGS}, u0, c, lo_v, hi_v, masked, "
-    "h, hk, H, Hk, qk_scale, RATE, BLOCK_N, HEAD_DIM, HEAD_DIM_V, {i}, DOT_PRECISION, WIDE)"), "long")
+    "h, hk, H, Hk, qk_scale, RATE, BLOCK_N, HEAD_DIM, HEAD_DIM_V, {i}, DOT_PRECISION, WIDE)"), "long", full_call=(
+    f"dk, dv = _kv_full(dk, dv, k, v, {_KV_ARGS}, u0, c, qk_scale, RATE, BLOCK_N, HEAD_DIM, HEAD_DIM_V, "
+    "BLOCK_D, BLOCK_DV, DOT_PRECISION)"))
 
 
 def _branch_body(i: int, br, plan: KernelPlan, walk: bool, how: Traversal) -> list[str]:
@@ -256,11 +266,24 @@ def _branch_body(i: int, br, plan: KernelPlan, walk: bool, how: Traversal) -> li
     inverse = how.transposed and br.topk is not None
     if not pieces and not dynamic:
         return _dkdv_selected(i, br, plan) if inverse else ["pass  # no key is visible to these heads"]
-    lines.append("# one loop over the tiles of all pieces, in order")
+    # Full tiles (every pair visible) take a loop of their own, with no mask and no bounds, where
+    # the traversal has such a step; a piece with dead tiles keeps them all in the masked loop.
+    own = {p.name: bool(how.full_call) and full[p.name] and not p.dead for p in pieces}
+    if any(own.values()):
+        lines.append("# one loop over the partial tiles of all pieces, in order, then one over their full tiles")
+    else:
+        lines.append("# one loop over the tiles of all pieces, in order")
     lines.append("c_0 = 0")
     for n, p in enumerate(pieces):
-        lines.append(f"c_{n + 1} = c_{n} + n_{p.name}")
+        count = f"n_{p.name} - (f2_{p.name} - f1_{p.name})" if own[p.name] else f"n_{p.name}"
+        lines.append(f"c_{n + 1} = c_{n} + {count}")
     total = f"c_{len(pieces)}"
+    owners = [(n, p) for n, p in enumerate(pieces) if own[p.name]]
+    if owners:
+        lines.append(f"d_0 = {total}")
+        for m, (n, p) in enumerate(owners):
+            lines.append(f"d_{m + 1} = d_{m} + f2_{p.name} - f1_{p.name}")
+        total = f"d_{len(owners)}"
     if dynamic:
         extra, loops, total = _dynamic_parts(i, br, plan, how, total)
         lines += extra
@@ -272,9 +295,13 @@ def _branch_body(i: int, br, plan: KernelPlan, walk: bool, how: Traversal) -> li
     else:
         lines += ["t_a = 0", f"t_b = {total}"]
     if pieces:
-        stop = f"tl.minimum(t_b, c_{len(pieces)})" if dynamic else "t_b"
+        stop = f"tl.minimum(t_b, c_{len(pieces)})" if dynamic or owners else "t_b"
         lines.append(f"for t in range(t_a, {stop}):")
-        lines += ["    " + b for b in _static_loop_body(i, pieces, full, how)]
+        lines += ["    " + b for b in _static_loop_body(i, pieces, full, own, how)]
+    if owners:
+        stop = f"tl.minimum(t_b, d_{len(owners)})" if dynamic else "t_b"
+        lines.append(f"for t in range(tl.maximum(t_a, d_0), {stop}):")
+        lines += ["    " + b for b in _full_loop_body(owners, how)]
     if dynamic:
         lines += loops
     if inverse:
@@ -282,27 +309,52 @@ def _branch_body(i: int, br, plan: KernelPlan, walk: bool, how: Traversal) -> li
     return lines
 
 
-def _static_loop_body(i: int, pieces: list[_Piece], full: dict, how: Traversal) -> list[str]:
+def _static_loop_body(i: int, pieces: list[_Piece], full: dict, own: dict, how: Traversal) -> list[str]:
+    """The masked loop's body. A piece whose full tiles have a loop of their own (`own`) contributes
+    its partial tiles here: index tt of them is tile tt below the full run f1 .. f2, else past it."""
     body = []
+    # "True": every tile of the piece is masked (a constant where the traversal has a full step,
+    # so that the mask is no branch in the loop)
+    always = "True" if how.full_call else "t >= 0"
+    masks = {}
+    for n, p in enumerate(pieces):
+        tt = f"t - c_{n}"
+        masks[n] = f"(({tt}) < f1_{p.name}) | (({tt}) >= f2_{p.name})" if full[p.name] and not own[p.name] \
+            else always
+    one_mask = len(set(masks.values())) == 1 and always in masks.values()
     for n in reversed(range(len(pieces))):  # the last piece first, earlier ones override by t < c_{n+1}
         p = pieces[n]
         tt = f"t - c_{n}"
-        masked = f"(({tt}) < f1_{p.name}) | (({tt}) >= f2_{p.name})" if full[p.name] else "t >= 0"
-        vals = [p.u0(tt), masked, f"pa_{p.name}", f"pb_{p.name}"]
+        if own[p.name]:
+            tt = f"tl.where({tt} < f1_{p.name}, {tt}, {tt} + f2_{p.name} - f1_{p.name})"
+        vals = [p.u0(tt), masks[n], f"pa_{p.name}", f"pb_{p.name}"]
         if n == len(pieces) - 1:
             body += [f"u0 = {vals[0]}", f"masked = {vals[1]}", f"lo_v = {vals[2]}", f"hi_v = {vals[3]}"]
         else:
             sel = f"t < c_{n + 1}"
-            body += [f"u0 = tl.where({sel}, {vals[0]}, u0)", f"masked = tl.where({sel}, {vals[1]}, masked)",
+            body += [f"u0 = tl.where({sel}, {vals[0]}, u0)",
+                     *([] if one_mask else [f"masked = tl.where({sel}, {vals[1]}, masked)"]),
                      f"lo_v = tl.where({sel}, {vals[2]}, lo_v)", f"hi_v = tl.where({sel}, {vals[3]}, hi_v)"]
     if any(p.dead for p in pieces):
         deads = [f"({p.dead}) & (t >= c_{n}) & (t < c_{n + 1})" for n, p in enumerate(pieces) if p.dead]
-        body += [f"dead = {' | '.join(deads)}", "lo_v = tl.where(dead, hi_v, lo_v)", "masked = masked | dead"]
+        body += [f"dead = {' | '.join(deads)}", "lo_v = tl.where(dead, hi_v, lo_v)"]
+        if not (one_mask and always == "True"):
+            body.append("masked = masked | dead")
     body.append("hi_v = tl.minimum(hi_v, num_u)")
     if how.transposed:  # the first query tile may start before the first query
         body.append("lo_v = tl.maximum(lo_v, u_lo)")
     body.append(how.call.format(i=i))
     return body
+
+
+def _full_loop_body(owners: list[tuple[int, _Piece]], how: Traversal) -> list[str]:
+    """The full tiles' loop body: index t - d_m of piece m's full run is its tile f1 + (t - d_m)."""
+    body = []
+    for m in reversed(range(len(owners))):
+        p = owners[m][1]
+        u0 = p.u0(f"f1_{p.name} + t - d_{m}")
+        body.append(f"u0 = {u0}" if m == len(owners) - 1 else f"u0 = tl.where(t < d_{m + 1}, {u0}, u0)")
+    return body + [how.full_call]
 
 
 def _dynamic_parts(i: int, br, plan: KernelPlan, how: Traversal, start: str):

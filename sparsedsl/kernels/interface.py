@@ -102,11 +102,12 @@ DQ = Kernel("dq", (*_BWD, Pointer("DQ"), *_CU, _SEL, *_LANDMARKS), (*_sizes(), _
             (*_PLAN, *TUNED))  # DQ: Q's strides
 DKDV = Kernel(
     "dkdv",
-    (*_BWD, Pointer("DK"), Pointer("DV"), Pointer("WSK", "fp32"), Pointer("WSV", "fp32"), *_CU,
+    (*_BWD, Pointer("DK", DATA, _strides("dk", "bhnd")), Pointer("DV", DATA, _strides("dv", "bhnd")),
+     Pointer("WSK", "fp32"), Pointer("WSV", "fp32"), *_CU,
      Pointer("INV", "i64", _strides("i", "bh")), Pointer("IOFF", "i32", _strides("io", "bh")), *_LANDMARK_GRADS),
     (*_sizes(), _QK_SCALE, _SM_SCALE, Scalar("LONG_KEYS"), Scalar("SPLIT"), Scalar("SEL_ROWS", specialize=True),
      Scalar("NL", specialize=True)),
-    (*_PLAN, *TUNED))
+    (*_PLAN, "GROUP", *TUNED))  # GROUP: H // Hk
 DLM = Kernel(
     "dlm",
     (_Q, *_LANDMARKS, _DO, _LSE, _DELTA, *_LANDMARK_GRADS),

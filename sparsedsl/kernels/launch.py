@@ -92,7 +92,7 @@ class _Launch:
             self.cu = (varlen.cu_q, varlen.cu_k)
         self.meta = dict(HEAD_DIM=d, HEAD_DIM_V=dv, BLOCK_D=_pow2(d), BLOCK_DV=_pow2(dv), RATE=plan.rate,
                          WIDE=plan.wide, DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
-                         VARLEN=1 if varlen is not None else 0, PAGE=0)
+                         VARLEN=1 if varlen is not None else 0, PAGE=0, GROUP=max(1, self.h // max(1, self.hk)))
 
     def fixed(self, kind: str):
         """The fixed tiles of kernel `kind`, or None to autotune. Short sequences
