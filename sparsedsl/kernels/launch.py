@@ -65,6 +65,11 @@ class Varlen:
 SHORT = 256  # sequences up to this long run on one fixed config (no autotuning)
 
 
+def small_config(head_dim: int) -> tuple[int, int, int, int]:
+    """The fixed tiles of short sequences and of the guard kernel."""
+    return (64, 32, 4, 2) if head_dim <= 128 else (32, 32, 4, 2)
+
+
 class _Launch:
     """What the kernels of one call share: the plan, the meta-parameters, the
     tiles (fixed per kernel kind, or autotuned) and the grid.
@@ -102,7 +107,7 @@ class _Launch:
         if cfg is None and self.interpret:
             return (16, 16)
         if cfg is None and max(self.lq, self.lk) <= SHORT:
-            return (64, 32, 4, 2) if self.head_dim <= 128 else (32, 32, 4, 2)
+            return small_config(self.head_dim)
         return cfg
 
     def strides(self, t: torch.Tensor) -> tuple[int, ...]:
@@ -140,7 +145,7 @@ class _Launch:
         if not guard or (self.interpret and tensors["FLAG"].item() == 0):  # (on the CPU: no launch to pay for)
             return
         # the guard kernel: fixed tiles (it runs only on non-finite inputs), a few programs
-        bm, bn, *rest = fixed or ((64, 32, 4, 2) if self.head_dim <= 128 else (32, 32, 4, 2))
+        bm, bn, *rest = fixed or small_config(self.head_dim)
         launch = dict(zip(("num_warps", "num_stages"), rest))
         g0, g1, g2 = grid({"BLOCK_M": bm})
         programs = min(g0 * g1 * g2, 4 if self.interpret else 2 * _sm_count(tensors["FLAG"].device))
