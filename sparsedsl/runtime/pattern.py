@@ -14,14 +14,15 @@ from ..passes.dynamic import decode_topk
 from ..reference.attention import compute_selection, reference_attention, visible
 from ..ir.head_args import check_heads as check_head_args
 from . import inputs
+from .sinks import check_sinks, with_sinks
 from .ops import attention, pattern_key, plan_for, select
 
 BACKENDS = ("auto", "reference", "triton")
 
 
 _CALL_KEYWORDS = ("scale (softmax_scale), return_lse, backend, selection, cu_seqlens_q, cu_seqlens_k, "
-                  "max_seqlen_q, max_seqlen_k, layout")
-_DECODE_KEYWORDS = "block_table, summaries, scale (softmax_scale), return_lse, num_splits, backend"
+                  "max_seqlen_q, max_seqlen_k, layout, sinks")
+_DECODE_KEYWORDS = "block_table, summaries, scale (softmax_scale), return_lse, num_splits, backend, sinks"
 
 
 class CompiledPattern:
@@ -278,7 +279,7 @@ class CompiledPattern:
 
     def __call__(self, q, k, v, *, scale=None, return_lse=False, backend="auto", selection=None,
                  cu_seqlens_q=None, cu_seqlens_k=None, max_seqlen_q=None, max_seqlen_k=None, layout="bhsd",
-                 _config=None, **keywords):
+                 sinks=None, _config=None, **keywords):
         """Attention under the pattern. q [B, H, Lq, D], k/v [B, Hk, Lk, D/Dv].
 
         Returns out [B, H, Lq, Dv] (q's dtype), and lse [B, H, Lq] (natural log,
@@ -293,13 +294,17 @@ class CompiledPattern:
         layout="bshd": q [B, Lq, H, D], k/v [B, Lk, Hk, D/Dv] (FlashAttention's layout), read
         in place; out is [B, Lq, H, Dv] (a view), lse [B, H, Lq].
 
+        sinks: learnable attention sinks (gpt-oss), a floating tensor [H] of logits, one per
+        query head, that join every row's softmax denominator (no key, no value); the
+        returned lse includes them, and they get their gradient.
+
         FlashAttention's and SDPA's keywords: `softmax_scale` is `scale`; `dropout_p=0`
         and `enable_gqa` are accepted; `is_causal`, `attn_mask`, `window_size`, ... raise
         an InputError that says what to write instead."""
         if layout != "bhsd":
             q, k, v = inputs.from_layout(layout, q, k, v, packed=cu_seqlens_q is not None or cu_seqlens_k is not None)
             out = self(q, k, v, scale=scale, return_lse=return_lse, backend=backend, selection=selection,
-                       _config=_config, **keywords)
+                       sinks=sinks, _config=_config, **keywords)
             return (out[0].transpose(1, 2), out[1]) if return_lse else out.transpose(1, 2)
         if keywords:
             scale = inputs.foreign_keywords(keywords, scale, inputs.heads_of(q, k), takes=_CALL_KEYWORDS)
@@ -314,6 +319,8 @@ class CompiledPattern:
         else:
             scale = inputs.check_qkv(q, k, v, scale)
             self._heads(q.shape[1], k.shape[1])
+        if sinks is not None:
+            check_sinks(sinks, q, q.shape[1])
         use_triton = backend == "triton" or (backend == "auto" and q.is_cuda and q.dtype != torch.float64)
         if use_triton:
             lengths = (max_seqlen_q, max_seqlen_k, q.shape[0], k.shape[0]) if packed else (q.shape[2], k.shape[2])
@@ -322,12 +329,16 @@ class CompiledPattern:
             scale = q.shape[-1] ** -0.5 if scale is None else scale
             out, lse = attention(q, k, v, self._op_key, scale, cu_seqlens_q, cu_seqlens_k,
                                  max_seqlen_q or 0, max_seqlen_k or 0, list(_config or ()), sel)
+            if sinks is not None:
+                out, lse = with_sinks(out, lse, sinks, packed)
             return (out, lse) if return_lse else out
         if packed:
             out, lse = self._reference_packed(q, k, v, scale, cu_seqlens_q, cu_seqlens_k)
         else:
             sel = None if selection is None else self._selection_dict(selection, q, k)
             out, lse = reference_attention(self.root, q, k, v, scale=scale, selection=sel)
+        if sinks is not None:
+            out, lse = with_sinks(out, lse, sinks, packed)
         if return_lse:
             return out, (lse if q.dtype == torch.float64 else lse.float())
         return out
@@ -357,7 +368,7 @@ class CompiledPattern:
         return summarize(plan, k_cache, v_cache, cache_seqlens, block_table, into, new)
 
     def decode(self, q, k_cache, v_cache, cache_seqlens, *, block_table=None, summaries=None, scale=None,
-               return_lse=False, num_splits=None, backend="auto", **keywords):
+               return_lse=False, num_splits=None, backend="auto", sinks=None, **keywords):
         """Attention of a few new queries per sequence against a KV cache (flash-decoding).
 
         q [B, H, Lq, D]: the queries at positions cache_seqlens[b] - Lq .. - 1;
@@ -366,8 +377,8 @@ class CompiledPattern:
         included. Equals the prefill call with these queries on each sequence's
         first cache_seqlens[b] keys. Dynamic patterns read `summaries`
         (summarize(); refreshed here for this call's tokens) or, without them,
-        summarize the whole cache first. Returns out [B, H, Lq, Dv] (and lse).
-        FlashAttention's keywords as in the prefill call (`softmax_scale`, ...)."""
+        summarize the whole cache first. Returns out [B, H, Lq, Dv] (and lse). `sinks` as in
+        the prefill call. FlashAttention's keywords as in the prefill call (`softmax_scale`, ...)."""
         if keywords:
             heads = inputs.heads_of(q, k_cache, 2 if block_table is not None else 1)
             scale = inputs.foreign_keywords(keywords, scale, heads, "decode", _DECODE_KEYWORDS)
@@ -378,6 +389,8 @@ class CompiledPattern:
             raise InputError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
         if num_splits is not None:
             num_splits = inputs.check_size("num_splits", num_splits, 1)
+        if sinks is not None:
+            check_sinks(sinks, q, q.shape[1], "decode")
         scale = q.shape[-1] ** -0.5 if scale is None else scale
         if backend == "reference" or (backend == "auto" and not q.is_cuda):
             out, lse = self._reference_decode(q, k_cache, v_cache, cache_seqlens, block_table, scale)
@@ -388,6 +401,8 @@ class CompiledPattern:
             inputs.check_kernel(q, (block_table.shape[1] * k_cache.shape[1] if paged else k_cache.shape[2],), "decode")
             out, lse = decode(self.plan, q, k_cache, v_cache, cache_seqlens, scale, not q.is_cuda, block_table,
                               summaries, num_splits)
+        if sinks is not None:
+            out, lse = with_sinks(out, lse, sinks)
         return (out, lse) if return_lse else out
 
     def _reference_decode(self, q, k_cache, v_cache, lens, block_table, scale):
