@@ -1,0 +1,195 @@
+"""Hugging Face transformers: run a model's attention layers through sparsedsl patterns.
+
+    import sparsedsl
+    from sparsedsl.integrations import transformers as sdt
+
+    model = AutoModelForCausalLM.from_pretrained(...)
+    sdt.apply(model, sparsedsl.compile_pattern("patterns/streaming_llm.attn", sink=4, window=1024))
+
+`apply` registers an attention function and a mask function with transformers'
+`AttentionInterface` and `AttentionMaskInterface` under the name "sparsedsl" and switches
+the model to it. The mask function builds no mask (it returns None): it only checks that
+the model asks for a causal or sliding-window causal mask without padding. Each attention
+layer then runs its pattern:
+
+- prefill and training (as many keys as queries): the pattern's call, with its backward;
+- generation with a cache (`DynamicCache`, `StaticCache`: more keys than queries): `decode`,
+  each sequence's key count the last query's position + 1 (from `position_ids`, a device
+  tensor: no host synchronisation), so the queries sit at their true positions and a
+  static cache's unused slots are never read;
+- the model's scale (`module.scaling`), GQA, learnable sinks (`s_aux`, gpt-oss), and its
+  sliding-window layers (the pattern intersected with `window(W)`).
+
+Not yet: padded batches (a 2D attention mask with padding raises an InputError instead of
+giving wrong rows) and packed-sequence masks; attention dropout other than 0.
+"""
+from __future__ import annotations
+
+import torch
+
+from ..errors import InputError
+
+NAME = "sparsedsl"
+
+
+def apply(model, patterns, *, backend: str = "auto"):
+    """Run `model`'s attention layers through sparsedsl. `patterns`: one compiled pattern
+    for every layer, a list with one per layer, a dict {layer index: pattern} or a
+    callable layer index -> pattern; a layer given None (or left out of the dict) keeps
+    the model's own attention, computed by sparsedsl (`causal`, intersected with the
+    layer's sliding window). Returns the model."""
+    import transformers  # noqa: F401  (a clear ImportError when it is missing)
+    from transformers import AttentionInterface, AttentionMaskInterface
+
+    from ..runtime.pattern import CompiledPattern
+
+    layers = _attention_layers(model)
+    if not layers:
+        raise InputError("apply: found no attention layers (modules with a layer_idx and a scaling) in the model")
+    pick = _picker(patterns, len(layers))
+    for idx, module in layers.items():
+        p = pick(idx)
+        if p is not None and not isinstance(p, CompiledPattern):
+            raise InputError(f"apply: the pattern of layer {idx} must be a compiled pattern "
+                             f"(sparsedsl.compile_pattern(...)) or None, got {type(p).__name__}")
+        module._sparsedsl = (p, backend)
+    AttentionInterface.register(NAME, attention)
+    AttentionMaskInterface.register(NAME, layer_mask)
+    model.set_attn_implementation(NAME)
+    return model
+
+
+def _attention_layers(model) -> dict:
+    out = {}
+    for m in model.modules():
+        idx = getattr(m, "layer_idx", None)
+        if isinstance(idx, int) and hasattr(m, "scaling") and hasattr(m, "config"):
+            out[idx] = m
+    return dict(sorted(out.items()))
+
+
+def _picker(patterns, n: int):
+    if isinstance(patterns, (list, tuple)):
+        if len(patterns) != n:
+            raise InputError(f"apply: {len(patterns)} patterns for {n} attention layers (one per layer, or a dict)")
+        return lambda i: patterns[i]
+    if isinstance(patterns, dict):
+        bad = [i for i in patterns if not isinstance(i, int) or not 0 <= i < n]
+        if bad:
+            raise InputError(f"apply: layer indices {bad} are not among the model's {n} attention layers")
+        return patterns.get
+    if callable(patterns) and not hasattr(patterns, "plan"):
+        return patterns
+    return lambda i: patterns
+
+
+# -- the mask function: no dense mask ------------------------------------------------------
+
+def layer_mask(batch_size, q_length, kv_length, q_offset=0, kv_offset=0, mask_function=None, attention_mask=None,
+               **kwargs):
+    """transformers' mask interface: None (the layers need no mask). The model's mask must
+    be causal or sliding-window causal (the window reaches the layer as its `sliding_window`);
+    padding is refused (one check of the 2D mask per forward, as transformers'
+    FlashAttention path does)."""
+    _window_of(mask_function)
+    if attention_mask is not None:
+        if attention_mask.dim() != 2:
+            raise InputError("sparsedsl: the transformers integration takes a 2D attention mask (padding) only")
+        if not bool(attention_mask[:, -kv_length:].all()):
+            raise InputError("sparsedsl: padded batches are not supported by the transformers integration yet "
+                             "(the attention mask has padding); run the sequences one at a time or unpadded")
+    return None
+
+
+def _window_of(fn):
+    """None for transformers' causal mask function, W for its sliding-window causal one;
+    anything else (packed sequences, chunked or bidirectional masks) is refused."""
+    from transformers import masking_utils as mu
+
+    if fn is None or fn is mu.causal_mask_function:
+        return None
+    if getattr(fn, "__qualname__", "") == "and_masks.<locals>.and_mask" and fn.__closure__:
+        parts = fn.__closure__[0].cell_contents
+        rest = [f for f in parts if f is not mu.causal_mask_function]
+        if len(rest) == 1 and getattr(rest[0], "__qualname__", "") == "sliding_window_overlay.<locals>.inner_mask":
+            return int(rest[0].__closure__[0].cell_contents)
+    raise InputError(f"sparsedsl: the model asks for a mask the transformers integration does not know "
+                     f"({getattr(fn, '__qualname__', fn)}): causal and sliding-window causal masks only (packed "
+                     "sequences and chunked or bidirectional masks are not supported yet)")
+
+
+# -- the attention function ----------------------------------------------------------------
+
+_RELATIVE = {"full", "none", "causal", "window", "band", "dilated"}  # atoms that depend on q - k only
+
+
+def shift_invariant(p) -> bool:
+    """Whether the pattern sees the same keys when every position moves by the same amount:
+    built from atoms of q - k only (and head switches), with constant arguments; no `where`."""
+    from ..ir import nodes as ir
+
+    for n in ir.post_order(p.root):
+        if isinstance(n, ir.Atom) and n.kind not in _RELATIVE:
+            return False
+        if isinstance(n, ir.Sym) and n.name in ("q", "k"):
+            return False
+    return True
+
+
+_WINDOWED: dict = {}
+
+
+def _pattern(p, window: int | None):
+    """The layer's pattern (None: the model's own, causal), intersected with its sliding window."""
+    import sparsedsl
+    from ..builder import Mask
+
+    key = (p, window)
+    hit = _WINDOWED.get(key)
+    if hit is None:
+        body = sparsedsl.causal if p is None else Mask(p.root.body)
+        if window is not None:
+            body = body & sparsedsl.window(window)
+        if p is not None and window is None:
+            hit = p
+        else:
+            hit = sparsedsl.compile_pattern(body, pattern=(p.name if p is not None else "model") +
+                                            (f"_window{window}" if window is not None else ""))
+        _WINDOWED[key] = hit
+    return hit
+
+
+def attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, s_aux=None, sliding_window=None,
+              position_ids=None, **kwargs):
+    """transformers' attention interface: query [B, H, Lq, D], key/value [B, Hk, Lk, D] (the
+    cache's keys, for a static cache all its slots); returns ([B, Lq, H, Dv], None)."""
+    if dropout:
+        raise InputError(f"sparsedsl: attention dropout {dropout} is not supported (set the model's "
+                         "attention_dropout to 0, or call model.eval())")
+    if attention_mask is not None:
+        raise InputError("sparsedsl: this layer got an attention mask; apply() sets the mask function too "
+                         "(do not change the model's attn_implementation afterwards)")
+    given, backend = getattr(module, "_sparsedsl", (None, "auto"))
+    p = _pattern(given, sliding_window)
+    lq, lk = query.shape[2], key.shape[2]
+    if lq == lk:
+        out = p(query, key, value, scale=scaling, sinks=s_aux, backend=backend)
+    else:
+        # a cache: n = the last query's position + 1 keys so far. A full-attention layer's cache
+        # holds them in its first n slots. A sliding-window layer's holds the most recent ones
+        # in order (at most its capacity): their positions start at n - (slots used), a shift
+        # that only a translation-invariant pattern (the model's own window) does not see.
+        if position_ids is None:
+            raise InputError("sparsedsl: decoding with a cache needs the layers' position_ids")
+        n = position_ids[..., -1].to(device=query.device, dtype=torch.int32) + 1
+        if sliding_window is not None:
+            if given is not None and not shift_invariant(given):
+                raise InputError(f"sparsedsl: layer {getattr(module, 'layer_idx', '?')} is one of the model's "
+                                 f"sliding-window layers (window {sliding_window}); its cache keeps only the last "
+                                 "keys, so decoding there needs a pattern that only looks at distances q - k "
+                                 "(causal, window, band, dilated, full): give this layer one, or None")
+            n = torch.clamp(n, max=lk)
+        lens = n.expand(query.shape[0]).contiguous()
+        out = p.decode(query, key.contiguous(), value.contiguous(), lens, scale=scaling, sinks=s_aux,
+                       backend=backend)
+    return out.transpose(1, 2), None

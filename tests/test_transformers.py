@@ -1,0 +1,164 @@
+"""sparsedsl.integrations.transformers on tiny random models built from configs (no
+downloads): logits against the model's eager attention given the same dense mask (from the
+independent tests/naive.py), greedy generation with DynamicCache and StaticCache, the
+gradients of a training step, per-layer patterns, and the clear errors."""
+from __future__ import annotations
+
+import copy
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import sparsedsl
+from sparsedsl import InputError
+
+T = pytest.importorskip("transformers")
+from sparsedsl.integrations import transformers as sdt  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import naive  # noqa: E402
+
+VOCAB = 97
+CAUSAL = sparsedsl.compile_pattern("pattern causal_() { causal }")
+STREAMING = sparsedsl.compile_pattern("patterns/streaming_llm.attn", sink=2, window=6)
+
+
+def tiny(kind: str, seed: int = 0):
+    torch.manual_seed(seed)
+    common = dict(vocab_size=VOCAB, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=2, attn_implementation="eager")
+    if kind == "llama":
+        model = T.LlamaForCausalLM(T.LlamaConfig(intermediate_size=128, **common))
+    elif kind == "mistral":  # sliding-window layers (window 5, shorter than the prompts)
+        model = T.MistralForCausalLM(T.MistralConfig(intermediate_size=128, sliding_window=5, **common))
+    elif kind == "gpt-oss":  # learnable sinks and alternating sliding layers
+        model = T.GptOssForCausalLM(T.GptOssConfig(intermediate_size=64, head_dim=16, sliding_window=6,
+                                                   num_local_experts=4, num_experts_per_tok=2, **common))
+        with torch.no_grad():
+            for m in model.modules():
+                if hasattr(m, "sinks"):
+                    m.sinks.copy_(torch.randn_like(m.sinks) * 2)  # sinks that matter
+    else:
+        raise ValueError(kind)
+    return model.eval()
+
+
+def ids(b=2, n=24, seed=1):
+    return torch.randint(0, VOCAB, (b, n), generator=torch.Generator().manual_seed(seed))
+
+
+def additive_mask(p, n: int, b: int):
+    """The pattern's dense mask (tests/naive.py, one head) as eager attention's additive 4D mask."""
+    allowed = torch.tensor(naive.dense(p.root, n, n, 1, 1)[0])
+    return torch.zeros(n, n).masked_fill(~allowed, float("-inf"))[None, None].expand(b, 1, n, n)
+
+
+def test_logits_equal_eager_attention_under_the_same_dense_mask():
+    ref = tiny("llama")
+    ours = sdt.apply(copy.deepcopy(ref), STREAMING, backend="reference")
+    x = ids()
+    with torch.no_grad():
+        want = ref(x, attention_mask=additive_mask(STREAMING, x.shape[1], x.shape[0])).logits
+        got = ours(x).logits
+        plain = ref(x).logits
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    assert (plain - want).abs().max() > 1e-2  # the pattern changed the logits: the mask is checked
+
+
+@pytest.mark.parametrize("kind", ["llama", "mistral", "gpt-oss"])
+def test_greedy_generation_equals_eager_with_dynamic_and_static_caches(kind):
+    ref = tiny(kind)
+    ours = sdt.apply(copy.deepcopy(ref), CAUSAL, backend="reference")
+    x = ids()
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x).logits, ref(x).logits, rtol=1e-5, atol=1e-5)
+        want = ref.generate(x, max_new_tokens=6, do_sample=False, pad_token_id=0)
+        for cache in (None, "static"):
+            got = ours.generate(x, max_new_tokens=6, do_sample=False, pad_token_id=0, cache_implementation=cache)
+            assert torch.equal(got, want), (kind, cache)
+
+
+def test_static_cache_steps_give_the_logits_of_the_whole_sequence():
+    # a static cache hands the attention all its slots: the unused ones must not be read
+    ref = tiny("llama")
+    ours = sdt.apply(copy.deepcopy(ref), STREAMING, backend="reference")
+    x = ids(n=20)
+    cache = T.StaticCache(config=ours.config, max_cache_len=64)
+    with torch.no_grad():
+        whole = ours(x).logits
+        first = ours(x[:, :12], cache=cache, use_cache=True).logits
+        rest = [ours(x[:, i:i + 1], cache=cache, use_cache=True,
+                     position_ids=torch.tensor([[i]])).logits for i in range(12, 20)]
+    torch.testing.assert_close(torch.cat([first, *rest], 1), whole, rtol=1e-5, atol=1e-5)
+
+
+def test_training_step_gradients_equal_eager_with_the_dense_mask():
+    ref = tiny("llama").train()
+    ours = sdt.apply(copy.deepcopy(ref), STREAMING, backend="reference")
+    x = ids()
+    ref(x, labels=x, attention_mask=additive_mask(STREAMING, x.shape[1], x.shape[0])).loss.backward()
+    ours(x, labels=x).loss.backward()
+    for (name, a), b in zip(ref.named_parameters(), ours.parameters()):
+        torch.testing.assert_close(b.grad, a.grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_the_kernels_run_inside_the_model():
+    # the generated Triton kernels (the interpreter on CPU), forward and a training step
+    ref = tiny("llama").train()
+    ours = sdt.apply(copy.deepcopy(ref), STREAMING, backend="triton")
+    x = ids(n=20)
+    mask = additive_mask(STREAMING, x.shape[1], x.shape[0])
+    ref(x, labels=x, attention_mask=mask).loss.backward()
+    out = ours(x, labels=x)
+    out.loss.backward()
+    with torch.no_grad():
+        torch.testing.assert_close(out.logits, ref(x, attention_mask=mask).logits, rtol=1e-4, atol=1e-4)
+    for (name, a), b in zip(ref.named_parameters(), ours.parameters()):
+        torch.testing.assert_close(b.grad, a.grad, rtol=1e-3, atol=1e-5, msg=name)
+
+
+def test_per_layer_patterns_list_dict_callable_and_none():
+    ref = tiny("llama")
+    x = ids()
+    with torch.no_grad():
+        plain = ref(x).logits
+        forms = [[STREAMING, None], {0: STREAMING}, lambda i: STREAMING if i == 0 else None]
+        results = [sdt.apply(copy.deepcopy(ref), form, backend="reference")(x).logits for form in forms]
+        both = sdt.apply(copy.deepcopy(ref), STREAMING, backend="reference")(x).logits
+    for r in results[1:]:
+        torch.testing.assert_close(r, results[0], rtol=0, atol=0)
+    assert (results[0] - plain).abs().max() > 1e-3 and (results[0] - both).abs().max() > 1e-3
+
+
+def test_sliding_layers_take_shift_invariant_patterns_only_when_decoding():
+    ours = sdt.apply(tiny("mistral"), STREAMING, backend="reference")  # sink(2) is not shift-invariant
+    with torch.no_grad():
+        ours(ids())  # prefill: every key is there, any pattern runs
+        with pytest.raises(InputError, match="sliding-window layers"):
+            ours.generate(ids(), max_new_tokens=2, do_sample=False, pad_token_id=0)
+    assert sdt.shift_invariant(sparsedsl.compile_pattern("pattern w() { causal & (window(4) | dilated(8, 2)) }"))
+    assert not sdt.shift_invariant(sparsedsl.compile_pattern("pattern w() { causal & where(q % 2 == 0) }"))
+
+
+def test_clear_errors():
+    model = tiny("llama")
+    with pytest.raises(InputError, match="3 patterns for 2 attention layers"):
+        sdt.apply(model, [CAUSAL] * 3)
+    with pytest.raises(InputError, match="layer indices \\[5\\]"):
+        sdt.apply(model, {5: CAUSAL})
+    with pytest.raises(InputError, match="compiled pattern"):
+        sdt.apply(model, "causal")
+    sdt.apply(model, CAUSAL, backend="reference")
+    padded = torch.ones(2, 24, dtype=torch.long)
+    padded[0, :3] = 0  # left padding
+    with torch.no_grad(), pytest.raises(InputError, match="padded batches"):
+        model(ids(), attention_mask=padded)
+    model.train()
+    model.config.attention_dropout = 0.1
+    for m in model.modules():
+        if hasattr(m, "attention_dropout"):
+            m.attention_dropout = 0.1
+    with pytest.raises(InputError, match="dropout"):
+        model(ids())
