@@ -377,3 +377,20 @@ def test_short_sequences_skip_autotuning():
     assert fixed(64, 64, 64) == (64, 32, 4, 2)
     assert fixed(256, 200, 256) == (32, 32, 4, 2)
     assert fixed(257, 64, 64) is None and fixed(64, 300, 64) is None
+
+
+def test_full_tile_loops_beside_dead_tiles():
+    """Full tiles run in loops of their own (no mask, no bounds). Here later segments have
+    dead tiles (already visited by earlier strided ones), so their pieces stay in the masked
+    loop with a run-time mask while other pieces' partial tiles have a constant one: the
+    forward and the gradients still equal the reference."""
+    from sparsedsl.kernels.generate import kernel_source
+
+    p = P("causal & (sink(2) | window(8) | strided(4, block=16) | dilated(32, 4) | global(3))")
+    src, _ = kernel_source(p.plan, p.plan.text, True, 32, 16)
+    assert "masked = masked | dead" in src and "tl.where(t < c_1, True, masked)" in src
+    assert src.count("_kv_full(") == 2 and src.count("_dq_full(") == 2  # (definition and call)
+    gen = torch.Generator().manual_seed(0)
+    q = torch.randn(1, 2, 77, 32, generator=gen)
+    k, v = (torch.randn(1, 1, 150, 32, generator=gen) for _ in range(2))
+    assert_grads_match_reference(p, q, k, v, _config=(16, 16))
