@@ -3,25 +3,17 @@ StreamingLLM on every layer generates the model's own tokens (dynamic and static
 with a short window on half the layers (DuoAttention-like), the tokens change."""
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
 import torch
+from examples_loader import example_module
 
 pytest.importorskip("transformers")
-ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
 def example():
-    spec = importlib.util.spec_from_file_location("hf_generate", ROOT / "examples" / "hf_generate.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    yield module
-    sys.modules.pop(spec.name, None)
+    with example_module("hf_generate") as module:
+        yield module
 
 
 @pytest.mark.parametrize("cache", ["dynamic", "static"])

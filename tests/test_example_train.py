@@ -2,28 +2,20 @@
 the dense-SDPA-with-the-same-mask run step for step, and the model learns."""
 from __future__ import annotations
 
-import importlib.util
 import math
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 import sparsedsl
-
-ROOT = Path(__file__).resolve().parents[1]
+from examples_loader import example_module
 
 
 @pytest.fixture(scope="module")
 def example():
-    spec = importlib.util.spec_from_file_location("train_tiny", ROOT / "examples" / "train_tiny.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    yield module
-    sys.modules.pop(spec.name, None)
+    with example_module("train_tiny") as module:
+        yield module
 
 
 @pytest.fixture(scope="module")
