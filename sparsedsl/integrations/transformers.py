@@ -38,7 +38,6 @@ def apply(model, patterns, *, backend: str = "auto"):
     callable layer index -> pattern; a layer given None (or left out of the dict) keeps
     the model's own attention, computed by sparsedsl (`causal`, intersected with the
     layer's sliding window). Returns the model."""
-    import transformers  # noqa: F401  (a clear ImportError when it is missing)
     from transformers import AttentionInterface, AttentionMaskInterface
 
     from ..runtime.pattern import CompiledPattern
@@ -46,7 +45,8 @@ def apply(model, patterns, *, backend: str = "auto"):
     layers = _attention_layers(model)
     if not layers:
         raise InputError("apply: found no attention layers (modules with a layer_idx and a scaling) in the model")
-    pick = _picker(patterns, len(layers))
+    pick = (lambda i: patterns) if patterns is None or isinstance(patterns, CompiledPattern) \
+        else _picker(patterns, len(layers))
     for idx, module in layers.items():
         p = pick(idx)
         if p is not None and not isinstance(p, CompiledPattern):
@@ -78,9 +78,10 @@ def _picker(patterns, n: int):
         if bad:
             raise InputError(f"apply: layer indices {bad} are not among the model's {n} attention layers")
         return patterns.get
-    if callable(patterns) and not hasattr(patterns, "plan"):
+    if callable(patterns):
         return patterns
-    return lambda i: patterns
+    raise InputError(f"apply: patterns must be a compiled pattern, a list, a dict or a callable, "
+                     f"got {type(patterns).__name__}")
 
 
 # -- the mask function: no dense mask ------------------------------------------------------
@@ -91,7 +92,7 @@ def layer_mask(batch_size, q_length, kv_length, q_offset=0, kv_offset=0, mask_fu
     be causal or sliding-window causal (the window reaches the layer as its `sliding_window`);
     padding is refused (one check of the 2D mask per forward, as transformers'
     FlashAttention path does)."""
-    _window_of(mask_function)
+    _check_mask_function(mask_function)
     if attention_mask is not None:
         if attention_mask.dim() != 2:
             raise InputError("sparsedsl: the transformers integration takes a 2D attention mask (padding) only")
@@ -101,18 +102,18 @@ def layer_mask(batch_size, q_length, kv_length, q_offset=0, kv_offset=0, mask_fu
     return None
 
 
-def _window_of(fn):
-    """None for transformers' causal mask function, W for its sliding-window causal one;
-    anything else (packed sequences, chunked or bidirectional masks) is refused."""
+def _check_mask_function(fn) -> None:
+    """Accept transformers' causal mask function and its sliding-window causal one (the window
+    itself reaches the layer as `sliding_window`); refuse anything else (packed sequences,
+    chunked or bidirectional masks)."""
     from transformers import masking_utils as mu
 
     if fn is None or fn is mu.causal_mask_function:
-        return None
+        return
     if getattr(fn, "__qualname__", "") == "and_masks.<locals>.and_mask" and fn.__closure__:
-        parts = fn.__closure__[0].cell_contents
-        rest = [f for f in parts if f is not mu.causal_mask_function]
+        rest = [f for f in fn.__closure__[0].cell_contents if f is not mu.causal_mask_function]
         if len(rest) == 1 and getattr(rest[0], "__qualname__", "") == "sliding_window_overlay.<locals>.inner_mask":
-            return int(rest[0].__closure__[0].cell_contents)
+            return
     raise InputError(f"sparsedsl: the model asks for a mask the transformers integration does not know "
                      f"({getattr(fn, '__qualname__', fn)}): causal and sliding-window causal masks only (packed "
                      "sequences and chunked or bidirectional masks are not supported yet)")
@@ -144,18 +145,15 @@ def _pattern(p, window: int | None):
     import sparsedsl
     from ..builder import Mask
 
-    key = (p, window)
-    hit = _WINDOWED.get(key)
+    if p is not None and window is None:
+        return p
+    hit = _WINDOWED.get((p, window))
     if hit is None:
         body = sparsedsl.causal if p is None else Mask(p.root.body)
+        name = "model" if p is None else p.name
         if window is not None:
-            body = body & sparsedsl.window(window)
-        if p is not None and window is None:
-            hit = p
-        else:
-            hit = sparsedsl.compile_pattern(body, pattern=(p.name if p is not None else "model") +
-                                            (f"_window{window}" if window is not None else ""))
-        _WINDOWED[key] = hit
+            body, name = body & sparsedsl.window(window), f"{name}_window{window}"
+        hit = _WINDOWED[(p, window)] = sparsedsl.compile_pattern(body, pattern=name)
     return hit
 
 

@@ -320,7 +320,7 @@ class CompiledPattern:
             scale = inputs.check_qkv(q, k, v, scale)
             self._heads(q.shape[1], k.shape[1])
         if sinks is not None:
-            check_sinks(sinks, q, q.shape[1])
+            check_sinks(sinks, q)
         use_triton = backend == "triton" or (backend == "auto" and q.is_cuda and q.dtype != torch.float64)
         if use_triton:
             lengths = (max_seqlen_q, max_seqlen_k, q.shape[0], k.shape[0]) if packed else (q.shape[2], k.shape[2])
@@ -390,7 +390,7 @@ class CompiledPattern:
         if num_splits is not None:
             num_splits = inputs.check_size("num_splits", num_splits, 1)
         if sinks is not None:
-            check_sinks(sinks, q, q.shape[1], "decode")
+            check_sinks(sinks, q, "decode")
         scale = q.shape[-1] ** -0.5 if scale is None else scale
         if backend == "reference" or (backend == "auto" and not q.is_cuda):
             out, lse = self._reference_decode(q, k_cache, v_cache, cache_seqlens, block_table, scale)

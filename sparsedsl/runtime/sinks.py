@@ -22,9 +22,11 @@ from ..errors import InputError
 _NO_SINK = -1e30
 
 
-def check_sinks(sinks, q: torch.Tensor, heads: int, what: str = "attention") -> None:
-    """sinks: a floating tensor of shape [H] (one logit per query head) on q's device.
-    Its values are not read (that would wait for the GPU): a NaN sink gives NaN rows."""
+def check_sinks(sinks, q: torch.Tensor, what: str = "attention") -> None:
+    """sinks: a floating tensor of shape [H] (one logit per query head: q's axis 1, also for a
+    packed [T, H, D] q) on q's device. Its values are not read (that would wait for the GPU):
+    a NaN sink gives NaN rows."""
+    heads = q.shape[1]
     if not isinstance(sinks, torch.Tensor):
         raise InputError(f"{what}: sinks must be a tensor of shape [{heads}] (one logit per query head), "
                          f"got {type(sinks).__name__}")
