@@ -314,6 +314,8 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--examples", type=int, default=50, help="how many random cases (default 50)")
     f.add_argument("--backend", choices=("triton", "reference"), default="triton")
     f.add_argument("--seed", type=int, default=0, help="Hypothesis seed (default 0)")
+    f.add_argument("--max-len", type=int, default=4096,
+                   help="longest sequence drawn around the pattern's own scales (default 4096)")
     f.set_defaults(run=cmd_fuzz)
     return ap
 
@@ -325,7 +327,7 @@ def cmd_fuzz(args) -> int:
     try:
         p = compile_pattern(args.file, pattern=args.pattern, **params)
         return run(p, examples=args.examples, backend=args.backend, seed=args.seed, source=args.file,
-                   pattern=args.pattern, params=params)
+                   pattern=args.pattern, params=params, max_len=args.max_len)
     except FuzzError as e:
         print(f"sparsedsl fuzz: {e}", file=sys.stderr)
         return 1

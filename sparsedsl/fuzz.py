@@ -20,8 +20,13 @@ import time
 from dataclasses import dataclass, field
 
 # Tile sizes (BLOCK_M, BLOCK_N) tried on the CPU (the interpreter takes one
-# fixed tile); on a GPU None (the autotuned configs) is tried as well.
+# fixed tile); on a GPU None (the autotuned configs) is tried as well. Key
+# sequences longer than LONG take wider key tiles (the interpreter's time grows
+# with the number of tiles, not much with their size).
 CPU_CONFIGS = ((16, 16), (32, 16), (16, 32))
+LONG_CONFIGS = ((16, 64), (16, 128))
+LONG = 256
+SMALL_LEN = 49  # the tile-boundary lengths stay below this; the pattern's scales go up to max_len
 
 
 class FuzzError(Exception):
@@ -43,6 +48,43 @@ class _Stats:
     lengths: set = field(default_factory=set)
     dtypes: set = field(default_factory=set)
     heads: set = field(default_factory=set)
+    full: int = 0  # key tiles the forward visited without the element mask (static patterns)
+    partial: int = 0  # and with it
+    blind_rows: int = 0  # query rows that see no key
+    rows: int = 0
+    selected: int = 0  # key blocks a topk selected (dynamic patterns)
+
+    def cover(self, p, q, k, config) -> None:
+        """Add what one example exercised: its forward tiles (the plan's cost walk),
+        its rows that see nothing, the blocks its topk selected."""
+        b, h, lq, d = q.shape
+        hk, lk = k.shape[1], k.shape[2]
+        if p.is_dynamic:
+            m = p.mask(lq, lk, h, hk, q=q.cpu(), k=k.cpu())
+            if any(a.kind == "topk" for a in p.dynamic_atoms):
+                sel = p.select_blocks(q.cpu(), k.cpu(), backend="reference")
+                self.selected += sum(int((s >= 0).sum()) for s in (sel if isinstance(sel, tuple) else (sel,)))
+        else:
+            m = p.mask(lq, lk, h, hk)
+            c = p.cost(lq, lk, h, hk, tile=config or (128, 64), head_dim=d)
+            self.full += b * c.full
+            self.partial += b * c.partial
+            m = m.expand(b, *m.shape)
+        self.blind_rows += int((~m.any(-1)).sum())
+        self.rows += m.shape[0] * m.shape[1] * m.shape[2]
+
+    def summary(self, p) -> str:
+        parts = [f"{self.blind_rows} of {self.rows} query rows see no key"]
+        if p.is_dynamic:
+            if any(a.kind == "topk" for a in p.dynamic_atoms):
+                parts.append(f"{self.selected} key blocks selected by topk")
+        else:
+            parts.insert(0, f"forward tiles {self.full} full (no mask) and {self.partial} partial (masked)")
+        text = "  covered: " + ", ".join(parts)
+        if not p.is_dynamic and (self.full == 0 or self.partial == 0):
+            text += f"\n  note: no {'full' if self.full == 0 else 'partial'} tile was visited; try more --examples " \
+                    "or a larger --max-len"
+        return text
 
 
 def _hypothesis():
@@ -67,10 +109,15 @@ def _device(backend: str) -> str:
 
 
 def run(p, *, examples: int = 50, backend: str = "triton", seed: int = 0, source: str | None = None,
-        pattern: str | None = None, params: dict | None = None, max_len: int = 49, out=None,
+        pattern: str | None = None, params: dict | None = None, max_len: int = 4096, out=None,
         check=None) -> int:
     """Fuzz the compiled pattern `p`; print a summary (exit status 0) or the
     shrunk failing case as a pytest test (exit status 1).
+
+    Lengths: around 16-key tiles up to 49, and around the pattern's own scales
+    (testing.pattern_scales: windows, blocks, budgets, from its plan) up to
+    `max_len`. The summary says what the examples covered: forward tiles with
+    and without the element mask, rows that see nothing, topk-selected blocks.
 
     `source`, `pattern` and `params` only describe where `p` came from, in the
     printed test. `check` replaces assert_matches_reference (tests use it)."""
@@ -81,6 +128,8 @@ def run(p, *, examples: int = 50, backend: str = "triton", seed: int = 0, source
         raise FuzzError(f"--backend must be triton or reference, got {backend!r}")
     if examples < 1:
         raise FuzzError(f"--examples must be at least 1, got {examples}")
+    if max_len < 1:
+        raise FuzzError(f"--max-len must be at least 1, got {max_len}")
     device = _device(backend)
     if backend == "triton" and device == "cpu":
         from .kernels.launch import interpreter_ready
@@ -91,7 +140,9 @@ def run(p, *, examples: int = 50, backend: str = "triton", seed: int = 0, source
     check = check or testing.assert_matches_reference
     dtypes = ("float32", "float16") + (("bfloat16",) if device == "cuda" else ())
     configs = CPU_CONFIGS + ((None,) if device == "cuda" else ())
-    scales = st.one_of(st.none(), st.sampled_from((0.0, 0.05, 0.5, 3.0, -1.0)))
+    long_configs = LONG_CONFIGS + ((None,) if device == "cuda" else ())
+    scales = testing.pattern_scales(p.plan)
+    softmax_scales = st.one_of(st.none(), st.sampled_from((0.0, 0.05, 0.5, 3.0, -1.0)))
     stats = _Stats()
     failures: list[_Failure] = []
 
@@ -99,9 +150,11 @@ def run(p, *, examples: int = 50, backend: str = "triton", seed: int = 0, source
     @settings(max_examples=examples, deadline=None, database=None, derandomize=False, print_blob=False,
               suppress_health_check=list(HealthCheck), report_multiple_bugs=False,
               phases=(Phase.explicit, Phase.generate, Phase.shrink))
-    @given(shape=testing.kernel_shapes(max_len=max_len, dtypes=dtypes), data_seed=st.integers(0, 2 ** 16),
-           config=st.sampled_from(configs), scale=scales)
-    def one(shape, data_seed, config, scale):
+    @given(shape=testing.kernel_shapes(max_len=min(SMALL_LEN, max_len), dtypes=dtypes, scales=scales,
+                                       scale_len=max_len),
+           data_seed=st.integers(0, 2 ** 16), data=st.data(), scale=softmax_scales)
+    def one(shape, data_seed, data, scale):
+        config = data.draw(st.sampled_from(long_configs if shape["kv_len"] > LONG else configs), label="config")
         q, k, v = testing.attention_inputs(shape, data_seed, device=device)
         kwargs = {"_config": config} if backend == "triton" and config is not None else {}
         stats.runs += 1
@@ -113,6 +166,7 @@ def run(p, *, examples: int = 50, backend: str = "triton", seed: int = 0, source
         except Exception as e:  # every error counts: a mismatch, a crash, a raw torch/triton error
             failures.append(_Failure(dict(shape), data_seed, config, scale, e))
             raise
+        stats.cover(p, q, k, config)
 
     start = time.time()
     try:
@@ -125,8 +179,10 @@ def run(p, *, examples: int = 50, backend: str = "triton", seed: int = 0, source
     where = "GPU" if device == "cuda" else "CPU, Triton interpreter" if backend == "triton" else "CPU"
     print(f"fuzz: pattern {p.name!r} on backend {backend!r} ({where}): "
           f"{stats.runs} examples match the float64 reference in {time.time() - start:.1f}s\n"
-          f"  lengths {lengths[0]}..{lengths[-1]}, dtypes {', '.join(sorted(stats.dtypes))}, "
-          f"(H, Hk) {', '.join(f'({h}, {hk})' for h, hk in sorted(stats.heads))}, seed {seed}", file=out)
+          f"  lengths {lengths[0]}..{lengths[-1]} (the pattern's scales: {', '.join(map(str, scales)) or 'none'}; "
+          f"--max-len {max_len}), dtypes {', '.join(sorted(stats.dtypes))}, "
+          f"(H, Hk) {', '.join(f'({h}, {hk})' for h, hk in sorted(stats.heads))}, seed {seed}\n"
+          f"{stats.summary(p)}", file=out)
     return 0
 
 

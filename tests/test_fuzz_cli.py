@@ -1,6 +1,7 @@
 """`sparsedsl fuzz`: a passing run exits 0 with a summary; a broken kernel is
 caught, shrunk, and printed as a ready-to-paste pytest test (exit 1)."""
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -69,6 +70,41 @@ def test_fuzz_broken_kernel_prints_a_pytest_reproducer(capsys):
     exec(compile(test, "<reproducer>", "exec"), scope)
     name = next(n for n in scope if n.startswith("test_"))
     scope[name]()
+
+
+@needs_kernels
+def test_fuzz_default_run_reaches_the_window_and_says_what_it_covered(capsys):
+    # streaming_llm's defaults: sink 4, window 1024. Lengths of a few tiles never reach the window's edge.
+    rc = main(["fuzz", "streaming_llm"])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    m = re.search(r"lengths 1\.\.(\d+) \(the pattern's scales: 4, 1024;", out)
+    assert m and int(m.group(1)) > 1024, out
+    m = re.search(r"covered: forward tiles (\d+) full \(no mask\) and (\d+) partial \(masked\)", out)
+    assert m and int(m.group(1)) > 0 and int(m.group(2)) > 0, out
+    assert "query rows see no key" in out and "note:" not in out
+
+
+def _window_plan_off_by_one(monkeypatch):
+    """streaming_llm (window 1024) whose kernels run the plan of window 1025: one more
+    key (q - 1024) per row, which only a query with more than 1028 keys before it shows."""
+    from sparsedsl.runtime import ops
+
+    p = sparsedsl.compile_pattern("streaming_llm")
+    monkeypatch.setitem(ops._PLANS, p.root, sparsedsl.compile_pattern("streaming_llm", window=1025).plan)
+    return p
+
+
+@needs_kernels
+def test_fuzz_default_run_catches_a_broken_window_plan(monkeypatch, capsys):
+    p = _window_plan_off_by_one(monkeypatch)
+    assert fuzz.run(p, examples=20, max_len=49) == 0  # short sequences only: the bug stays hidden
+    capsys.readouterr()
+    assert fuzz.run(p, source="streaming_llm") == 1  # the defaults: lengths around the plan's scales
+    out = capsys.readouterr().out
+    assert "FAILED" in out
+    kv_len = int(re.search(r"'kv_len': (\d+)", out).group(1))
+    assert kv_len > 1028, out
 
 
 @needs_kernels

@@ -26,7 +26,13 @@ dynamic_atoms()          landmarks(...) and topk(...) atoms
 patterns()               ir.Pattern roots
 lengths()                sequence lengths around block boundaries
 shapes()                 dict(q_len, kv_len, num_heads, num_kv_heads)
-kernel_shapes()          small attention shapes for the Triton interpreter (and dtypes, layouts)
+kernel_shapes()          small attention shapes for the Triton interpreter (and dtypes, layouts);
+                         with scales=, long key sequences around a pattern's own lengths
+
+Scales (sparsedsl.testing.scales: read from a kernel plan)
+----------------------------------------------------------
+pattern_scales(plan)     the lengths where a pattern's structure changes (windows, blocks, budgets)
+scale_lengths(scales)    lengths that reach and cross them
 
 Source text (sparsedsl.testing.sources: .attn text, a second printer)
 ---------------------------------------------------------------------
@@ -54,6 +60,7 @@ except ImportError as e:  # pragma: no cover - depends on the environment
 # assert_grads_match_reference is public (tests and docs/api.md import it) but was never in __all__.
 from .oracles import assert_grads_match_reference  # noqa: F401
 from .oracles import assert_matches_reference, attention_inputs
+from .scales import pattern_scales, scale_lengths
 from .sources import ENTRY, pattern_sources, rendered_patterns
 from .strategies import (ALL_SYMBOLS, HEAD_SYMBOLS, KERNEL_LAYOUTS, at_least, atoms, conditions, dynamic_atoms,
                          head_selections, head_switches, int_exprs, kernel_shapes, lengths, nonnegative_exprs,
@@ -63,5 +70,5 @@ __all__ = [
     "HEAD_SYMBOLS", "ALL_SYMBOLS", "ENTRY", "int_exprs", "nonnegative_exprs", "at_least", "conditions",
     "atoms", "static_masks", "head_switches", "dynamic_atoms", "head_selections", "patterns", "rendered_patterns",
     "pattern_sources", "lengths", "shapes", "kernel_shapes", "attention_inputs", "assert_matches_reference",
-    "KERNEL_LAYOUTS",
+    "KERNEL_LAYOUTS", "pattern_scales", "scale_lengths",
 ]

@@ -16,6 +16,7 @@ from ..ir import build
 from ..ir import nodes as ir
 from ..atoms import ATOMS, atom_problem
 from ..ir.ranges import INT_LIMIT, widest
+from .scales import scale_lengths
 
 __all__ = [
     "HEAD_SYMBOLS", "ALL_SYMBOLS", "int_exprs", "nonnegative_exprs", "at_least", "conditions", "atoms",
@@ -345,25 +346,31 @@ _PRIME_LENGTHS = (3, 5, 7, 11, 13, 19, 23, 29, 37, 41, 43, 53)
 
 
 @st.composite
-def _kernel_shapes(draw, max_len, max_batch, max_heads, dtypes, layouts):
+def _kernel_shapes(draw, max_len, max_batch, max_heads, dtypes, layouts, long_lengths=()):
     length = _one_of(st.sampled_from([n for n in _TILE_LENGTHS if n <= max_len] or [1]),
                      st.sampled_from([n for n in _PRIME_LENGTHS if n <= max_len] or [1]),
                      st.integers(1, max(1, max_len)))
-    kv_len = draw(length)
-    how = draw(st.sampled_from(("same", "decode", "other")))
+    batch = None
+    if long_lengths and draw(st.booleans()):  # around the pattern's own scales
+        kv_len, batch = draw(st.sampled_from(long_lengths)), 1
+        how = draw(st.sampled_from(("other", "decode") + (("same",) if kv_len <= 4 * max_len else ())))
+    else:
+        kv_len = draw(length)
+        how = draw(st.sampled_from(("same", "decode", "other")))
     q_len = kv_len if how == "same" else 1 if how == "decode" else draw(length)
     num_kv_heads = draw(st.sampled_from([n for n in (1, 2) if n <= max_heads] or [1]))
     ratios = [r for r in (1, 2, 4) if num_kv_heads * r <= max_heads] or [1]
     num_heads = num_kv_heads * draw(st.sampled_from(ratios))
     head_dim = draw(st.sampled_from((16, 24, 32, 12)))
     head_dim_v = head_dim if draw(st.booleans()) else draw(st.sampled_from((16, 24, 32, 12)))
-    return {"batch": draw(st.integers(1, max_batch)), "num_heads": num_heads, "num_kv_heads": num_kv_heads,
+    return {"batch": batch or draw(st.integers(1, max_batch)), "num_heads": num_heads, "num_kv_heads": num_kv_heads,
             "q_len": q_len, "kv_len": kv_len, "head_dim": head_dim, "head_dim_v": head_dim_v,
             "dtype": draw(st.sampled_from(dtypes)), "layout": draw(st.sampled_from(layouts))}
 
 
 def kernel_shapes(max_len: int = 49, max_batch: int = 2, max_heads: int = 4, dtypes: tuple = ("float32", "float16"),
-                  layouts: tuple[str, ...] = KERNEL_LAYOUTS) -> st.SearchStrategy:
+                  layouts: tuple[str, ...] = KERNEL_LAYOUTS, scales: tuple[int, ...] = (),
+                  scale_len: int = 4096) -> st.SearchStrategy:
     """dict(batch, num_heads, num_kv_heads, q_len, kv_len, head_dim, head_dim_v,
     dtype, layout), small enough for the Triton interpreter.
 
@@ -374,6 +381,16 @@ def kernel_shapes(max_len: int = 49, max_batch: int = 2, max_heads: int = 4, dty
     are 16, 24, 32 or 12 (not powers of two: 24, 12), and head_dim_v differs
     from head_dim half of the time. `dtype` is a name ("float32", "float16";
     the interpreter has no bfloat16), `layout` one of KERNEL_LAYOUTS (see
-    attention_inputs)."""
-    return _kernel_shapes(max_len, max_batch, max_heads, tuple(dtypes), tuple(layouts))
+    attention_inputs).
+
+    `scales` (a pattern's own lengths: `pattern_scales(p.plan)`): half of the
+    shapes then take kv_len around a scale (`scale_lengths(scales, scale_len)`:
+    s - 1, s, s + 1, s + 17, 2s - 1, 2s, 2s + 1), with one batch entry and a short
+    q_len (1, a length up to max_len, or kv_len itself up to 4 * max_len): the
+    queries sit at the end of a long key sequence, where a window's edge, a
+    chunk boundary or a topk budget is crossed, at a cost the interpreter bears."""
+    long_lengths = scale_lengths(tuple(scales), scale_len)
+    # the scales' lengths the tile-boundary lengths already reach are left to them
+    long_lengths = tuple(n for n in long_lengths if n > max_len) or long_lengths
+    return _kernel_shapes(max_len, max_batch, max_heads, tuple(dtypes), tuple(layouts), long_lengths)
 
