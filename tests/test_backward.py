@@ -191,7 +191,11 @@ def test_opcheck_of_the_registered_ops():
 
     p = P("causal & window(5)")
     q, k, v = (t.requires_grad_() for t in inputs(1, 2, 1, 17, 17))
-    torch.library.opcheck(attention, (q, k, v, pattern_key(p.root), 0.25, None, None, 0, 0, [16, 16], None),
+    torch.library.opcheck(attention, (q, k, v, pattern_key(p.root), 0.25, None, None, 0, 0, [16, 16], None, False),
+                          test_utils=("test_schema", "test_autograd_registration", "test_faketensor"))
+    # a padded batch: (first row, length) per entry
+    rows_q, rows_k = torch.tensor([[0, 9]], dtype=torch.int32), torch.tensor([[4, 13]], dtype=torch.int32)
+    torch.library.opcheck(attention, (q, k, v, pattern_key(p.root), 0.25, rows_q, rows_k, 0, 0, [16, 16], None, True),
                           test_utils=("test_schema", "test_autograd_registration", "test_faketensor"))
 
 

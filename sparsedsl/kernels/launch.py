@@ -54,12 +54,20 @@ def _pow2(n: int) -> int:
 
 @dataclass(frozen=True)
 class Varlen:
-    """A packed batch: cumulative starts (int32 [S + 1]) and the longest sequences."""
+    """A packed batch: cumulative starts (int32 [S + 1]) and the longest sequences. Or, with
+    `padded`, a padded batch [B, H, L, D]: cu_q / cu_k are int32 [B, 2], each entry's first
+    row and length (max_q, max_k unused)."""
 
     cu_q: torch.Tensor
     cu_k: torch.Tensor
     max_q: int
     max_k: int
+    padded: bool = False
+
+
+def packed(varlen: "Varlen | None") -> bool:
+    """Whether the tensors are a packed batch ([1, H, T, D] views, no batch stride)."""
+    return varlen is not None and not varlen.padded
 
 
 SHORT = 256  # sequences up to this long run on one fixed config (no autotuning)
@@ -92,12 +100,15 @@ class _Launch:
         if varlen is None:
             self.batch, self.lq, self.lk = q.shape[0], q.shape[2], k.shape[2]
             self.cu = (q, q)  # unused pointers
+        elif varlen.padded:
+            self.batch, self.lq, self.lk = q.shape[0], q.shape[2], k.shape[2]
+            self.cu = (varlen.cu_q, varlen.cu_k)
         else:
             self.batch, self.lq, self.lk = varlen.cu_q.numel() - 1, varlen.max_q, varlen.max_k
             self.cu = (varlen.cu_q, varlen.cu_k)
         self.meta = dict(HEAD_DIM=d, HEAD_DIM_V=dv, BLOCK_D=_pow2(d), BLOCK_DV=_pow2(dv), RATE=plan.rate,
                          WIDE=plan.wide, DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
-                         VARLEN=1 if varlen is not None else 0, PAGE=0, GROUP=max(1, self.h // max(1, self.hk)))
+                         VARLEN=0 if varlen is None else 3 if varlen.padded else 1, PAGE=0, GROUP=max(1, self.h // max(1, self.hk)))
 
     def fixed(self, kind: str):
         """The fixed tiles of kernel `kind`, or None to autotune. Short sequences
@@ -113,7 +124,7 @@ class _Launch:
     def strides(self, t: torch.Tensor) -> tuple[int, ...]:
         """A tensor's strides for the kernels; a packed batch has no batch stride
         (the batch axis picks a sequence, whose rows start at its cumulative start)."""
-        return (0, *t.stride()[1:]) if self.varlen is not None else t.stride()
+        return (0, *t.stride()[1:]) if packed(self.varlen) else t.stride()
 
     def run(self, kind: str, own_len: int, heads: int, tensors: dict, scalars: dict, strides: dict | None = None,
             extra=None, guard: bool = False) -> None:
@@ -181,10 +192,15 @@ def forward(plan: KernelPlan, q, k, v, scale: float, interpret: bool, config=Non
     V means, [B, Hk, NL, D]) of kernels/selection.py."""
     b, h, lq, _ = q.shape
     dv = v.shape[-1]
-    out = torch.empty((b, lq, h, dv) if varlen else (b, h, lq, dv), dtype=q.dtype, device=q.device)
-    out = out.transpose(1, 2) if varlen else out
-    lse = torch.empty((h, lq) if varlen else (b, h, lq), dtype=torch.float32, device=q.device)
-    lse = lse.unsqueeze(0) if varlen else lse
+    pk = packed(varlen)
+    if varlen is not None and varlen.padded:  # the padded rows, which no program writes: 0 and -inf
+        out = torch.zeros((b, h, lq, dv), dtype=q.dtype, device=q.device)
+        lse = torch.full((b, h, lq), float("-inf"), dtype=torch.float32, device=q.device)
+    else:
+        out = torch.empty((b, lq, h, dv) if pk else (b, h, lq, dv), dtype=q.dtype, device=q.device)
+        out = out.transpose(1, 2) if pk else out
+        lse = torch.empty((h, lq) if pk else (b, h, lq), dtype=torch.float32, device=q.device)
+        lse = lse.unsqueeze(0) if pk else lse
     if out.numel() == 0 and lse.numel() == 0:
         return out, lse
     run = _Launch(plan, q, k, v, interpret, config, varlen)
@@ -214,13 +230,16 @@ def backward(plan: KernelPlan, q, k, v, out, lse, dout, scale: float, interpret:
     output, if it was used. No atomics: every gradient element is written by
     one program, so the result is bitwise repeatable. `kinds` launches only
     some of the kernels (a benchmark timing them one by one)."""
-    grads = [torch.empty_like(t) for t in (q, k, v)]
+    padded = varlen is not None and varlen.padded
+    # a padded batch's padded rows get no program: their gradients are zero from the start
+    grads = [torch.zeros_like(t) if padded else torch.empty_like(t) for t in (q, k, v)]
     if q.numel() == 0 or k.numel() == 0:
         return tuple(g.zero_() for g in grads)
     # a gradient shares its input's strides (the kernels take one set); an input
     # whose strides empty_like cannot reproduce (overlapping, e.g. expanded) is copied
     q, k, v = (t if g.stride() == t.stride() else t.contiguous() for t, g in zip((q, k, v), grads))
-    dq, dk, dv = (g if g.stride() == t.stride() else torch.empty_like(t) for t, g in zip((q, k, v), grads))
+    dq, dk, dv = (g if g.stride() == t.stride() else (torch.zeros_like if padded else torch.empty_like)(t)
+                  for t, g in zip((q, k, v), grads))
     run = _Launch(plan, q, k, v, interpret, config, varlen)
     if run.batch == 0:
         return dq, dk, dv
@@ -324,7 +343,8 @@ def split_plan(run: _Launch) -> tuple[int, int]:
     are not split."""
     n = -(-min(long_keys(run.plan), run.lk) // 128) * 128
     work = run.lq * (run.h // run.hk)
-    if n == 0 or run.plan.rate != 1 or work <= SPLIT_QUERIES:
+    padded = run.varlen is not None and run.varlen.padded  # (keys start anywhere in their row: not split)
+    if n == 0 or run.plan.rate != 1 or work <= SPLIT_QUERIES or padded:
         return 0, 1
     parts = min(64, -(-work // SPLIT_QUERIES))
     # workspace cap: about 256 MiB of float32 partial sums

@@ -191,6 +191,32 @@ def check_varlen(q, k, v, cu_q, cu_k, max_q, max_k, scale):
     return scale
 
 
+def check_padded(q, k, q_lengths, kv_lengths, side: str):
+    """A padded batch: q_lengths / kv_lengths int32 [B] on q's device (None: the whole axis),
+    each entry's real rows at the start ("right" padding) or the end ("left") of the length
+    axis. Returns (q_rows, kv_rows): int32 [B, 2] tensors of (first row, length), computed
+    on the device (no host sync; lengths are clamped to [0, L] there, and checked when they
+    are CPU tensors)."""
+    if side not in ("right", "left"):
+        raise InputError(f"padding_side must be 'right' (real rows first) or 'left' (real rows last), got {side!r}")
+    b = q.shape[0]
+    rows = []
+    for name, n, t in (("q_lengths", q.shape[2], q_lengths), ("kv_lengths", k.shape[2], kv_lengths)):
+        if t is None:
+            t = torch.full((b,), n, dtype=torch.int32, device=q.device)
+        elif not isinstance(t, torch.Tensor) or t.dtype != torch.int32 or tuple(t.shape) != (b,):
+            raise InputError(f"{name} must be an int32 tensor [{b}] (one length per batch entry), got "
+                             f"{getattr(t, 'dtype', type(t).__name__)} {tuple(getattr(t, 'shape', ()))}")
+        elif t.device != q.device:
+            raise InputError(f"{name} is on {t.device} but q is on {q.device}")
+        elif not t.is_cuda and not _tracing() and b and not bool(((t >= 0) & (t <= n)).all()):
+            raise InputError(f"{name} must lie in [0, {n}] (the padded length), got {t.tolist()[:16]}")
+        length = t.clamp(0, n)
+        start = torch.zeros_like(length) if side == "right" else n - length
+        rows.append(torch.stack((start, length), 1).contiguous())
+    return rows[0], rows[1]
+
+
 def _tracing() -> bool:
     return torch.compiler.is_compiling()
 

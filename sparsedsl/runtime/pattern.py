@@ -1,6 +1,8 @@
 """CompiledPattern: what compile_pattern returns, and the public API on it."""
 from __future__ import annotations
 
+import math
+
 import torch
 
 from ..errors import InputError
@@ -21,7 +23,7 @@ BACKENDS = ("auto", "reference", "triton")
 
 
 _CALL_KEYWORDS = ("scale (softmax_scale), return_lse, backend, selection, cu_seqlens_q, cu_seqlens_k, "
-                  "max_seqlen_q, max_seqlen_k, layout, sinks")
+                  "max_seqlen_q, max_seqlen_k, q_lengths, kv_lengths, padding_side, layout, sinks")
 _DECODE_KEYWORDS = "block_table, summaries, scale (softmax_scale), return_lse, num_splits, backend, sinks"
 
 
@@ -278,8 +280,8 @@ class CompiledPattern:
         return out[0] if len(out) == 1 else out
 
     def __call__(self, q, k, v, *, scale=None, return_lse=False, backend="auto", selection=None,
-                 cu_seqlens_q=None, cu_seqlens_k=None, max_seqlen_q=None, max_seqlen_k=None, layout="bhsd",
-                 sinks=None, _config=None, **keywords):
+                 cu_seqlens_q=None, cu_seqlens_k=None, max_seqlen_q=None, max_seqlen_k=None, q_lengths=None,
+                 kv_lengths=None, padding_side="right", layout="bhsd", sinks=None, _config=None, **keywords):
         """Attention under the pattern. q [B, H, Lq, D], k/v [B, Hk, Lk, D/Dv].
 
         Returns out [B, H, Lq, Dv] (q's dtype), and lse [B, H, Lq] (natural log,
@@ -290,6 +292,13 @@ class CompiledPattern:
         starts; max_seqlen_q/k: the longest sequences): q [Tq, H, D], k/v
         [Tk, Hk, D/Dv], out [Tq, H, Dv], lse [H, Tq]; positions restart at 0 in
         every sequence and the pattern applies within each sequence only.
+
+        A padded batch (q_lengths, kv_lengths: int32 [B] on q's device; None = the whole axis):
+        entry b's real queries are q_lengths[b] rows of the Lq axis and its real keys
+        kv_lengths[b] rows of the Lk axis, at the start (padding_side="right") or the end
+        ("left"). Each entry is a sequence of its own (positions from 0, its queries aligned
+        to the end of its keys); padded rows give output 0 and LSE -inf and get zero
+        gradients. Static patterns only; no host synchronisation on the GPU.
 
         layout="bshd": q [B, Lq, H, D], k/v [B, Lk, Hk, D/Dv] (FlashAttention's layout), read
         in place; out is [B, Lq, H, Dv] (a view), lse [B, H, Lq].
@@ -304,13 +313,20 @@ class CompiledPattern:
         if layout != "bhsd":
             q, k, v = inputs.from_layout(layout, q, k, v, packed=cu_seqlens_q is not None or cu_seqlens_k is not None)
             out = self(q, k, v, scale=scale, return_lse=return_lse, backend=backend, selection=selection,
-                       sinks=sinks, _config=_config, **keywords)
+                       q_lengths=q_lengths, kv_lengths=kv_lengths, padding_side=padding_side, sinks=sinks,
+                       _config=_config, **keywords)
             return (out[0].transpose(1, 2), out[1]) if return_lse else out.transpose(1, 2)
         if keywords:
             scale = inputs.foreign_keywords(keywords, scale, inputs.heads_of(q, k), takes=_CALL_KEYWORDS)
         if backend not in BACKENDS:
             raise InputError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
         packed = any(x is not None for x in (cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k))
+        padded = q_lengths is not None or kv_lengths is not None
+        if padded and packed:
+            raise InputError("q_lengths/kv_lengths describe a padded batch [B, H, L, D] and cu_seqlens a packed one "
+                             "[T, H, D]: pass one or the other")
+        if not padded and padding_side != "right":
+            raise InputError("padding_side without q_lengths or kv_lengths: pass the lengths of the padded batch")
         if packed:
             scale = inputs.check_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, scale)
             if selection is not None or self.is_dynamic:
@@ -319,6 +335,12 @@ class CompiledPattern:
         else:
             scale = inputs.check_qkv(q, k, v, scale)
             self._heads(q.shape[1], k.shape[1])
+        rows = None
+        if padded:
+            if selection is not None or self.is_dynamic:
+                raise InputError(f"pattern {self.name!r}: padded batches (q_lengths, kv_lengths) take static "
+                                 "patterns only")
+            rows = inputs.check_padded(q, k, q_lengths, kv_lengths, padding_side)
         if sinks is not None:
             check_sinks(sinks, q)
         use_triton = backend == "triton" or (backend == "auto" and q.is_cuda and q.dtype != torch.float64)
@@ -327,13 +349,16 @@ class CompiledPattern:
             inputs.check_kernel(q, lengths)
             sel = self._kernel_selection(q, k, selection)
             scale = q.shape[-1] ** -0.5 if scale is None else scale
-            out, lse = attention(q, k, v, self._op_key, scale, cu_seqlens_q, cu_seqlens_k,
-                                 max_seqlen_q or 0, max_seqlen_k or 0, list(_config or ()), sel)
+            cu_q, cu_k = rows if padded else (cu_seqlens_q, cu_seqlens_k)
+            out, lse = attention(q, k, v, self._op_key, scale, cu_q, cu_k, max_seqlen_q or 0, max_seqlen_k or 0,
+                                 list(_config or ()), sel, padded)
             if sinks is not None:
                 out, lse = with_sinks(out, lse, sinks, packed)
             return (out, lse) if return_lse else out
         if packed:
             out, lse = self._reference_packed(q, k, v, scale, cu_seqlens_q, cu_seqlens_k)
+        elif padded:
+            out, lse = self._reference_padded(q, k, v, scale, *rows)
         else:
             sel = None if selection is None else self._selection_dict(selection, q, k)
             out, lse = reference_attention(self.root, q, k, v, scale=scale, selection=sel)
@@ -447,6 +472,19 @@ class CompiledPattern:
         if not outs:
             return (q.new_zeros((0, q.shape[1], v.shape[-1])), q.new_zeros((q.shape[1], 0), dtype=torch.float32))
         return torch.cat(outs, 0), torch.cat(lses, 1)
+
+    def _reference_padded(self, q, k, v, scale, q_rows, kv_rows):
+        """The reference on a padded batch: each entry's real rows on their own, padded with 0 / -inf."""
+        outs, lses = [], []
+        lq = q.shape[2]
+        for i, ((sq, nq), (sk, nk)) in enumerate(zip(q_rows.tolist(), kv_rows.tolist())):
+            o, lse = reference_attention(self.root, q[i:i + 1, :, sq:sq + nq], k[i:i + 1, :, sk:sk + nk],
+                                         v[i:i + 1, :, sk:sk + nk], scale=scale)
+            outs.append(torch.nn.functional.pad(o, (0, 0, sq, lq - sq - nq)))
+            lses.append(torch.nn.functional.pad(lse, (sq, lq - sq - nq), value=-math.inf))
+        if not outs:
+            return q.new_zeros((*q.shape[:3], v.shape[-1])), q.new_zeros(q.shape[:3])
+        return torch.cat(outs), torch.cat(lses)
 
     def _selection_dict(self, selection, q, k) -> dict:
         atoms = [a for a in self.dynamic_atoms if a.kind == "topk"]
