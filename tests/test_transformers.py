@@ -151,10 +151,14 @@ def test_clear_errors():
     with pytest.raises(InputError, match="compiled pattern"):
         sdt.apply(model, "causal")
     sdt.apply(model, CAUSAL, backend="reference")
-    padded = torch.ones(2, 24, dtype=torch.long)
-    padded[0, :3] = 0  # left padding
-    with torch.no_grad(), pytest.raises(InputError, match="padded batches"):
-        model(ids(), attention_mask=padded)
+    holes = torch.ones(2, 24, dtype=torch.long)
+    holes[0, 5:7] = 0  # padding inside a row
+    with torch.no_grad(), pytest.raises(InputError, match="padding inside a row"):
+        model(ids(), attention_mask=holes)
+    left = torch.ones(2, 24, dtype=torch.long)
+    left[0, :3] = 0
+    with torch.no_grad(), pytest.raises(InputError, match="generation from a padded batch"):
+        model.generate(ids(), attention_mask=left, max_new_tokens=2, do_sample=False, pad_token_id=0)
     model.train()
     model.config.attention_dropout = 0.1
     for m in model.modules():
@@ -162,3 +166,34 @@ def test_clear_errors():
             m.attention_dropout = 0.1
     with pytest.raises(InputError, match="dropout"):
         model(ids())
+
+
+@pytest.mark.parametrize("backend", ["reference", "triton"])
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_a_padded_batch_equals_its_rows_alone(side, backend):
+    """Logits of a padded batch's real tokens equal each sequence run alone (unpadded), and a
+    training step's gradients equal the sum of the sequences' own."""
+    model = sdt.apply(tiny("llama").train(), STREAMING, backend=backend)
+    n, lens = 14, [14, 9, 3]
+    rows = [ids(1, k, seed=10 + i) for i, k in enumerate(lens)]
+    x = torch.zeros(len(lens), n, dtype=torch.long)
+    mask = torch.zeros(len(lens), n, dtype=torch.long)
+    for i, (r, k) in enumerate(zip(rows, lens)):
+        span = slice(0, k) if side == "right" else slice(n - k, n)
+        x[i, span], mask[i, span] = r[0], 1
+    position_ids = (mask.cumsum(-1) - 1).clamp_min(0)  # real tokens count from 0, as generate() does
+    out = model(x, attention_mask=mask, position_ids=position_ids)
+    got_loss = sum(out.logits[i, (slice(0, k) if side == "right" else slice(n - k, n))].logsumexp(-1).sum()
+                   for i, k in enumerate(lens))
+    got_loss.backward()
+    got_grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    want_loss = 0
+    for i, (r, k) in enumerate(zip(rows, lens)):
+        alone = model(r).logits[0]
+        span = slice(0, k) if side == "right" else slice(n - k, n)
+        torch.testing.assert_close(out.logits[i, span], alone, rtol=1e-4, atol=1e-4)
+        want_loss = want_loss + alone.logsumexp(-1).sum()
+    want_loss.backward()
+    for (name, p), g in zip(model.named_parameters(), got_grads):
+        torch.testing.assert_close(g, p.grad, rtol=1e-3, atol=1e-5, msg=name)

@@ -8,11 +8,12 @@
 
 `apply` registers an attention function and a mask function with transformers'
 `AttentionInterface` and `AttentionMaskInterface` under the name "sparsedsl" and switches
-the model to it. The mask function builds no mask (it returns None): it only checks that
-the model asks for a causal or sliding-window causal mask without padding. Each attention
-layer then runs its pattern:
+the model to it. The mask function builds no mask: it checks that the model asks for a
+causal or sliding-window causal mask and, for a padded batch, hands the layers each row's
+length and the padding side. Each attention layer then runs its pattern:
 
-- prefill and training (as many keys as queries): the pattern's call, with its backward;
+- prefill and training (as many keys as queries): the pattern's call, with its backward; a
+  left- or right-padded batch through q_lengths / kv_lengths (each row on its own, no mask);
 - generation with a cache (`DynamicCache`, `StaticCache`: more keys than queries): `decode`,
   each sequence's key count the last query's position + 1 (from `position_ids`, a device
   tensor: no host synchronisation), so the queries sit at their true positions and a
@@ -20,10 +21,12 @@ layer then runs its pattern:
 - the model's scale (`module.scaling`), GQA, learnable sinks (`s_aux`, gpt-oss), and its
   sliding-window layers (the pattern intersected with `window(W)`).
 
-Not yet: padded batches (a 2D attention mask with padding raises an InputError instead of
-giving wrong rows) and packed-sequence masks; attention dropout other than 0.
+Not yet: generation from a padded batch, padding inside a row and packed-sequence masks (each
+raises an InputError instead of giving wrong rows); attention dropout other than 0.
 """
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 
@@ -86,20 +89,38 @@ def _picker(patterns, n: int):
 
 # -- the mask function: no dense mask ------------------------------------------------------
 
+@dataclass(frozen=True)
+class Padding:
+    """What the mask function hands the layers for a padded batch: each row's real tokens
+    (int32 [B], on the device) and where the padding is ("left" or "right")."""
+
+    lengths: torch.Tensor
+    side: str
+
+
 def layer_mask(batch_size, q_length, kv_length, q_offset=0, kv_offset=0, mask_function=None, attention_mask=None,
                **kwargs):
-    """transformers' mask interface: None (the layers need no mask). The model's mask must
-    be causal or sliding-window causal (the window reaches the layer as its `sliding_window`);
-    padding is refused (one check of the 2D mask per forward, as transformers'
-    FlashAttention path does)."""
+    """transformers' mask interface. The model's mask must be causal or sliding-window causal
+    (the window reaches the layer as its `sliding_window`). No dense mask is built: None
+    without padding, else a Padding (each row's length and the padding side) that the layers
+    pass to the call as q_lengths / kv_lengths. The 2D mask is read once per forward (as
+    transformers' FlashAttention path does): its real tokens must be one run at the start or
+    the end of every row."""
     _check_mask_function(mask_function)
-    if attention_mask is not None:
-        if attention_mask.dim() != 2:
-            raise InputError("sparsedsl: the transformers integration takes a 2D attention mask (padding) only")
-        if not bool(attention_mask[:, -kv_length:].all()):
-            raise InputError("sparsedsl: padded batches are not supported by the transformers integration yet "
-                             "(the attention mask has padding); run the sequences one at a time or unpadded")
-    return None
+    if attention_mask is None:
+        return None
+    if attention_mask.dim() != 2:
+        raise InputError("sparsedsl: the transformers integration takes a 2D attention mask (padding) only")
+    m = attention_mask[:, -kv_length:].bool()
+    if bool(m.all()):
+        return None
+    lengths = m.sum(-1, dtype=torch.int32)
+    at = torch.arange(m.shape[1], device=m.device)
+    for side, real in (("left", at[None, :] >= m.shape[1] - lengths[:, None]), ("right", at[None, :] < lengths[:, None])):
+        if bool((m == real).all()):
+            return Padding(lengths, side)
+    raise InputError("sparsedsl: the attention mask has padding inside a row (not one run of real tokens at the "
+                     "start or the end of each row): pack the sequences with cu_seqlens instead")
 
 
 def _check_mask_function(fn) -> None:
@@ -164,13 +185,20 @@ def attention(module, query, key, value, attention_mask, scaling=None, dropout=0
     if dropout:
         raise InputError(f"sparsedsl: attention dropout {dropout} is not supported (set the model's "
                          "attention_dropout to 0, or call model.eval())")
-    if attention_mask is not None:
+    if attention_mask is not None and not isinstance(attention_mask, Padding):
         raise InputError("sparsedsl: this layer got an attention mask; apply() sets the mask function too "
                          "(do not change the model's attn_implementation afterwards)")
     given, backend = getattr(module, "_sparsedsl", (None, "auto"))
     p = _pattern(given, sliding_window)
     lq, lk = query.shape[2], key.shape[2]
-    if lq == lk:
+    if isinstance(attention_mask, Padding):
+        if lq != lk:
+            raise InputError("sparsedsl: generation from a padded batch is not supported yet (the cache holds the "
+                             "padding); generate one sequence at a time, or unpadded")
+        n = attention_mask.lengths.to(query.device)
+        out = p(query, key, value, scale=scaling, sinks=s_aux, backend=backend, q_lengths=n, kv_lengths=n,
+                padding_side=attention_mask.side)
+    elif lq == lk:
         out = p(query, key, value, scale=scaling, sinks=s_aux, backend=backend)
     else:
         # a cache: n = the last query's position + 1 keys so far. A full-attention layer's cache
