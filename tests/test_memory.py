@@ -51,7 +51,7 @@ def test_a_freed_key_is_a_clear_error():
     gc.collect()
     q = torch.zeros(1, 1, 4, 16)
     with pytest.raises(sd.InputError, match="no longer alive"):
-        ops.attention(q, q, q, key, 1.0, None, None, 0, 0, [16, 16], None)
+        ops.attention(q, q, q, key, 1.0, None, None, 0, 0, [16, 16], None, False)
 
 
 def test_dropped_patterns_leave_the_plan_caches():
