@@ -200,3 +200,53 @@ def test_padded_on_the_gpu(name, side, config):
     for g, w, what in zip(got, want, "qkv"):
         assert not g.isnan().any(), what
         torch.testing.assert_close(g.cpu().double(), w, atol=5e-4, rtol=5e-4, msg=f"d{what}")
+
+
+# ---- decoding from left-padded caches (cache_leftpad, FlashAttention's name) ----------------
+
+def decode_oracle(p, q, k_cache, v_cache, seqlens, leftpad, scale=None):
+    """Each sequence alone: its keys are the slots [leftpad, seqlens), its Lq queries the last ones."""
+    b, h, lq, d = q.shape
+    hk = k_cache.shape[1]
+    scale = d ** -0.5 if scale is None else scale
+    outs = []
+    for i in range(b):
+        s, n = int(leftpad[i]), int(seqlens[i])
+        mask = torch.tensor(naive.dense(p.root, lq, n - s, h, hk), dtype=torch.bool).reshape(h, lq, n - s)
+        kk = k_cache[i, :, s:n].double().repeat_interleave(h // hk, 0)
+        vv = v_cache[i, :, s:n].double().repeat_interleave(h // hk, 0)
+        logits = (q[i].double() @ kk.transpose(-1, -2) * scale).masked_fill(~mask, -math.inf)
+        lse = torch.logsumexp(logits, -1, keepdim=True)
+        outs.append(torch.where(mask, torch.exp(logits - lse.clamp_min(-1e300)), 0.0) @ vv)
+    return torch.stack(outs)
+
+
+@pytest.mark.parametrize("backend", ["triton", "reference"])
+@pytest.mark.parametrize("name", sorted(PATTERNS))
+def test_decode_from_left_padded_caches(name, backend):
+    p = sparsedsl.compile_pattern(PATTERNS[name])
+    gen = torch.Generator().manual_seed(3)
+    b, h, hk, cap, d = 3, 4, 2, 40, 16
+    q = torch.randn(b, h, 2, d, generator=gen)
+    kc, vc = (torch.randn(b, hk, cap, d, generator=gen) for _ in range(2))
+    seqlens = torch.tensor([40, 23, 9], dtype=torch.int32)
+    leftpad = torch.tensor([0, 6, 7], dtype=torch.int32)  # 40, 17 and 2 real keys
+    kc[1, :, :6] = kc[2, :, :7] = float("nan")  # the padding is never read
+    vc[1, :, :6] = vc[2, :, :7] = float("nan")
+    out = p.decode(q, kc, vc, seqlens, cache_leftpad=leftpad, backend=backend)
+    assert not out.isnan().any()
+    torch.testing.assert_close(out.double(), decode_oracle(p, q, kc, vc, seqlens, leftpad), atol=2e-5, rtol=1e-5)
+
+
+def test_decode_leftpad_errors():
+    p = sparsedsl.compile_pattern(PATTERNS["streaming"])
+    q = torch.randn(2, 4, 1, 16)
+    kc = torch.randn(2, 2, 10, 16)
+    lens = torch.tensor([10, 5], dtype=torch.int32)
+    with pytest.raises(InputError, match=r"cache_leftpad must be an int32 tensor \[2\]"):
+        p.decode(q, kc, kc, lens, cache_leftpad=torch.tensor([0, 1]))
+    with pytest.raises(InputError, match=r"cache_leftpad must lie in \[0, cache_seqlens\]"):
+        p.decode(q, kc, kc, lens, cache_leftpad=torch.tensor([0, 6], dtype=torch.int32))
+    with pytest.raises(InputError, match="static patterns only"):
+        sparsedsl.compile_pattern("quest", page=4, budget=8).decode(q, kc, kc, lens,
+                                                                     cache_leftpad=torch.zeros(2, dtype=torch.int32))

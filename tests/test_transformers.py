@@ -155,10 +155,10 @@ def test_clear_errors():
     holes[0, 5:7] = 0  # padding inside a row
     with torch.no_grad(), pytest.raises(InputError, match="padding inside a row"):
         model(ids(), attention_mask=holes)
-    left = torch.ones(2, 24, dtype=torch.long)
-    left[0, :3] = 0
-    with torch.no_grad(), pytest.raises(InputError, match="generation from a padded batch"):
-        model.generate(ids(), attention_mask=left, max_new_tokens=2, do_sample=False, pad_token_id=0)
+    right = torch.ones(2, 24, dtype=torch.long)
+    right[0, -3:] = 0
+    with torch.no_grad(), pytest.raises(InputError, match="generation from a padded batch needs left padding"):
+        model.generate(ids(), attention_mask=right, max_new_tokens=2, do_sample=False, pad_token_id=0)
     model.train()
     model.config.attention_dropout = 0.1
     for m in model.modules():
@@ -197,3 +197,19 @@ def test_a_padded_batch_equals_its_rows_alone(side, backend):
     want_loss.backward()
     for (name, p), g in zip(model.named_parameters(), got_grads):
         torch.testing.assert_close(g, p.grad, rtol=1e-3, atol=1e-5, msg=name)
+
+
+@pytest.mark.parametrize("backend", ["reference", "triton"])
+def test_greedy_generation_from_a_left_padded_batch_equals_each_sequence_alone(backend):
+    model = sdt.apply(tiny("llama"), STREAMING, backend=backend)
+    n, lens = 12, [12, 8, 3]
+    rows = [ids(1, k, seed=20 + i) for i, k in enumerate(lens)]
+    x = torch.zeros(len(lens), n, dtype=torch.long)
+    mask = torch.zeros(len(lens), n, dtype=torch.long)
+    for i, (r, k) in enumerate(zip(rows, lens)):
+        x[i, n - k:], mask[i, n - k:] = r[0], 1
+    with torch.no_grad():
+        got = model.generate(x, attention_mask=mask, max_new_tokens=6, do_sample=False, pad_token_id=0)
+        for i, r in enumerate(rows):
+            alone = model.generate(r, max_new_tokens=6, do_sample=False, pad_token_id=0)
+            assert torch.equal(got[i, n:], alone[0, r.shape[1]:]), i

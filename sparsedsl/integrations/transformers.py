@@ -21,7 +21,9 @@ length and the padding side. Each attention layer then runs its pattern:
 - the model's scale (`module.scaling`), GQA, learnable sinks (`s_aux`, gpt-oss), and its
   sliding-window layers (the pattern intersected with `window(W)`).
 
-Not yet: generation from a padded batch, padding inside a row and packed-sequence masks (each
+Generation from a left-padded batch (DynamicCache, full-attention layers) runs `decode` with
+each row's first real slot as `cache_leftpad`. Not yet: generation from a padded batch with
+sliding-window layers or a StaticCache, padding inside a row and packed-sequence masks (each
 raises an InputError instead of giving wrong rows); attention dropout other than 0.
 """
 from __future__ import annotations
@@ -92,10 +94,12 @@ def _picker(patterns, n: int):
 @dataclass(frozen=True)
 class Padding:
     """What the mask function hands the layers for a padded batch: each row's real tokens
-    (int32 [B], on the device) and where the padding is ("left" or "right")."""
+    (int32 [B], on the device), where the padding is ("left" or "right") and each row's
+    first real slot (int32 [B])."""
 
     lengths: torch.Tensor
     side: str
+    starts: torch.Tensor
 
 
 def layer_mask(batch_size, q_length, kv_length, q_offset=0, kv_offset=0, mask_function=None, attention_mask=None,
@@ -118,7 +122,10 @@ def layer_mask(batch_size, q_length, kv_length, q_offset=0, kv_offset=0, mask_fu
     at = torch.arange(m.shape[1], device=m.device)
     for side, real in (("left", at[None, :] >= m.shape[1] - lengths[:, None]), ("right", at[None, :] < lengths[:, None])):
         if bool((m == real).all()):
-            return Padding(lengths, side)
+            return Padding(lengths, side, m.shape[1] - lengths if side == "left" else torch.zeros_like(lengths))
+    if q_length != m.shape[1]:  # decoding: new tokens after right padding
+        raise InputError("sparsedsl: generation from a padded batch needs left padding (tokenizer padding_side="
+                         "'left'); the attention mask has padding inside a row")
     raise InputError("sparsedsl: the attention mask has padding inside a row (not one run of real tokens at the "
                      "start or the end of each row): pack the sequences with cu_seqlens instead")
 
@@ -191,13 +198,22 @@ def attention(module, query, key, value, attention_mask, scaling=None, dropout=0
     given, backend = getattr(module, "_sparsedsl", (None, "auto"))
     p = _pattern(given, sliding_window)
     lq, lk = query.shape[2], key.shape[2]
-    if isinstance(attention_mask, Padding):
-        if lq != lk:
-            raise InputError("sparsedsl: generation from a padded batch is not supported yet (the cache holds the "
-                             "padding); generate one sequence at a time, or unpadded")
+    if isinstance(attention_mask, Padding) and lq == lk:
         n = attention_mask.lengths.to(query.device)
         out = p(query, key, value, scale=scaling, sinks=s_aux, backend=backend, q_lengths=n, kv_lengths=n,
                 padding_side=attention_mask.side)
+    elif isinstance(attention_mask, Padding):
+        # generation from a left-padded batch: row b's keys are the cache slots from its first real
+        # token on (cache_leftpad), as many as its last query's position + 1
+        if attention_mask.side != "left" or sliding_window is not None or position_ids is None:
+            raise InputError("sparsedsl: generation from a padded batch needs left padding, full-attention layers "
+                             f"(layer {getattr(module, 'layer_idx', '?')}: sliding window {sliding_window}) and the "
+                             "layers' position_ids; generate one sequence at a time otherwise")
+        starts = attention_mask.starts.to(device=query.device)
+        n = position_ids[..., -1].to(device=query.device, dtype=torch.int32) + 1
+        lens = torch.clamp(starts + n, max=lk).contiguous()
+        out = p.decode(query, key.contiguous(), value.contiguous(), lens, scale=scaling, sinks=s_aux,
+                       backend=backend, cache_leftpad=starts.contiguous())
     elif lq == lk:
         out = p(query, key, value, scale=scaling, sinks=s_aux, backend=backend)
     else:

@@ -120,8 +120,9 @@ def decode_config(plan, head_dim: int, lq: int, interpret: bool):
 
 
 def decode(plan: KernelPlan, q, k_cache, v_cache, lens, scale: float, interpret: bool, block_table=None,
-           summaries: BlockSummaries | None = None, splits: int | None = None, config=None):
-    """(out [B, H, Lq, Dv] in q's dtype, lse float32 [B, H, Lq])."""
+           summaries: BlockSummaries | None = None, splits: int | None = None, config=None, leftpad=None):
+    """(out [B, H, Lq, Dv] in q's dtype, lse float32 [B, H, Lq]). `leftpad` (int32 [B], a
+    contiguous cache, static patterns): sequence b's keys are the slots [leftpad[b], lens[b])."""
     b, h, lq, d = q.shape
     hk, cap, _ = _cache_dims(k_cache, block_table)
     dv = v_cache.shape[-1]
@@ -150,7 +151,9 @@ def decode(plan: KernelPlan, q, k_cache, v_cache, lens, scale: float, interpret:
     run = _Launch(plan, q, kv, v_cache if block_table is None else v_cache.permute(0, 2, 1, 3), interpret,
                   config, None)
     run.lk = cap
-    run.meta.update(VARLEN=2, PAGE=k_cache.shape[1] if block_table is not None else 0)
+    run.meta.update(VARLEN=2 if leftpad is None else 4, PAGE=k_cache.shape[1] if block_table is not None else 0)
+    if leftpad is not None:  # (first slot, key count) per sequence, interleaved
+        lens = torch.stack((leftpad, lens - leftpad), 1).contiguous()
     tensors, strides = dynamic_tensors(selection, landmarks)
     tensors.update(Q=q, K=k_cache, V=v_cache, O=o_part, LSE=l_part, FLAG=torch.zeros(1, dtype=torch.int32,
                                                                                    device=q.device),

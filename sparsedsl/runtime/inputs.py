@@ -191,6 +191,25 @@ def check_varlen(q, k, v, cu_q, cu_k, max_q, max_k, scale):
     return scale
 
 
+def check_leftpad(q, cache_seqlens, cache_leftpad, block_table):
+    """decode's cache_leftpad (FlashAttention's name): int32 [B] on q's device, sequence b's
+    first cache slot (its keys are the slots [cache_leftpad[b], cache_seqlens[b])); a contiguous
+    cache only. Values are checked on CPU tensors (0 <= leftpad <= seqlens)."""
+    b = q.shape[0]
+    if block_table is not None:
+        raise InputError("decode: cache_leftpad takes a contiguous cache [B, Hk, Lmax, D]; a paged cache "
+                         "(block_table) starts each sequence on a page of its own")
+    if not isinstance(cache_leftpad, torch.Tensor) or cache_leftpad.dtype != torch.int32 \
+            or tuple(cache_leftpad.shape) != (b,) or cache_leftpad.device != q.device:
+        raise InputError(f"decode: cache_leftpad must be an int32 tensor [{b}] on {q.device}, got "
+                         f"{getattr(cache_leftpad, 'dtype', type(cache_leftpad).__name__)} "
+                         f"{tuple(getattr(cache_leftpad, 'shape', ()))} on {getattr(cache_leftpad, 'device', '-')}")
+    if not cache_leftpad.is_cuda and not _tracing() and b \
+            and not bool(((cache_leftpad >= 0) & (cache_leftpad <= cache_seqlens.cpu())).all()):
+        raise InputError(f"decode: cache_leftpad must lie in [0, cache_seqlens], got {cache_leftpad.tolist()[:16]} "
+                         f"and {cache_seqlens.tolist()[:16]}")
+
+
 def check_padded(q, k, q_lengths, kv_lengths, side: str):
     """A padded batch: q_lengths / kv_lengths int32 [B] on q's device (None: the whole axis),
     each entry's real rows at the start ("right" padding) or the end ("left") of the length

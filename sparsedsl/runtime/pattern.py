@@ -24,7 +24,7 @@ BACKENDS = ("auto", "reference", "triton")
 
 _CALL_KEYWORDS = ("scale (softmax_scale), return_lse, backend, selection, cu_seqlens_q, cu_seqlens_k, "
                   "max_seqlen_q, max_seqlen_k, q_lengths, kv_lengths, padding_side, layout, sinks")
-_DECODE_KEYWORDS = "block_table, summaries, scale (softmax_scale), return_lse, num_splits, backend, sinks"
+_DECODE_KEYWORDS = "block_table, cache_leftpad, summaries, scale (softmax_scale), return_lse, num_splits, backend, sinks"
 
 
 class CompiledPattern:
@@ -393,7 +393,7 @@ class CompiledPattern:
         return summarize(plan, k_cache, v_cache, cache_seqlens, block_table, into, new)
 
     def decode(self, q, k_cache, v_cache, cache_seqlens, *, block_table=None, summaries=None, scale=None,
-               return_lse=False, num_splits=None, backend="auto", sinks=None, **keywords):
+               return_lse=False, num_splits=None, backend="auto", sinks=None, cache_leftpad=None, **keywords):
         """Attention of a few new queries per sequence against a KV cache (flash-decoding).
 
         q [B, H, Lq, D]: the queries at positions cache_seqlens[b] - Lq .. - 1;
@@ -403,7 +403,9 @@ class CompiledPattern:
         first cache_seqlens[b] keys. Dynamic patterns read `summaries`
         (summarize(); refreshed here for this call's tokens) or, without them,
         summarize the whole cache first. Returns out [B, H, Lq, Dv] (and lse). `sinks` as in
-        the prefill call. FlashAttention's keywords as in the prefill call (`softmax_scale`, ...)."""
+        the prefill call. cache_leftpad (int32 [B], a contiguous cache, static patterns;
+        FlashAttention's name): sequence b's keys are the slots [cache_leftpad[b],
+        cache_seqlens[b]), its positions counted from 0 at cache_leftpad[b] (a left-padded batch). FlashAttention's keywords as in the prefill call (`softmax_scale`, ...)."""
         if keywords:
             heads = inputs.heads_of(q, k_cache, 2 if block_table is not None else 1)
             scale = inputs.foreign_keywords(keywords, scale, heads, "decode", _DECODE_KEYWORDS)
@@ -416,26 +418,31 @@ class CompiledPattern:
             num_splits = inputs.check_size("num_splits", num_splits, 1)
         if sinks is not None:
             check_sinks(sinks, q, "decode")
+        if cache_leftpad is not None:
+            inputs.check_leftpad(q, cache_seqlens, cache_leftpad, block_table)
+            if self.is_dynamic:
+                raise InputError(f"pattern {self.name!r}: decode with cache_leftpad takes static patterns only")
         scale = q.shape[-1] ** -0.5 if scale is None else scale
         if backend == "reference" or (backend == "auto" and not q.is_cuda):
-            out, lse = self._reference_decode(q, k_cache, v_cache, cache_seqlens, block_table, scale)
+            out, lse = self._reference_decode(q, k_cache, v_cache, cache_seqlens, block_table, scale, cache_leftpad)
         else:
             from ..kernels.decode import decode
 
             paged = block_table is not None
             inputs.check_kernel(q, (block_table.shape[1] * k_cache.shape[1] if paged else k_cache.shape[2],), "decode")
             out, lse = decode(self.plan, q, k_cache, v_cache, cache_seqlens, scale, not q.is_cuda, block_table,
-                              summaries, num_splits)
+                              summaries, num_splits, leftpad=cache_leftpad)
         if sinks is not None:
             out, lse = with_sinks(out, lse, sinks)
         return (out, lse) if return_lse else out
 
-    def _reference_decode(self, q, k_cache, v_cache, lens, block_table, scale):
+    def _reference_decode(self, q, k_cache, v_cache, lens, block_table, scale, leftpad=None):
         """The reference, sequence by sequence (gathers paged caches)."""
         outs, lses = [], []
-        for b, n in enumerate(lens.tolist()):
+        starts = [0] * len(lens) if leftpad is None else leftpad.tolist()
+        for b, (s, n) in enumerate(zip(starts, lens.tolist())):
             if block_table is None:
-                k, v = k_cache[b:b + 1, :, :n], v_cache[b:b + 1, :, :n]
+                k, v = k_cache[b:b + 1, :, s:n], v_cache[b:b + 1, :, s:n]
             else:
                 page = k_cache.shape[1]
                 pages = block_table[b, :-(-n // page)].long()
