@@ -213,3 +213,22 @@ def test_greedy_generation_from_a_left_padded_batch_equals_each_sequence_alone(b
         for i, r in enumerate(rows):
             alone = model.generate(r, max_new_tokens=6, do_sample=False, pad_token_id=0)
             assert torch.equal(got[i, n:], alone[0, r.shape[1]:]), i
+
+
+def test_generation_with_a_dynamic_pattern_keeps_its_summaries_across_steps(monkeypatch):
+    """topk decoding on the kernels, with the block summaries kept on each layer (computed once
+    per layer after the prefill, refreshed by decode for each new token), gives the tokens of
+    the reference backend, which selects from the whole prefix at every step."""
+    topk = sparsedsl.compile_pattern("pattern t() { causal & (sink(2) | window(3) | topk(1, block=4)) }")
+    calls = []
+    real = sparsedsl.CompiledPattern.summarize
+    monkeypatch.setattr(sparsedsl.CompiledPattern, "summarize", lambda self, *a, **k: calls.append(1) or real(self, *a, **k))
+    ref = sdt.apply(tiny("llama"), topk, backend="reference")
+    ours = sdt.apply(tiny("llama"), topk, backend="triton")
+    x = ids(2, 13, seed=5)
+    with torch.no_grad():
+        want = ref.generate(x, max_new_tokens=7, do_sample=False, pad_token_id=0)
+        assert not calls
+        got = ours.generate(x, max_new_tokens=7, do_sample=False, pad_token_id=0)
+    assert torch.equal(got, want)
+    assert len(calls) == 2  # once per layer, not once per step

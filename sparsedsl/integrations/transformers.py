@@ -21,7 +21,9 @@ length and the padding side. Each attention layer then runs its pattern:
 - the model's scale (`module.scaling`), GQA, learnable sinks (`s_aux`, gpt-oss), and its
   sliding-window layers (the pattern intersected with `window(W)`).
 
-Generation from a left-padded batch (DynamicCache, full-attention layers) runs `decode` with
+A dynamic pattern's block summaries stay on each layer from one decoding step to the next
+(`decode` refreshes the blocks of the step's new keys). Generation from a left-padded batch
+(DynamicCache, full-attention layers) runs `decode` with
 each row's first real slot as `cache_leftpad`. Not yet: generation from a padded batch with
 sliding-window layers or a StaticCache, padding inside a row and packed-sequence masks (each
 raises an InputError instead of giving wrong rows); attention dropout other than 0.
@@ -198,6 +200,8 @@ def attention(module, query, key, value, attention_mask, scaling=None, dropout=0
     given, backend = getattr(module, "_sparsedsl", (None, "auto"))
     p = _pattern(given, sliding_window)
     lq, lk = query.shape[2], key.shape[2]
+    if lq == lk:  # a prefill: a new sequence, whose decoding summarises its own cache
+        module._sparsedsl_summaries = None
     if isinstance(attention_mask, Padding) and lq == lk:
         n = attention_mask.lengths.to(query.device)
         out = p(query, key, value, scale=scaling, sinks=s_aux, backend=backend, q_lengths=n, kv_lengths=n,
@@ -232,6 +236,38 @@ def attention(module, query, key, value, attention_mask, scaling=None, dropout=0
                                  "(causal, window, band, dilated, full): give this layer one, or None")
             n = torch.clamp(n, max=lk)
         lens = n.expand(query.shape[0]).contiguous()
-        out = p.decode(query, key.contiguous(), value.contiguous(), lens, scale=scaling, sinks=s_aux,
-                       backend=backend)
+        key, value = key.contiguous(), value.contiguous()
+        kernels = backend == "triton" or (backend == "auto" and query.is_cuda and query.dtype != torch.float64)
+        summaries = _summaries(module, p, key, value, lens, lq) if p.is_dynamic and kernels else None
+        out = p.decode(query, key, value, lens, scale=scaling, sinks=s_aux, backend=backend, summaries=summaries)
     return out.transpose(1, 2), None
+
+
+def _summaries(module, p, key, value, lens, new: int):
+    """A dynamic pattern's block summaries of this layer's cache, kept on the layer from one
+    decoding step to the next: decode() refreshes only the blocks of the step's new keys. They
+    are computed whole (one pass over the cache) on the first step after a prefill, or when
+    the cache is not the last one grown by `new` keys (a DynamicCache's tensor grows by the new
+    keys; a StaticCache's stays the same tensor); a grown cache's new blocks are appended."""
+    kept = getattr(module, "_sparsedsl_summaries", None)
+    cap = key.shape[2]
+    same = kept is not None and kept[0] is p and kept[2] == key.shape[:2] and (
+        (kept[3] == cap and kept[4] == key.data_ptr()) or kept[3] + new == cap)
+    if not same:
+        summ = p.summarize(key, value, lens)
+    else:
+        summ = kept[1]
+        summ.topk = _grown(summ.topk, p.plan.topk.block if p.plan.topk else 1, cap)
+        summ.landmarks = _grown(summ.landmarks, p.plan.landmarks or 1, cap)
+    module._sparsedsl_summaries = (p, summ, key.shape[:2], cap, key.data_ptr())
+    return summ
+
+
+def _grown(tensors, block: int, cap: int):
+    """Summary tensors [B, Hk, blocks, D] with room for `cap` keys (new blocks zero: decode()
+    fills those its new keys touch, the only keys they hold)."""
+    if tensors is None:
+        return None
+    blocks = -(-cap // block)
+    return tuple(t if t.shape[2] >= blocks else torch.nn.functional.pad(t, (0, 0, 0, blocks - t.shape[2]))
+                 for t in tensors)
