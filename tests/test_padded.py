@@ -250,3 +250,21 @@ def test_decode_leftpad_errors():
     with pytest.raises(InputError, match="static patterns only"):
         sparsedsl.compile_pattern("quest", page=4, budget=8).decode(q, kc, kc, lens,
                                                                      cache_leftpad=torch.zeros(2, dtype=torch.int32))
+
+
+@pytest.mark.parametrize("backend", ["triton", "reference"])
+def test_decode_reads_flash_attention_layout_in_place(backend):
+    """decode(layout='bshd'): q [B, Lq, H, D] and a cache [B, Lmax, Hk, D], as
+    flash_attn_with_kvcache takes them, with left padding; out [B, Lq, H, Dv]."""
+    p = sparsedsl.compile_pattern(PATTERNS["chunked"])
+    gen = torch.Generator().manual_seed(4)
+    q = torch.randn(3, 2, 4, 16, generator=gen)
+    kc, vc = (torch.randn(3, 30, 2, 16, generator=gen) for _ in range(2))
+    seqlens = torch.tensor([30, 21, 12], dtype=torch.int32)
+    leftpad = torch.tensor([0, 5, 9], dtype=torch.int32)
+    out, lse = p.decode(q, kc, vc, seqlens, cache_leftpad=leftpad, layout="bshd", return_lse=True, backend=backend)
+    assert out.shape == (3, 2, 4, 16) and lse.shape == (3, 4, 2)
+    want = decode_oracle(p, q.transpose(1, 2), kc.transpose(1, 2), vc.transpose(1, 2), seqlens, leftpad)
+    torch.testing.assert_close(out.transpose(1, 2).double(), want, atol=2e-5, rtol=1e-5)
+    with pytest.raises(InputError, match="layout must be"):
+        p.decode(q, kc, vc, seqlens, layout="sbhd")

@@ -83,6 +83,22 @@ def from_layout(layout: str, q, k, v, packed: bool):
     return q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
 
 
+def from_decode_layout(layout: str, q, k_cache, v_cache, paged: bool):
+    """decode's q and caches given in `layout` as [B, H, L, D] views (no copy); a paged cache
+    ([pages, page_size, Hk, D]) is the same in both layouts."""
+    if layout != "bshd":
+        raise InputError(f"decode: layout must be 'bhsd' ([B, H, L, D]) or 'bshd' ([B, L, H, D], FlashAttention's), "
+                         f"got {layout!r}")
+    named = (("q", q),) if paged else (("q", q), ("k_cache", k_cache), ("v_cache", v_cache))
+    for name, t in named:
+        if not isinstance(t, torch.Tensor) or t.dim() != 4:
+            shape = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
+            raise InputError(f"decode: with layout='bshd', {name} must be [batch, length, heads, head_dim], got {shape}")
+    if paged:
+        return q.transpose(1, 2), k_cache, v_cache
+    return q.transpose(1, 2), k_cache.transpose(1, 2), v_cache.transpose(1, 2)
+
+
 def check_scale(scale) -> float | None:
     """The softmax scale as a float: a number, or a one-element tensor on the CPU (reading
     one on a GPU would make the call wait for it)."""

@@ -24,7 +24,8 @@ BACKENDS = ("auto", "reference", "triton")
 
 _CALL_KEYWORDS = ("scale (softmax_scale), return_lse, backend, selection, cu_seqlens_q, cu_seqlens_k, "
                   "max_seqlen_q, max_seqlen_k, q_lengths, kv_lengths, padding_side, layout, sinks")
-_DECODE_KEYWORDS = "block_table, cache_leftpad, summaries, scale (softmax_scale), return_lse, num_splits, backend, sinks"
+_DECODE_KEYWORDS = ("block_table, cache_leftpad, summaries, scale (softmax_scale), return_lse, num_splits, backend, "
+                    "sinks, layout")
 
 
 class CompiledPattern:
@@ -393,7 +394,8 @@ class CompiledPattern:
         return summarize(plan, k_cache, v_cache, cache_seqlens, block_table, into, new)
 
     def decode(self, q, k_cache, v_cache, cache_seqlens, *, block_table=None, summaries=None, scale=None,
-               return_lse=False, num_splits=None, backend="auto", sinks=None, cache_leftpad=None, **keywords):
+               return_lse=False, num_splits=None, backend="auto", sinks=None, cache_leftpad=None, layout="bhsd",
+               **keywords):
         """Attention of a few new queries per sequence against a KV cache (flash-decoding).
 
         q [B, H, Lq, D]: the queries at positions cache_seqlens[b] - Lq .. - 1;
@@ -405,7 +407,16 @@ class CompiledPattern:
         summarize the whole cache first. Returns out [B, H, Lq, Dv] (and lse). `sinks` as in
         the prefill call. cache_leftpad (int32 [B], a contiguous cache, static patterns;
         FlashAttention's name): sequence b's keys are the slots [cache_leftpad[b],
-        cache_seqlens[b]), its positions counted from 0 at cache_leftpad[b] (a left-padded batch). FlashAttention's keywords as in the prefill call (`softmax_scale`, ...)."""
+        cache_seqlens[b]), its positions counted from 0 at cache_leftpad[b] (a left-padded batch).
+        layout="bshd": FlashAttention's flash_attn_with_kvcache layout, read in place: q
+        [B, Lq, H, D], a contiguous cache [B, Lmax, Hk, D] (a paged cache is [pages, page_size,
+        Hk, D] in both layouts); out is [B, Lq, H, Dv] (a view), lse [B, H, Lq]. FlashAttention's keywords as in the prefill call (`softmax_scale`, ...)."""
+        if layout != "bhsd":
+            q, k_cache, v_cache = inputs.from_decode_layout(layout, q, k_cache, v_cache, block_table is not None)
+            out = self.decode(q, k_cache, v_cache, cache_seqlens, block_table=block_table, summaries=summaries,
+                              scale=scale, return_lse=return_lse, num_splits=num_splits, backend=backend,
+                              sinks=sinks, cache_leftpad=cache_leftpad, **keywords)
+            return (out[0].transpose(1, 2), out[1]) if return_lse else out.transpose(1, 2)
         if keywords:
             heads = inputs.heads_of(q, k_cache, 2 if block_table is not None else 1)
             scale = inputs.foreign_keywords(keywords, scale, heads, "decode", _DECODE_KEYWORDS)
