@@ -232,3 +232,16 @@ def test_generation_with_a_dynamic_pattern_keeps_its_summaries_across_steps(monk
         got = ours.generate(x, max_new_tokens=7, do_sample=False, pad_token_id=0)
     assert torch.equal(got, want)
     assert len(calls) == 2  # once per layer, not once per step
+
+
+def test_the_model_under_torch_compile():
+    """torch.compile of the whole model: the kernels are one registered op with a fake
+    implementation; a second length runs the same compiled model (the mask check is the one
+    graph break, as in transformers' own FlashAttention path)."""
+    ref = tiny("llama")
+    ours = torch.compile(sdt.apply(copy.deepcopy(ref), STREAMING, backend="triton"), backend="aot_eager")
+    with torch.no_grad():
+        for n, seed in ((20, 1), (27, 3)):
+            x = ids(n=n, seed=seed)
+            want = ref(x, attention_mask=additive_mask(STREAMING, n, x.shape[0])).logits
+            torch.testing.assert_close(ours(x).logits, want, rtol=1e-4, atol=1e-4)
