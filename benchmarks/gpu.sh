@@ -5,7 +5,9 @@
 #   bench: both benchmarks; dyntests: the dynamic/decode tests on CUDA tensors; dyn: those tests
 #   and benchmarks/bench_dynamic.py (prefill with selection, train: forward + backward, decoding;
 #   DYN_PARTS picks some); all (default): tests and
-#   the forward and backward benchmarks.
+#   the forward and backward benchmarks; hf: the transformers integration's GPU tests and
+#   benchmarks/bench_hf.py (prefill, decoding tokens/s and peak memory against sdpa and
+#   flex_attention; HF_ARGS passes its arguments).
 # Environment: LENGTHS (default "16384 65536"), BENCH_ARGS (extra bench_forward.py arguments),
 # BWD_ARGS (extra bench_backward.py arguments), VARLEN=0 skips the packed varlen rows of the
 # backward benchmark, PYTEST_ARGS, OUT (default /tmp/sparsedsl-out).
@@ -13,13 +15,17 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 what=${1:-all}
 case $what in
-  tests|bench|fwd|bwd|dyn|dyntests|all) ;;
-  *) echo "usage: bash benchmarks/gpu.sh [tests|bench|fwd|bwd|dyn|dyntests|all]" >&2; exit 2 ;;
+  tests|bench|fwd|bwd|dyn|dyntests|hf|all) ;;
+  *) echo "usage: bash benchmarks/gpu.sh [tests|bench|fwd|bwd|dyn|dyntests|hf|all]" >&2; exit 2 ;;
 esac
 OUT=${OUT:-/tmp/sparsedsl-out}; mkdir -p "$OUT"
 if [ -d .whl ]; then  # packages the GPU image lacks (lark; pytest-xdist), carried as wheels
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
     && export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+fi
+if [ -d .whl-hf ]; then  # transformers and its dependencies (benchmarks/gpu-wheels.sh hf), for the hf mode
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site-hf \
+    .whl-hf/*.whl && export PYTHONPATH=${PYTHONPATH:+$PYTHONPATH:}/tmp/site-hf
 fi
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} SPARSEDSL_CACHE_DIR=/tmp/sparsedsl-cache PYTHONUNBUFFERED=1
 python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__, torch.cuda.get_device_name())"
@@ -44,6 +50,15 @@ if [ "$what" = dyn ]; then
     grep "^L=\|failed" "$OUT/bench_dyn.log" | tail -n 8
     tables+=("$OUT/bench_$part.md")
   done
+fi
+if [ "$what" = hf ]; then  # (transformers: carry .whl-hf, from benchmarks/gpu-wheels.sh hf)
+  python3 -m pytest -q -m gpu -p no:cacheprovider ${workers:-} tests/test_transformers_gpu.py tests/test_padded.py \
+    ${PYTEST_ARGS:-} 2>&1 | tee "$OUT/gpu_hf_tests.txt" | tail -15
+  status=${PIPESTATUS[0]}
+  t0=$SECONDS
+  python3 benchmarks/bench_hf.py ${HF_ARGS:-} --out "$OUT/bench_hf.md" >> "$OUT/bench_hf.log" 2>&1
+  echo "bench_hf.py: exit $?, $((SECONDS - t0)) s"
+  tables+=("$OUT/bench_hf.md")
 fi
 # one process per length: FlexAttention's mask compile does not survive many shapes in one process
 if [ "$what" = fwd ] || [ "$what" = bench ] || [ "$what" = all ]; then
