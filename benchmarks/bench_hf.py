@@ -117,7 +117,8 @@ def main(argv=None):
     import triton
 
     name = torch.cuda.get_device_name() if device.type == "cuda" else "CPU"
-    versions = f"{name}, torch {torch.__version__}, triton {triton.__version__}, transformers {transformers.__version__}"
+    versions = (f"{name}, torch {torch.__version__}, triton {triton.__version__}, "
+                f"transformers {transformers.__version__}")
     rows = []
     for impl in args.impls:
         model = build(args, impl, device, dtype)

@@ -222,7 +222,8 @@ def test_generation_with_a_dynamic_pattern_keeps_its_summaries_across_steps(monk
     topk = sparsedsl.compile_pattern("pattern t() { causal & (sink(2) | window(3) | topk(1, block=4)) }")
     calls = []
     real = sparsedsl.CompiledPattern.summarize
-    monkeypatch.setattr(sparsedsl.CompiledPattern, "summarize", lambda self, *a, **k: calls.append(1) or real(self, *a, **k))
+    monkeypatch.setattr(sparsedsl.CompiledPattern, "summarize",
+                        lambda self, *a, **k: calls.append(1) or real(self, *a, **k))
     ref = sdt.apply(tiny("llama"), topk, backend="reference")
     ours = sdt.apply(tiny("llama"), topk, backend="triton")
     x = ids(2, 13, seed=5)

@@ -122,7 +122,8 @@ def layer_mask(batch_size, q_length, kv_length, q_offset=0, kv_offset=0, mask_fu
         return None
     lengths = m.sum(-1, dtype=torch.int32)
     at = torch.arange(m.shape[1], device=m.device)
-    for side, real in (("left", at[None, :] >= m.shape[1] - lengths[:, None]), ("right", at[None, :] < lengths[:, None])):
+    left, right = at[None, :] >= m.shape[1] - lengths[:, None], at[None, :] < lengths[:, None]
+    for side, real in (("left", left), ("right", right)):
         if bool((m == real).all()):
             return Padding(lengths, side, m.shape[1] - lengths if side == "left" else torch.zeros_like(lengths))
     if q_length != m.shape[1]:  # decoding: new tokens after right padding

@@ -70,6 +70,11 @@ def packed(varlen: "Varlen | None") -> bool:
     return varlen is not None and not varlen.padded
 
 
+def padded(varlen: "Varlen | None") -> bool:
+    """Whether the tensors are a padded batch ([B, H, L, D], per-entry first rows and lengths)."""
+    return varlen is not None and varlen.padded
+
+
 SHORT = 256  # sequences up to this long run on one fixed config (no autotuning)
 
 
@@ -100,7 +105,7 @@ class _Launch:
         if varlen is None:
             self.batch, self.lq, self.lk = q.shape[0], q.shape[2], k.shape[2]
             self.cu = (q, q)  # unused pointers
-        elif varlen.padded:
+        elif padded(varlen):
             self.batch, self.lq, self.lk = q.shape[0], q.shape[2], k.shape[2]
             self.cu = (varlen.cu_q, varlen.cu_k)
         else:
@@ -108,7 +113,8 @@ class _Launch:
             self.cu = (varlen.cu_q, varlen.cu_k)
         self.meta = dict(HEAD_DIM=d, HEAD_DIM_V=dv, BLOCK_D=_pow2(d), BLOCK_DV=_pow2(dv), RATE=plan.rate,
                          WIDE=plan.wide, DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
-                         VARLEN=0 if varlen is None else 3 if varlen.padded else 1, PAGE=0, GROUP=max(1, self.h // max(1, self.hk)))
+                         VARLEN=3 if padded(varlen) else 1 if packed(varlen) else 0, PAGE=0,
+                         GROUP=max(1, self.h // max(1, self.hk)))
 
     def fixed(self, kind: str):
         """The fixed tiles of kernel `kind`, or None to autotune. Short sequences
@@ -193,7 +199,7 @@ def forward(plan: KernelPlan, q, k, v, scale: float, interpret: bool, config=Non
     b, h, lq, _ = q.shape
     dv = v.shape[-1]
     pk = packed(varlen)
-    if varlen is not None and varlen.padded:  # the padded rows, which no program writes: 0 and -inf
+    if padded(varlen):  # the padded rows, which no program writes: 0 and -inf
         out = torch.zeros((b, h, lq, dv), dtype=q.dtype, device=q.device)
         lse = torch.full((b, h, lq), float("-inf"), dtype=torch.float32, device=q.device)
     else:
@@ -230,16 +236,15 @@ def backward(plan: KernelPlan, q, k, v, out, lse, dout, scale: float, interpret:
     output, if it was used. No atomics: every gradient element is written by
     one program, so the result is bitwise repeatable. `kinds` launches only
     some of the kernels (a benchmark timing them one by one)."""
-    padded = varlen is not None and varlen.padded
     # a padded batch's padded rows get no program: their gradients are zero from the start
-    grads = [torch.zeros_like(t) if padded else torch.empty_like(t) for t in (q, k, v)]
+    alloc = torch.zeros_like if padded(varlen) else torch.empty_like
+    grads = [alloc(t) for t in (q, k, v)]
     if q.numel() == 0 or k.numel() == 0:
         return tuple(g.zero_() for g in grads)
     # a gradient shares its input's strides (the kernels take one set); an input
     # whose strides empty_like cannot reproduce (overlapping, e.g. expanded) is copied
     q, k, v = (t if g.stride() == t.stride() else t.contiguous() for t, g in zip((q, k, v), grads))
-    dq, dk, dv = (g if g.stride() == t.stride() else (torch.zeros_like if padded else torch.empty_like)(t)
-                  for t, g in zip((q, k, v), grads))
+    dq, dk, dv = (g if g.stride() == t.stride() else alloc(t) for t, g in zip((q, k, v), grads))
     run = _Launch(plan, q, k, v, interpret, config, varlen)
     if run.batch == 0:
         return dq, dk, dv
@@ -343,8 +348,8 @@ def split_plan(run: _Launch) -> tuple[int, int]:
     are not split."""
     n = -(-min(long_keys(run.plan), run.lk) // 128) * 128
     work = run.lq * (run.h // run.hk)
-    padded = run.varlen is not None and run.varlen.padded  # (keys start anywhere in their row: not split)
-    if n == 0 or run.plan.rate != 1 or work <= SPLIT_QUERIES or padded:
+    # (a padded batch's keys start anywhere in their entry: its tiles are not split)
+    if n == 0 or run.plan.rate != 1 or work <= SPLIT_QUERIES or padded(run.varlen):
         return 0, 1
     parts = min(64, -(-work // SPLIT_QUERIES))
     # workspace cap: about 256 MiB of float32 partial sums

@@ -93,7 +93,8 @@ def from_decode_layout(layout: str, q, k_cache, v_cache, paged: bool):
     for name, t in named:
         if not isinstance(t, torch.Tensor) or t.dim() != 4:
             shape = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
-            raise InputError(f"decode: with layout='bshd', {name} must be [batch, length, heads, head_dim], got {shape}")
+            raise InputError(f"decode: with layout='bshd', {name} must be [batch, length, heads, head_dim], "
+                             f"got {shape}")
     if paged:
         return q.transpose(1, 2), k_cache, v_cache
     return q.transpose(1, 2), k_cache.transpose(1, 2), v_cache.transpose(1, 2)

@@ -410,7 +410,8 @@ class CompiledPattern:
         cache_seqlens[b]), its positions counted from 0 at cache_leftpad[b] (a left-padded batch).
         layout="bshd": FlashAttention's flash_attn_with_kvcache layout, read in place: q
         [B, Lq, H, D], a contiguous cache [B, Lmax, Hk, D] (a paged cache is [pages, page_size,
-        Hk, D] in both layouts); out is [B, Lq, H, Dv] (a view), lse [B, H, Lq]. FlashAttention's keywords as in the prefill call (`softmax_scale`, ...)."""
+        Hk, D] in both layouts); out is [B, Lq, H, Dv] (a view), lse [B, H, Lq].
+        FlashAttention's keywords as in the prefill call (`softmax_scale`, ...)."""
         if layout != "bhsd":
             q, k_cache, v_cache = inputs.from_decode_layout(layout, q, k_cache, v_cache, block_table is not None)
             out = self.decode(q, k_cache, v_cache, cache_seqlens, block_table=block_table, summaries=summaries,
