@@ -268,3 +268,23 @@ def test_decode_reads_flash_attention_layout_in_place(backend):
     torch.testing.assert_close(out.transpose(1, 2).double(), want, atol=2e-5, rtol=1e-5)
     with pytest.raises(InputError, match="layout must be"):
         p.decode(q, kc, vc, seqlens, layout="sbhd")
+
+
+@pytest.mark.parametrize("name", sorted(PATTERNS))
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_decode_from_left_padded_caches_on_the_gpu(name):
+    p = sparsedsl.compile_pattern(PATTERNS[name])
+    gen = torch.Generator().manual_seed(5)
+    b, h, hk, cap, d = 4, 4, 2, 700, 64
+    q = torch.randn(b, h, 3, d, generator=gen)
+    kc, vc = (torch.randn(b, hk, cap, d, generator=gen) for _ in range(2))
+    seqlens = torch.tensor([700, 523, 90, 5], dtype=torch.int32)
+    leftpad = torch.tensor([0, 200, 81, 5], dtype=torch.int32)
+    for i, s in enumerate(leftpad.tolist()):  # the padding is never read
+        kc[i, :, :s] = vc[i, :, :s] = float("nan")
+    out = p.decode(q.cuda(), kc.cuda(), vc.cuda(), seqlens.cuda(), cache_leftpad=leftpad.cuda())
+    want = decode_oracle(p, q, kc, vc, seqlens, leftpad)
+    assert not out[:3].isnan().any()
+    torch.testing.assert_close(out.cpu().double()[:3], want[:3], atol=1e-4, rtol=1e-4)
+    assert torch.equal(out[3].cpu(), torch.zeros_like(out[3].cpu()))  # no key: output 0
