@@ -288,3 +288,21 @@ def test_decode_from_left_padded_caches_on_the_gpu(name):
     assert not out[:3].isnan().any()
     torch.testing.assert_close(out.cpu().double()[:3], want[:3], atol=1e-4, rtol=1e-4)
     assert torch.equal(out[3].cpu(), torch.zeros_like(out[3].cpu()))  # no key: output 0
+
+
+def test_padded_with_sinks():
+    """sinks join each real row's denominator; a padded row (LSE -inf) gives 0 and LSE = its sink."""
+    p = sparsedsl.compile_pattern(PATTERNS["streaming"])
+    q, k, v = inputs()
+    ql = torch.tensor([19, 11, 0], dtype=torch.int32)
+    sinks = torch.tensor([0.5, -1.0, 2.0, -math.inf])
+    out, lse = p(q, k, v, q_lengths=ql, kv_lengths=ql, padding_side="left", sinks=sinks, return_lse=True,
+                 backend="triton")
+    ref, rlse = oracle(p, q, k, v, [19, 11, 0], [19, 11, 0], "left")
+    s = sinks.double()[None, :, None]
+    want_lse = torch.logaddexp(rlse, s.expand_as(rlse))
+    want = ref * torch.exp(rlse - want_lse).nan_to_num(0.0)[..., None]
+    torch.testing.assert_close(out.double(), want, atol=2e-5, rtol=1e-5)
+    fin = want_lse > -math.inf
+    torch.testing.assert_close(lse.double()[fin], want_lse[fin], atol=2e-5, rtol=1e-5)
+    assert torch.equal(lse[2, :2], sinks[:2].float().expand(19, 2).T)  # entry 2 is all padding
