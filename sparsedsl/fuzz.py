@@ -61,7 +61,7 @@ class _Stats:
         hk, lk = k.shape[1], k.shape[2]
         if p.is_dynamic:
             m = p.mask(lq, lk, h, hk, q=q.cpu(), k=k.cpu())
-            if any(a.kind == "topk" for a in p.dynamic_atoms):
+            if _has_topk(p):
                 sel = p.select_blocks(q.cpu(), k.cpu(), backend="reference")
                 self.selected += sum(int((s >= 0).sum()) for s in (sel if isinstance(sel, tuple) else (sel,)))
         else:
@@ -76,7 +76,7 @@ class _Stats:
     def summary(self, p) -> str:
         parts = [f"{self.blind_rows} of {self.rows} query rows see no key"]
         if p.is_dynamic:
-            if any(a.kind == "topk" for a in p.dynamic_atoms):
+            if _has_topk(p):
                 parts.append(f"{self.selected} key blocks selected by topk")
         else:
             parts.insert(0, f"forward tiles {self.full} full (no mask) and {self.partial} partial (masked)")
@@ -85,6 +85,10 @@ class _Stats:
             text += f"\n  note: no {'full' if self.full == 0 else 'partial'} tile was visited; try more --examples " \
                     "or a larger --max-len"
         return text
+
+
+def _has_topk(p) -> bool:
+    return any(a.kind == "topk" for a in p.dynamic_atoms)
 
 
 def _hypothesis():

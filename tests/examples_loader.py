@@ -1,4 +1,4 @@
-"""Load a script of examples/ as a module (the example tests call its functions)."""
+"""Load a script of examples/ (or benchmarks/) as a module (the tests call its functions)."""
 from __future__ import annotations
 
 import contextlib
@@ -6,13 +6,13 @@ import importlib.util
 import sys
 from pathlib import Path
 
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @contextlib.contextmanager
-def example_module(stem: str):
-    """examples/<stem>.py as a module, registered in sys.modules while in use."""
-    spec = importlib.util.spec_from_file_location(stem, EXAMPLES / f"{stem}.py")
+def example_module(stem: str, folder: str = "examples"):
+    """<folder>/<stem>.py as a module, registered in sys.modules while in use."""
+    spec = importlib.util.spec_from_file_location(stem, ROOT / folder / f"{stem}.py")
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module
     try:

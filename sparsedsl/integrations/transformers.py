@@ -31,6 +31,7 @@ raises an InputError instead of giving wrong rows); attention dropout other than
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 
@@ -250,25 +251,35 @@ def _summaries(module, p, key, value, lens, new: int):
     are computed whole (one pass over the cache) on the first step after a prefill, or when
     the cache is not the last one grown by `new` keys (a DynamicCache's tensor grows by the new
     keys; a StaticCache's stays the same tensor); a grown cache's new blocks are appended."""
-    kept = getattr(module, "_sparsedsl_summaries", None)
+    kept: _Kept | None = getattr(module, "_sparsedsl_summaries", None)
     cap = key.shape[2]
-    same = kept is not None and kept[0] is p and kept[2] == key.shape[:2] and (
-        (kept[3] == cap and kept[4] == key.data_ptr()) or kept[3] + new == cap)
+    same = kept is not None and kept.pattern is p and kept.batch_heads == key.shape[:2] and (
+        (kept.capacity == cap and kept.pointer == key.data_ptr()) or kept.capacity + new == cap)
     if not same:
         summ = p.summarize(key, value, lens)
     else:
-        summ = kept[1]
-        summ.topk = _grown(summ.topk, p.plan.topk.block if p.plan.topk else 1, cap)
-        summ.landmarks = _grown(summ.landmarks, p.plan.landmarks or 1, cap)
-    module._sparsedsl_summaries = (p, summ, key.shape[:2], cap, key.data_ptr())
+        summ = kept.summaries
+        if summ.topk is not None:
+            summ.topk = _grown(summ.topk, p.plan.topk.block, cap)
+        if summ.landmarks is not None:
+            summ.landmarks = _grown(summ.landmarks, p.plan.landmarks, cap)
+    module._sparsedsl_summaries = _Kept(p, summ, key.shape[:2], cap, key.data_ptr())
     return summ
+
+
+class _Kept(NamedTuple):
+    """A layer's summaries and the cache they describe."""
+
+    pattern: object
+    summaries: object
+    batch_heads: tuple
+    capacity: int
+    pointer: int
 
 
 def _grown(tensors, block: int, cap: int):
     """Summary tensors [B, Hk, blocks, D] with room for `cap` keys (new blocks zero: decode()
     fills those its new keys touch, the only keys they hold)."""
-    if tensors is None:
-        return None
     blocks = -(-cap // block)
     return tuple(t if t.shape[2] >= blocks else torch.nn.functional.pad(t, (0, 0, 0, blocks - t.shape[2]))
                  for t in tensors)
