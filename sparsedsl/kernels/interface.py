@@ -60,6 +60,11 @@ class Kernel:
     def do_not_specialize(self) -> list[str]:
         return [s.name for s in self.scalars if s.dtype == "i32" and not s.specialize]
 
+    @property
+    def float_names(self) -> tuple[str, ...]:
+        """The fp32 scalars: cast on entry, since torch.compile may pass a float as fp64."""
+        return tuple(s.name for s in self.scalars if s.dtype == "fp32")
+
     def runtime_names(self) -> tuple[str, ...]:
         """Every parameter but the constexprs, in signature order."""
         return self.pointer_names + sum(self.stride_groups, ()) + self.scalar_names
