@@ -55,6 +55,10 @@ if [ "$what" = hf ]; then  # (transformers: carry .whl-hf, from benchmarks/gpu-w
   python3 -m pytest -q -m gpu -p no:cacheprovider ${workers:-} tests/test_transformers_gpu.py tests/test_padded.py \
     ${PYTEST_ARGS:-} 2>&1 | tee "$OUT/gpu_hf_tests.txt" | tail -15
   status=${PIPESTATUS[0]}
+  # padded batches and left-padded decoding of dynamic patterns (CUDA tensors when there is a GPU)
+  python3 -m pytest -q -p no:cacheprovider ${workers:-} tests/test_padded_dynamic.py ${PYTEST_ARGS:-} 2>&1 \
+    | tee "$OUT/gpu_padded_dynamic_tests.txt" | tail -5
+  [ "${PIPESTATUS[0]}" = 0 ] || status=1
   t0=$SECONDS
   python3 benchmarks/bench_hf.py ${HF_ARGS:-} --out "$OUT/bench_hf.md" >> "$OUT/bench_hf.log" 2>&1
   echo "bench_hf.py: exit $?, $((SECONDS - t0)) s"

@@ -147,12 +147,9 @@ def test_padded_input_errors(kwargs, message):
         p(q, k, v, **kwargs)
 
 
-def test_padded_refuses_packed_and_dynamic():
+def test_padded_refuses_packed():
     q, k, v = inputs()
     ql = torch.tensor([3, 4, 5], dtype=torch.int32)
-    dyn = sparsedsl.compile_pattern("quest", page=4, budget=8)
-    with pytest.raises(InputError, match="static patterns only"):
-        dyn(q, k, v, kv_lengths=ql)
     p = sparsedsl.compile_pattern(PATTERNS["streaming"])
     cu = torch.tensor([0, 19], dtype=torch.int32)
     with pytest.raises(InputError, match="cu_seqlens"):
@@ -247,9 +244,6 @@ def test_decode_leftpad_errors():
         p.decode(q, kc, kc, lens, cache_leftpad=torch.tensor([0, 1]))
     with pytest.raises(InputError, match=r"cache_leftpad must lie in \[0, cache_seqlens\]"):
         p.decode(q, kc, kc, lens, cache_leftpad=torch.tensor([0, 6], dtype=torch.int32))
-    with pytest.raises(InputError, match="static patterns only"):
-        sparsedsl.compile_pattern("quest", page=4, budget=8).decode(q, kc, kc, lens,
-                                                                     cache_leftpad=torch.zeros(2, dtype=torch.int32))
 
 
 @pytest.mark.parametrize("backend", ["triton", "reference"])

@@ -215,6 +215,33 @@ def test_greedy_generation_from_a_left_padded_batch_equals_each_sequence_alone(b
             assert torch.equal(got[i, n:], alone[0, r.shape[1]:]), i
 
 
+def test_a_dynamic_pattern_on_a_left_padded_batch_equals_each_sequence_alone(monkeypatch):
+    """topk + landmarks on a left-padded batch (kernels): the prefill's logits of each row's real
+    tokens and its greedy tokens equal the sequence run alone (selection and summaries count
+    from each row's first real token), with the summaries kept across the decoding steps."""
+    dyn = sparsedsl.compile_pattern("pattern d() { causal & (sink(1) | window(3) | topk(1, block=4) "
+                                    "| landmarks(block=4)) }")
+    calls = []
+    real = sparsedsl.CompiledPattern.summarize
+    monkeypatch.setattr(sparsedsl.CompiledPattern, "summarize",
+                        lambda self, *a, **k: calls.append(1) or real(self, *a, **k))
+    model = sdt.apply(tiny("llama"), dyn, backend="triton")
+    n, lens = 11, [11, 6]
+    rows = [ids(1, k, seed=30 + i) for i, k in enumerate(lens)]
+    x = torch.zeros(len(lens), n, dtype=torch.long)
+    mask = torch.zeros(len(lens), n, dtype=torch.long)
+    for i, (r, k) in enumerate(zip(rows, lens)):
+        x[i, n - k:], mask[i, n - k:] = r[0], 1
+    with torch.no_grad():
+        logits = model(x, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp_min(0)).logits
+        got = model.generate(x, attention_mask=mask, max_new_tokens=4, do_sample=False, pad_token_id=0)
+        assert len(calls) == 2  # once per layer after the prefill, not once per step
+        for i, (r, k) in enumerate(zip(rows, lens)):
+            torch.testing.assert_close(logits[i, n - k:], model(r).logits[0], rtol=1e-4, atol=1e-4)
+            alone = model.generate(r, max_new_tokens=4, do_sample=False, pad_token_id=0)
+            assert torch.equal(got[i, n:], alone[0, r.shape[1]:]), i
+
+
 def test_generation_with_a_dynamic_pattern_keeps_its_summaries_across_steps(monkeypatch):
     """topk decoding on the kernels, with the block summaries kept on each layer (computed once
     per layer after the prefill, refreshed by decode for each new token), gives the tokens of

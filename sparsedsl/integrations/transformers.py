@@ -215,11 +215,13 @@ def attention(module, query, key, value, attention_mask, scaling=None, dropout=0
             raise InputError("sparsedsl: generation from a padded batch needs left padding, full-attention layers "
                              f"(layer {getattr(module, 'layer_idx', '?')}: sliding window {sliding_window}) and the "
                              "layers' position_ids; generate one sequence at a time otherwise")
-        starts = attention_mask.starts.to(device=query.device)
+        starts = attention_mask.starts.to(device=query.device).contiguous()
         n = position_ids[..., -1].to(device=query.device, dtype=torch.int32) + 1
         lens = torch.clamp(starts + n, max=lk).contiguous()
-        out = p.decode(query, key.contiguous(), value.contiguous(), lens, scale=scaling, sinks=s_aux,
-                       backend=backend, cache_leftpad=starts.contiguous())
+        key, value = key.contiguous(), value.contiguous()
+        summaries = _summaries(module, p, key, value, lens, lq, starts) if _kept(p, backend, query) else None
+        out = p.decode(query, key, value, lens, scale=scaling, sinks=s_aux, backend=backend,
+                       cache_leftpad=starts, summaries=summaries)
     elif lq == lk:
         out = p(query, key, value, scale=scaling, sinks=s_aux, backend=backend)
     else:
@@ -239,24 +241,30 @@ def attention(module, query, key, value, attention_mask, scaling=None, dropout=0
             n = torch.clamp(n, max=lk)
         lens = n.expand(query.shape[0]).contiguous()
         key, value = key.contiguous(), value.contiguous()
-        kernels = backend == "triton" or (backend == "auto" and query.is_cuda and query.dtype != torch.float64)
-        summaries = _summaries(module, p, key, value, lens, lq) if p.is_dynamic and kernels else None
+        summaries = _summaries(module, p, key, value, lens, lq) if _kept(p, backend, query) else None
         out = p.decode(query, key, value, lens, scale=scaling, sinks=s_aux, backend=backend, summaries=summaries)
     return out.transpose(1, 2), None
 
 
-def _summaries(module, p, key, value, lens, new: int):
+def _kept(p, backend: str, query) -> bool:
+    """Whether a layer keeps block summaries: a dynamic pattern decoding on the kernels."""
+    kernels = backend == "triton" or (backend == "auto" and query.is_cuda and query.dtype != torch.float64)
+    return p.is_dynamic and kernels
+
+
+def _summaries(module, p, key, value, lens, new: int, leftpad=None):
     """A dynamic pattern's block summaries of this layer's cache, kept on the layer from one
     decoding step to the next: decode() refreshes only the blocks of the step's new keys. They
     are computed whole (one pass over the cache) on the first step after a prefill, or when
     the cache is not the last one grown by `new` keys (a DynamicCache's tensor grows by the new
-    keys; a StaticCache's stays the same tensor); a grown cache's new blocks are appended."""
+    keys; a StaticCache's stays the same tensor); a grown cache's new blocks are appended.
+    `leftpad`: a left-padded batch's first real slots (its blocks count from there)."""
     kept: _Kept | None = getattr(module, "_sparsedsl_summaries", None)
     cap = key.shape[2]
     same = kept is not None and kept.pattern is p and kept.batch_heads == key.shape[:2] and (
         (kept.capacity == cap and kept.pointer == key.data_ptr()) or kept.capacity + new == cap)
     if not same:
-        summ = p.summarize(key, value, lens)
+        summ = p.summarize(key, value, lens, cache_leftpad=leftpad)
     else:
         summ = kept.summaries
         if summ.topk is not None:

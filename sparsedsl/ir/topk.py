@@ -17,3 +17,12 @@ def num_groups(q_len: int, kv_len: int, block: int) -> int:
     if q_len == 0:
         return 0
     return (kv_len - 1) // block - first_group(q_len, kv_len, block) + 1
+
+
+def padded_groups(q_len: int, block: int) -> int:
+    """R of a padded batch (q_lengths / kv_lengths): each entry's rows count from its own
+    first group, and an entry of at most q_len queries spans at most this many groups,
+    whatever its alignment (its rows past its own last group are unused)."""
+    if q_len == 0:
+        return 0
+    return -(-(q_len - 1) // block) + 1

@@ -43,7 +43,9 @@ def _cache_dims(k_cache, block_table):
 def summarize(plan: KernelPlan, k_cache, v_cache, lens, block_table=None, into: BlockSummaries | None = None,
               new: int | None = None) -> BlockSummaries:
     """Compute (or, with `into` and `new`, refresh the blocks touched by each
-    sequence's last `new` keys of) the summaries the pattern's decoding needs."""
+    sequence's last `new` keys of) the summaries the pattern's decoding needs.
+    `lens`: int32 [B] key counts, or [B, 2] (first slot, key count) of left-padded
+    sequences, whose blocks count from their first slot."""
     hk, cap, d = _cache_dims(k_cache, block_table)
     b = lens.shape[0]
 
@@ -122,7 +124,8 @@ def decode_config(plan, head_dim: int, lq: int, interpret: bool):
 def decode(plan: KernelPlan, q, k_cache, v_cache, lens, scale: float, interpret: bool, block_table=None,
            summaries: BlockSummaries | None = None, splits: int | None = None, config=None, leftpad=None):
     """(out [B, H, Lq, Dv] in q's dtype, lse float32 [B, H, Lq]). `leftpad` (int32 [B], a
-    contiguous cache, static patterns): sequence b's keys are the slots [leftpad[b], lens[b])."""
+    contiguous cache): sequence b's keys are the slots [leftpad[b], lens[b]); a dynamic
+    pattern's summaries and selection count its blocks from its first slot."""
     b, h, lq, d = q.shape
     hk, cap, _ = _cache_dims(k_cache, block_table)
     dv = v_cache.shape[-1]
@@ -131,6 +134,8 @@ def decode(plan: KernelPlan, q, k_cache, v_cache, lens, scale: float, interpret:
     if out.numel() == 0:
         return out, lse
     selection = landmarks = None
+    if leftpad is not None:  # (first slot, key count) per sequence, interleaved
+        lens = torch.stack((leftpad, lens - leftpad), 1).contiguous()
     if plan.dynamic:
         summaries = summarize(plan, k_cache, v_cache, lens, block_table, summaries,
                               None if summaries is None else lq)
@@ -138,8 +143,13 @@ def decode(plan: KernelPlan, q, k_cache, v_cache, lens, scale: float, interpret:
         if plan.topk is not None:
             t = plan.topk
             rows = (lq + t.block - 2) // t.block + 1
+            # left padding: the selection kernels read the rows (first, count) of keys and queries
+            q_rows = None
+            if leftpad is not None:
+                q_rows = torch.full((b, 2), lq, dtype=torch.int32, device=q.device)
+                q_rows[:, 0] = 0
             selection = select(q, summaries.topk, t.n, t.block, cap, rows, t.minmax, t.causal, lens=lens,
-                               num_blocks=-(-cap // t.block))
+                               num_blocks=-(-cap // t.block), q_rows=q_rows)
     config = config or decode_config(plan, d, lq, interpret)
     if splits is None:
         tiles = _tiles(plan, cap, lq, config[1], h, hk)
@@ -152,8 +162,6 @@ def decode(plan: KernelPlan, q, k_cache, v_cache, lens, scale: float, interpret:
                   config, None)
     run.lk = cap
     run.meta.update(VARLEN=2 if leftpad is None else 4, PAGE=k_cache.shape[1] if block_table is not None else 0)
-    if leftpad is not None:  # (first slot, key count) per sequence, interleaved
-        lens = torch.stack((leftpad, lens - leftpad), 1).contiguous()
     tensors, strides = dynamic_tensors(selection, landmarks)
     tensors.update(Q=q, K=k_cache, V=v_cache, O=o_part, LSE=l_part, FLAG=torch.zeros(1, dtype=torch.int32,
                                                                                    device=q.device),

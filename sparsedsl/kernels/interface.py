@@ -115,9 +115,9 @@ DKDV = Kernel(
     (*_PLAN, "GROUP", *TUNED))  # GROUP: H // Hk
 DLM = Kernel(
     "dlm",
-    (_Q, *_LANDMARKS, _DO, _LSE, _DELTA, *_LANDMARK_GRADS),
+    (_Q, *_LANDMARKS, _DO, _LSE, _DELTA, *_LANDMARK_GRADS, *_CU),
     (*_sizes("NL", "SPLIT"), _QK_SCALE),
-    (*_SHAPES, "WIDE", "DOT_PRECISION", *TUNED))
+    (*_SHAPES, "WIDE", "DOT_PRECISION", "VARLEN", *TUNED))
 KERNELS = MappingProxyType({k.kind: k for k in (FWD, GUARD, DQ, DKDV, DLM)})
 
 

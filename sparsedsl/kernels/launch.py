@@ -254,7 +254,7 @@ def backward(plan: KernelPlan, q, k, v, out, lse, dout, scale: float, interpret:
     if plan.landmarks is not None:  # recomputed (one pass over K and V) rather than saved
         from .selection import prefill_inputs
 
-        landmarks = prefill_inputs(plan, q, k, v, selection)[1]
+        landmarks = prefill_inputs(plan, q, k, v, selection, run.cu if padded(varlen) else None)[1]
     delta = backward_delta(out, dout, lse, dlse)
     common = dict(Q=q, K=k, V=v, DO=dout, LSE=lse, DELTA=delta, CU_Q=run.cu[0], CU_K=run.cu[1])
     sizes = dict(H=run.h, Hk=run.hk, Lq=run.lq, Lk=run.lk, qk_scale=scale * LOG2E, sm_scale=scale)
@@ -321,7 +321,8 @@ def _landmark_grads(run: "_Launch", plan: KernelPlan, q, landmarks, dout, lse, d
     dkl = torch.empty((parts, *kl.shape), device=q.device, dtype=torch.float32)
     dvl = torch.empty((parts, *vl.shape), device=q.device, dtype=torch.float32)
     if nl > 0:
-        run.run("dlm", nl, run.hk, dict(Q=q, KL=kl, VL=vl, DO=dout, LSE=lse, DELTA=delta, DKL=dkl, DVL=dvl),
+        run.run("dlm", nl, run.hk, dict(Q=q, KL=kl, VL=vl, DO=dout, LSE=lse, DELTA=delta, DKL=dkl, DVL=dvl,
+                                        CU_Q=run.cu[0], CU_K=run.cu[1]),
                 dict(H=run.h, Hk=run.hk, Lq=run.lq, Lk=run.lk, NL=nl, SPLIT=parts, qk_scale=scale * LOG2E),
                 {"KL": kl.stride(), "VL": vl.stride()},
                 extra=lambda bm: -(-nl // bm) * parts - -(-(nl + 1) // bm))  # parts programs per entry tile

@@ -42,18 +42,31 @@ def _sort_key(score, js, cand):
     return tl.where(cand, key, -9223372036854775808)
 
 
+@triton.jit
+def _lengths(LENS, QROWS, b, Lq, Lk, PER_SEQ: tl.constexpr):
+    # (first query row, Lq, Lk) of batch entry b. PER_SEQ 0: all alike; 1 (decoding): Lk =
+    # LENS[b]; 2 (a padded batch): LENS and QROWS hold each entry's (first row, length) of keys
+    # and queries, interleaved (the summaries were taken from the entry's own first key)
+    if PER_SEQ == 1:
+        return 0, Lq, tl.load(LENS + b)
+    elif PER_SEQ == 2:
+        return tl.load(QROWS + 2 * b).to(tl.int64), tl.load(QROWS + 2 * b + 1), tl.load(LENS + 2 * b + 1)
+    else:
+        return 0, Lq, Lk
+
+
 @triton.jit(do_not_specialize=["Lq", "Lk"])
-def group_means_kernel(Q, QBAR, LENS, stride_qb, stride_qh, stride_qm, stride_qd,
+def group_means_kernel(Q, QBAR, LENS, QROWS, stride_qb, stride_qh, stride_qm, stride_qd,
                        stride_gb, stride_gh, stride_gr, Lq, Lk,
                        HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK: tl.constexpr, CHUNK: tl.constexpr,
                        PER_SEQ: tl.constexpr):
     # program (r, h, b): the mean of the query rows of group first + r, first = (Lk - Lq) // BLOCK
-    # (row i sits at position Lk - Lq + i; PER_SEQ: Lk = LENS[b]); float32, 0 for an empty group
+    # (row i sits at position Lk - Lq + i; lengths per entry: _lengths); float32, 0 for an empty group
     r = tl.program_id(0)
     h = tl.program_id(1).to(tl.int64)
     b = tl.program_id(2).to(tl.int64)
-    if PER_SEQ:
-        Lk = tl.load(LENS + b)
+    qs, Lq, Lk = _lengths(LENS, QROWS, b, Lq, Lk, PER_SEQ)
+    Q += qs * stride_qm
     off = Lk - Lq
     start = (_floor_div(off, BLOCK) + r) * BLOCK
     offs_d = tl.arange(0, BLOCK_D)
@@ -71,7 +84,7 @@ def group_means_kernel(Q, QBAR, LENS, stride_qb, stride_qh, stride_qm, stride_qd
 
 
 @triton.jit(do_not_specialize=["Lq", "Lk", "R", "R0", "NB", "G"])
-def score_kernel(QBAR, S1, S2, KEYS, LENS,
+def score_kernel(QBAR, S1, S2, KEYS, LENS, QROWS,
                  stride_gb, stride_gh, stride_gr, stride_sb, stride_sh, stride_sn,
                  stride_kb, stride_kh, stride_kr, Lq, Lk, R, R0, NB, G,
                  HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK: tl.constexpr, CAUSAL: tl.constexpr,
@@ -88,8 +101,7 @@ def score_kernel(QBAR, S1, S2, KEYS, LENS,
     g = xs // R
     r = R0 + xs % R
     x_ok = xs < G * R
-    if PER_SEQ:
-        Lk = tl.load(LENS + b)
+    _, Lq, Lk = _lengths(LENS, QROWS, b, Lq, Lk, PER_SEQ)
     offs_d = tl.arange(0, BLOCK_D)
     d_ok = offs_d < HEAD_DIM
     h = (hk * G + g).to(tl.int64)
@@ -116,7 +128,7 @@ def score_kernel(QBAR, S1, S2, KEYS, LENS,
 
 
 @triton.jit(do_not_specialize=["Lq", "Lk", "R0", "NB", "G"])
-def score_few_kernel(QBAR, S1, S2, KEYS, LENS,
+def score_few_kernel(QBAR, S1, S2, KEYS, LENS, QROWS,
                      stride_gb, stride_gh, stride_gr, stride_sb, stride_sh, stride_sn,
                      stride_kb, stride_kh, stride_kr, Lq, Lk, R0, NB, G,
                      HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK: tl.constexpr, CAUSAL: tl.constexpr,
@@ -126,8 +138,7 @@ def score_few_kernel(QBAR, S1, S2, KEYS, LENS,
     # head (row sums of products in float32), for TILES tiles in a row (the loads pipeline).
     hk = tl.program_id(1)
     b = tl.program_id(2).to(tl.int64)
-    if PER_SEQ:
-        Lk = tl.load(LENS + b)
+    _, Lq, Lk = _lengths(LENS, QROWS, b, Lq, Lk, PER_SEQ)
     group = _floor_div(Lk - Lq, BLOCK) + R0
     nb = (Lk + BLOCK - 1) // BLOCK
     offs_d = tl.arange(0, BLOCK_D)
@@ -152,22 +163,29 @@ def score_few_kernel(QBAR, S1, S2, KEYS, LENS,
             tl.store(KEYS + b * stride_kb + h * stride_kh + js, _sort_key(score, js, cand), mask=js < NB)
 
 
-def group_means(q: torch.Tensor, kv_len, block: int, rows: int, lens=None) -> torch.Tensor:
+def _per_seq(lens, q_rows) -> int:
+    """The kernels' PER_SEQ mode: 0 (no lengths), 1 (key counts, decoding), 2 (a padded batch)."""
+    return 0 if lens is None else 2 if q_rows is not None else 1
+
+
+def group_means(q: torch.Tensor, kv_len, block: int, rows: int, lens=None, q_rows=None) -> torch.Tensor:
     """float32 [B, H, rows, D]: the mean query of groups first .. first + rows - 1."""
     b, h, lq, d = q.shape
     out = torch.empty((b, h, rows, d), device=q.device, dtype=torch.float32)
     if out.numel():
-        group_means_kernel[(rows, h, b)](q, out, lens if lens is not None else q, *q.stride(), *out.stride()[:3],
+        group_means_kernel[(rows, h, b)](q, out, lens if lens is not None else q,
+                                         q_rows if q_rows is not None else q, *q.stride(), *out.stride()[:3],
                                          lq, kv_len, HEAD_DIM=d, BLOCK_D=_pow2(d), BLOCK=block,
-                                         CHUNK=min(64, _pow2(block)), PER_SEQ=lens is not None)
+                                         CHUNK=min(64, _pow2(block)), PER_SEQ=_per_seq(lens, q_rows))
     return out
 
 
 def select(q: torch.Tensor, stats, n: int, block: int, kv_len: int, rows: int, minmax: bool, causal: bool,
-           lens=None, num_blocks: int | None = None) -> torch.Tensor:
+           lens=None, num_blocks: int | None = None, q_rows=None) -> torch.Tensor:
     """int32 [B, H, rows, min(n, blocks)]: the selected key blocks, ascending, -1 for empty slots.
     `stats`: (mean,) or (max, min) block summaries [B, Hk, nb, D] float32; `lens`:
-    per-sequence key counts (decoding), else kv_len for all."""
+    per-sequence key counts (decoding), else kv_len for all; a padded batch: `lens` and
+    `q_rows` are int32 [B, 2], each entry's (first row, length) of keys and queries."""
     b, h, lq, d = q.shape
     hk = stats[0].shape[1]
     nb = stats[0].shape[2] if num_blocks is None else num_blocks
@@ -176,7 +194,8 @@ def select(q: torch.Tensor, stats, n: int, block: int, kv_len: int, rows: int, m
     take = min(n, nb)
     if out.numel() == 0 or take == 0:
         return out
-    qbar = group_means(q, kv_len, block, rows, lens)
+    qbar = group_means(q, kv_len, block, rows, lens, q_rows)
+    lens_or_q, q_rows_or_q = (lens if lens is not None else q), (q_rows if q_rows is not None else q)
     s1, s2 = (stats[0], stats[1]) if minmax else (stats[0], stats[0])
     g = h // hk
     step = max(1, KEY_BUDGET // max(1, b * h * nb))
@@ -184,20 +203,20 @@ def select(q: torch.Tensor, stats, n: int, block: int, kv_len: int, rows: int, m
         rn = min(step, rows - r0)
         keys = torch.empty((b, h, rn, nb), device=q.device, dtype=torch.int64)
         meta = dict(HEAD_DIM=d, BLOCK_D=_pow2(max(d, 16)), BLOCK=block, CAUSAL=causal, MINMAX=minmax,
-                    PER_SEQ=lens is not None)
+                    PER_SEQ=_per_seq(lens, q_rows))
         bj = 64 if d <= 128 else 32
         if rn <= FEW_ROWS:  # decoding: one launch per row, summaries streamed at near copy bandwidth
             tiles = 4
             for x in range(rn):
                 row = keys[:, :, x:x + 1]
                 score_few_kernel[(triton.cdiv(nb, bj * tiles), hk, b)](
-                    qbar, s1, s2, row, lens if lens is not None else q, *qbar.stride()[:3], *s1.stride()[:3],
+                    qbar, s1, s2, row, lens_or_q, q_rows_or_q, *qbar.stride()[:3], *s1.stride()[:3],
                     *row.stride()[:3], lq, kv_len, r0 + x, nb, g, **meta, BLOCK_J=bj, TILES=tiles,
                     num_warps=4, num_stages=3)
         else:
             br = 16 if g * rn <= 16 else 32
             grid = (triton.cdiv(nb, bj), triton.cdiv(g * rn, br) * hk, b)
-            score_kernel[grid](qbar, s1, s2, keys, lens if lens is not None else q, *qbar.stride()[:3],
+            score_kernel[grid](qbar, s1, s2, keys, lens_or_q, q_rows_or_q, *qbar.stride()[:3],
                                *s1.stride()[:3], *keys.stride()[:3], lq, kv_len, rn, r0, nb, g, **meta,
                                BLOCK_R=br, BLOCK_J=bj)
         best = torch.topk(keys, take, dim=-1, sorted=False).values
@@ -212,23 +231,30 @@ def summaries(x: torch.Tensor, block: int, minmax: bool, **kw) -> tuple[torch.Te
     from .summaries import stats
 
     b, hx, length, d = x.shape
-    parts = tuple(torch.empty((b, hx, -(-length // block), d), device=x.device, dtype=torch.float32)
+    # a padded batch's entries fill only their own blocks: the rest are zeros, never garbage
+    alloc = torch.zeros if kw.get("lens") is not None else torch.empty
+    parts = tuple(alloc((b, hx, -(-length // block), d), device=x.device, dtype=torch.float32)
                   for _ in range(2 if minmax else 1))
     stats(x, block, (None, *parts) if minmax else parts, minmax=minmax, **kw)  # minmax: no mean
     return (parts[1], parts[0]) if minmax else parts
 
 
-def prefill_inputs(plan, q, k, v, selection=None):
+def prefill_inputs(plan, q, k, v, selection=None, rows=None):
     """(selection, landmarks) of a prefill call of a dynamic plan: the topk
-    selection (given, or computed here) and the landmark K/V means."""
-    from ..ir.topk import num_groups
+    selection (given, or computed here) and the landmark K/V means. `rows`: a padded
+    batch's (q_rows, kv_rows), int32 [B, 2] (first row, length) per entry, each entry
+    selected and summarised on its own (its selection rows from its own first group)."""
+    from ..ir.topk import num_groups, padded_groups
 
     lq, lk = q.shape[2], k.shape[2]
+    q_rows, kv_rows = rows if rows is not None else (None, None)
     if plan.topk is not None and selection is None:
         t = plan.topk
-        rows = num_groups(lq, lk, t.block)
-        selection = select(q, summaries(k, t.block, t.minmax), t.n, t.block, lk, rows, t.minmax, t.causal)
+        r = num_groups(lq, lk, t.block) if rows is None else padded_groups(lq, t.block)
+        selection = select(q, summaries(k, t.block, t.minmax, lens=kv_rows), t.n, t.block, lk, r, t.minmax,
+                           t.causal, lens=kv_rows, q_rows=q_rows)
     landmarks = None
     if plan.landmarks is not None:
-        landmarks = (summaries(k, plan.landmarks, False)[0], summaries(v, plan.landmarks, False)[0])
+        landmarks = (summaries(k, plan.landmarks, False, lens=kv_rows)[0],
+                     summaries(v, plan.landmarks, False, lens=kv_rows)[0])
     return selection, landmarks

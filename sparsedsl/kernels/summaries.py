@@ -19,19 +19,24 @@ def block_stats_kernel(X, MEAN, XMIN, XMAX, LENS, BT,
                        stride_sb, stride_sh, stride_sn, L, NEW,
                        HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK: tl.constexpr, CHUNK: tl.constexpr,
                        PER_SEQ: tl.constexpr, PAGE: tl.constexpr, MINMAX: tl.constexpr, MEAN_OUT: tl.constexpr):
-    # One program per (block, head, batch entry). A sequence holds L positions (PER_SEQ: LENS[b]);
+    # One program per (block, head, batch entry). A sequence holds L positions (PER_SEQ 1: LENS[b];
+    # PER_SEQ 2, a padded batch: LENS [B, 2] holds its first row and length);
     # program i recomputes block (max(len - NEW, 0) // BLOCK) + i, the blocks that its last NEW
     # positions touched. PAGE > 0: X is [pages, PAGE, H, D], found through BT [B, pages].
     hx = tl.program_id(1)
     b = tl.program_id(2)
     n = L
-    if PER_SEQ:
+    start = 0
+    if PER_SEQ == 1:
         n = tl.load(LENS + b)
+    elif PER_SEQ == 2:
+        start = tl.load(LENS + 2 * b).to(tl.int64)
+        n = tl.load(LENS + 2 * b + 1)
     j = tl.maximum(n - NEW, 0) // BLOCK + tl.program_id(0)
     if j * BLOCK < n:
         offs_d = tl.arange(0, BLOCK_D)
         d_ok = offs_d < HEAD_DIM
-        base = X + b.to(tl.int64) * stride_xb + hx.to(tl.int64) * stride_xh
+        base = X + b.to(tl.int64) * stride_xb + hx.to(tl.int64) * stride_xh + start * stride_xn
         total = tl.zeros([BLOCK_D], dtype=tl.float32)
         lo = tl.full([BLOCK_D], float("inf"), dtype=tl.float32)
         hi = tl.full([BLOCK_D], float("-inf"), dtype=tl.float32)
@@ -68,7 +73,7 @@ def stats(x: torch.Tensor, block: int, out, *, lens=None, new=None, block_table=
     is not computed) with the
     summaries of x [B, H, L, D] (any strides), or of a paged x [pages, PAGE, H, D]
     through block_table [B, pages]. `lens` (int32 [B]): per-sequence lengths (else
-    all L); `new`: recompute only the blocks touched by each sequence's last `new`
+    all L), or int32 [B, 2]: a padded batch's (first row, length) per entry; `new`: recompute only the blocks touched by each sequence's last `new`
     positions (None: all)."""
     paged = block_table is not None
     if paged:
@@ -90,7 +95,7 @@ def stats(x: torch.Tensor, block: int, out, *, lens=None, new=None, block_table=
         x, mean, xmin, xmax, lens if lens is not None else x, block_table if paged else x, *xst,
         block_table.stride(0) if paged else 0, *xmin.stride()[:3], length, new,
         HEAD_DIM=d, BLOCK_D=_pow2(d), BLOCK=block, CHUNK=min(64, _pow2(block)),
-        PER_SEQ=lens is not None, PAGE=x.shape[1] if paged else 0, MINMAX=minmax, MEAN_OUT=mean_out)
+        PER_SEQ=0 if lens is None else lens.dim(), PAGE=x.shape[1] if paged else 0, MINMAX=minmax, MEAN_OUT=mean_out)
 
 
 def block_stats(k: torch.Tensor, block: int, out=None, first_block: int = 0):

@@ -23,7 +23,7 @@ from ..errors import InputError
 from ..ir import nodes as ir
 from ..ir.check import dynamic_atoms
 from ..ir.plan import KernelPlan
-from ..ir.topk import num_groups
+from ..ir.topk import num_groups, padded_groups
 from ..passes.dynamic import Unsupported, decode_topk
 from ..passes.plan import kernel_plan
 
@@ -105,7 +105,8 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pattern: str, s
     landmarks = None
     plan = _plan(pattern)
     if plan.dynamic:
-        selection, landmarks = prefill_inputs(plan, q, k, v, selection)
+        rows = (cu_seqlens_q, cu_seqlens_k) if padded else None
+        selection, landmarks = prefill_inputs(plan, q, k, v, selection, rows)
     out, lse = launch.forward(plan, _view(q, packed), _view(k, packed), _view(v, packed), scale,
                               interpret=not q.is_cuda, config=_config(config),
                               varlen=_varlen(cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, padded),
@@ -168,15 +169,17 @@ attention.register_autograd(_backward, setup_context=_setup)
 
 
 @torch.library.custom_op("sparsedsl::select", mutates_args=())
-def select(q: torch.Tensor, k: torch.Tensor, pattern: str) -> torch.Tensor:
-    """The topk selection of a dynamic pattern: int32 [B, H, R, n] (kernels/selection.py)."""
+def select(q: torch.Tensor, k: torch.Tensor, pattern: str, q_rows: Optional[torch.Tensor] = None,
+           kv_rows: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """The topk selection of a dynamic pattern: int32 [B, H, R, n] (kernels/selection.py);
+    q_rows/kv_rows: a padded batch's int32 [B, 2] (first row, length) per entry."""
     from ..kernels.selection import prefill_inputs
 
-    return prefill_inputs(_plan(pattern), q, k, k)[0]
+    return prefill_inputs(_plan(pattern), q, k, k, rows=None if q_rows is None else (q_rows, kv_rows))[0]
 
 
 @select.register_fake
-def _(q, k, pattern):
+def _(q, k, pattern, q_rows=None, kv_rows=None):
     t = decode_topk(next(a for a in dynamic_atoms(_root(pattern)) if a.kind == "topk"))
-    return q.new_empty((q.shape[0], q.shape[1], num_groups(q.shape[2], k.shape[2], t.block), t.n),
-                       dtype=torch.int32)
+    r = num_groups(q.shape[2], k.shape[2], t.block) if q_rows is None else padded_groups(q.shape[2], t.block)
+    return q.new_empty((q.shape[0], q.shape[1], r, t.n), dtype=torch.int32)

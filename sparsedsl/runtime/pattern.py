@@ -11,7 +11,7 @@ from ..ir.check import dynamic_atoms
 from ..ir.graph import to_graph
 from ..ir.plan import KernelPlan
 from ..ir.printer import to_text
-from ..ir.topk import num_groups
+from ..ir.topk import num_groups, padded_groups
 from ..passes.dynamic import decode_topk
 from ..reference.attention import compute_selection, reference_attention, visible
 from ..ir.head_args import check_heads as check_head_args
@@ -247,15 +247,23 @@ class CompiledPattern:
 
     # -- data-dependent ----------------------------------------------------------------
 
-    def select_blocks(self, q, k, *, backend="auto"):
+    def select_blocks(self, q, k, *, backend="auto", q_lengths=None, kv_lengths=None, padding_side="right"):
         """The key blocks each topk atom selects: int32 [B, H, R, n], ids ascending, -1 = empty.
 
         Row r is the absolute query block (Lk - Lq) // block + r. A tuple, in
         source order, when the pattern has several topk atoms. On the Triton
         backend (CUDA tensors under "auto") the selection kernel computes it on
-        the device, without host synchronisation."""
+        the device, without host synchronisation. A padded batch (q_lengths,
+        kv_lengths, padding_side as in the call): entry b's row r is its own group
+        (kv_lengths[b] - q_lengths[b]) // block + r, R = ceil((Lq - 1) / block) + 1 rows
+        (the most any entry spans; the rest of an entry's rows select nothing)."""
         inputs.check_qk(q, k)
         self._heads(q.shape[1], k.shape[1])
+        rows = None
+        if q_lengths is not None or kv_lengths is not None:
+            rows = inputs.check_padded(q, k, q_lengths, kv_lengths, padding_side)
+        elif padding_side != "right":
+            raise InputError("padding_side without q_lengths or kv_lengths: pass the lengths of the padded batch")
         atoms = [a for a in self.dynamic_atoms if a.kind == "topk"]
         if not atoms:
             raise InputError(f"select_blocks: pattern {self.name!r} has no topk(...) atom")
@@ -266,7 +274,7 @@ class CompiledPattern:
                 raise InputError("select_blocks on backend='triton' takes one topk atom and float16, bfloat16 "
                                  "or float32 inputs; use backend='reference'")
             self.plan  # (InputError when the pattern has no generated kernels)
-            sel = select(q, k, self._op_key)  # [B, H, R, min(n, blocks)]
+            sel = select(q, k, self._op_key, *(rows or ()))  # [B, H, R, min(n, blocks)]
             n = decode_topk(atoms[0]).n
             if sel.shape[-1] < n:  # the reference's layout [B, H, R, n]: empty slots past the key blocks
                 b, h, r = sel.shape[:3]
@@ -276,9 +284,26 @@ class CompiledPattern:
                                      "selected (mask(q=, k=) and attention take such an n)")
                 sel = torch.nn.functional.pad(sel, (0, n - sel.shape[-1]), value=-1)
             return sel
-        selection = compute_selection(self.root, q, k)
-        out = tuple(selection[a] for a in atoms)
+        if rows is None:
+            selection = compute_selection(self.root, q, k)
+            out = tuple(selection[a] for a in atoms)
+        else:
+            out = self._padded_selection(q, k, atoms, *rows)
         return out[0] if len(out) == 1 else out
+
+    def _padded_selection(self, q, k, atoms, q_rows, kv_rows) -> tuple:
+        """The reference's selection of a padded batch, entry by entry, in the padded layout."""
+        out = []
+        for a in atoms:
+            t = decode_topk(a)
+            out.append(torch.full((q.shape[0], q.shape[1], padded_groups(q.shape[2], t.block), t.n), -1,
+                                  dtype=torch.int32, device=q.device))
+        for i, ((sq, nq), (sk, nk)) in enumerate(zip(q_rows.tolist(), kv_rows.tolist())):
+            selection = compute_selection(self.root, q[i:i + 1, :, sq:sq + nq], k[i:i + 1, :, sk:sk + nk])
+            for a, dst in zip(atoms, out):
+                sel = selection[a]
+                dst[i:i + 1, :, :sel.shape[2]] = sel
+        return tuple(out)
 
     def __call__(self, q, k, v, *, scale=None, return_lse=False, backend="auto", selection=None,
                  cu_seqlens_q=None, cu_seqlens_k=None, max_seqlen_q=None, max_seqlen_k=None, q_lengths=None,
@@ -338,9 +363,6 @@ class CompiledPattern:
             self._heads(q.shape[1], k.shape[1])
         rows = None
         if padded:
-            if selection is not None or self.is_dynamic:
-                raise InputError(f"pattern {self.name!r}: padded batches (q_lengths, kv_lengths) take static "
-                                 "patterns only")
             rows = inputs.check_padded(q, k, q_lengths, kv_lengths, padding_side)
         if sinks is not None:
             check_sinks(sinks, q)
@@ -348,7 +370,7 @@ class CompiledPattern:
         if use_triton:
             lengths = (max_seqlen_q, max_seqlen_k, q.shape[0], k.shape[0]) if packed else (q.shape[2], k.shape[2])
             inputs.check_kernel(q, lengths)
-            sel = self._kernel_selection(q, k, selection)
+            sel = self._kernel_selection(q, k, selection, rows)
             scale = q.shape[-1] ** -0.5 if scale is None else scale
             cu_q, cu_k = rows if padded else (cu_seqlens_q, cu_seqlens_k)
             out, lse = attention(q, k, v, self._op_key, scale, cu_q, cu_k, max_seqlen_q or 0, max_seqlen_k or 0,
@@ -359,7 +381,8 @@ class CompiledPattern:
         if packed:
             out, lse = self._reference_packed(q, k, v, scale, cu_seqlens_q, cu_seqlens_k)
         elif padded:
-            out, lse = self._reference_padded(q, k, v, scale, *rows)
+            sel = None if selection is None else self._selection_dict(selection, q, k, padded=True)
+            out, lse = self._reference_padded(q, k, v, scale, *rows, sel)
         else:
             sel = None if selection is None else self._selection_dict(selection, q, k)
             out, lse = reference_attention(self.root, q, k, v, scale=scale, selection=sel)
@@ -371,11 +394,14 @@ class CompiledPattern:
 
     # -- decoding ----------------------------------------------------------------------
 
-    def summarize(self, k_cache, v_cache, cache_seqlens, *, block_table=None, into=None, new=None):
+    def summarize(self, k_cache, v_cache, cache_seqlens, *, block_table=None, into=None, new=None,
+                  cache_leftpad=None):
         """The block summaries a dynamic pattern's decode() reads (float32, one pass
         over the cache). `into` + `new`: refresh only the blocks touched by each
         sequence's last `new` keys (after appending them). decode() itself
-        refreshes the blocks of the tokens of its own call."""
+        refreshes the blocks of the tokens of its own call. cache_leftpad: as in
+        decode() (each sequence's blocks count from its first slot): pass the same
+        to both."""
         if not self.is_dynamic:
             raise InputError(f"summarize: pattern {self.name!r} is static; its decode() needs no summaries")
         if not isinstance(k_cache, torch.Tensor) or k_cache.dim() != 4:
@@ -391,7 +417,11 @@ class CompiledPattern:
             new = inputs.check_size("new", new, 1)
             if into is None:
                 raise InputError("summarize: new= refreshes existing summaries: pass them as into=")
-        return summarize(plan, k_cache, v_cache, cache_seqlens, block_table, into, new)
+        lens = cache_seqlens
+        if cache_leftpad is not None:
+            inputs.check_leftpad(k_cache.new_empty((shape[0], 1, 1, 1)), cache_seqlens, cache_leftpad, block_table)
+            lens = torch.stack((cache_leftpad, cache_seqlens - cache_leftpad), 1).contiguous()
+        return summarize(plan, k_cache, v_cache, lens, block_table, into, new)
 
     def decode(self, q, k_cache, v_cache, cache_seqlens, *, block_table=None, summaries=None, scale=None,
                return_lse=False, num_splits=None, backend="auto", sinks=None, cache_leftpad=None, layout="bhsd",
@@ -405,8 +435,7 @@ class CompiledPattern:
         first cache_seqlens[b] keys. Dynamic patterns read `summaries`
         (summarize(); refreshed here for this call's tokens) or, without them,
         summarize the whole cache first. Returns out [B, H, Lq, Dv] (and lse). `sinks` as in
-        the prefill call. cache_leftpad (int32 [B], a contiguous cache, static patterns;
-        FlashAttention's name): sequence b's keys are the slots [cache_leftpad[b],
+        the prefill call. cache_leftpad (int32 [B], a contiguous cache; FlashAttention's name): sequence b's keys are the slots [cache_leftpad[b],
         cache_seqlens[b]), its positions counted from 0 at cache_leftpad[b] (a left-padded batch).
         layout="bshd": FlashAttention's flash_attn_with_kvcache layout, read in place: q
         [B, Lq, H, D], a contiguous cache [B, Lmax, Hk, D] (a paged cache is [pages, page_size,
@@ -432,8 +461,6 @@ class CompiledPattern:
             check_sinks(sinks, q, "decode")
         if cache_leftpad is not None:
             inputs.check_leftpad(q, cache_seqlens, cache_leftpad, block_table)
-            if self.is_dynamic:
-                raise InputError(f"pattern {self.name!r}: decode with cache_leftpad takes static patterns only")
         scale = q.shape[-1] ** -0.5 if scale is None else scale
         if backend == "reference" or (backend == "auto" and not q.is_cuda):
             out, lse = self._reference_decode(q, k_cache, v_cache, cache_seqlens, block_table, scale, cache_leftpad)
@@ -465,18 +492,19 @@ class CompiledPattern:
             lses.append(lse.float() if q.dtype != torch.float64 else lse)
         return torch.cat(outs), torch.cat(lses)
 
-    def _kernel_selection(self, q, k, selection):
-        """The int32 selection tensor the kernels read (None for patterns without topk)."""
+    def _kernel_selection(self, q, k, selection, rows=None):
+        """The int32 selection tensor the kernels read (None for patterns without topk).
+        `rows`: a padded batch's (q_rows, kv_rows)."""
         if not self.is_dynamic:
             return None
         if not torch.compiler.is_compiling():  # (traced, the op itself raises the same error)
             self.plan  # (InputError when the pattern has no generated kernels)
         if selection is not None:
-            sel = self._selection_dict(selection, q, k)
+            sel = self._selection_dict(selection, q, k, padded=rows is not None)
             # ascending rows (the kernels skip a repeated id when it follows itself)
             return next(iter(sel.values())).to(device=q.device, dtype=torch.int32).sort(dim=-1).values
         if any(a.kind == "topk" for a in self.dynamic_atoms):
-            return select(q, k, self._op_key)
+            return select(q, k, self._op_key) if rows is None else select(q, k, self._op_key, *rows)
         return None
 
     def _reference_packed(self, q, k, v, scale, cu_q, cu_k):
@@ -492,20 +520,23 @@ class CompiledPattern:
             return (q.new_zeros((0, q.shape[1], v.shape[-1])), q.new_zeros((q.shape[1], 0), dtype=torch.float32))
         return torch.cat(outs, 0), torch.cat(lses, 1)
 
-    def _reference_padded(self, q, k, v, scale, q_rows, kv_rows):
-        """The reference on a padded batch: each entry's real rows on their own, padded with 0 / -inf."""
+    def _reference_padded(self, q, k, v, scale, q_rows, kv_rows, selection=None):
+        """The reference on a padded batch: each entry's real rows on their own, padded with 0 / -inf.
+        `selection` ({atom: [B, H, R, n]}, rows from each entry's first group): its rows per entry."""
         outs, lses = [], []
         lq = q.shape[2]
         for i, ((sq, nq), (sk, nk)) in enumerate(zip(q_rows.tolist(), kv_rows.tolist())):
+            sel = None if selection is None else {
+                a: t[i:i + 1, :, :num_groups(nq, nk, decode_topk(a).block)] for a, t in selection.items()}
             o, lse = reference_attention(self.root, q[i:i + 1, :, sq:sq + nq], k[i:i + 1, :, sk:sk + nk],
-                                         v[i:i + 1, :, sk:sk + nk], scale=scale)
+                                         v[i:i + 1, :, sk:sk + nk], scale=scale, selection=sel)
             outs.append(torch.nn.functional.pad(o, (0, 0, sq, lq - sq - nq)))
             lses.append(torch.nn.functional.pad(lse, (sq, lq - sq - nq), value=-math.inf))
         if not outs:
             return q.new_zeros((*q.shape[:3], v.shape[-1])), q.new_zeros(q.shape[:3])
         return torch.cat(outs), torch.cat(lses)
 
-    def _selection_dict(self, selection, q, k) -> dict:
+    def _selection_dict(self, selection, q, k, padded: bool = False) -> dict:
         atoms = [a for a in self.dynamic_atoms if a.kind == "topk"]
         given = selection if isinstance(selection, (tuple, list)) else (selection,)
         if len(given) != len(atoms):
@@ -514,7 +545,7 @@ class CompiledPattern:
         for atom, sel in zip(atoms, given):
             t = decode_topk(atom)
             block, n = t.block, t.n
-            r = num_groups(q.shape[2], k.shape[2], block)
+            r = padded_groups(q.shape[2], block) if padded else num_groups(q.shape[2], k.shape[2], block)
             want = (q.shape[0], q.shape[1], r, n)
             ok_dtype = isinstance(sel, torch.Tensor) and sel.dtype in (torch.int8, torch.int16, torch.int32, torch.int64)
             if not ok_dtype or tuple(sel.shape) != want:
