@@ -252,9 +252,13 @@ def backward(plan: KernelPlan, q, k, v, out, lse, dout, scale: float, interpret:
         raise InputError(f"pattern {plan.name!r}: the backward of a topk pattern needs the forward's selection")
     sel, landmarks = (None if selection is None else selection.contiguous()), None
     if plan.landmarks is not None:  # recomputed (one pass over K and V) rather than saved
-        from .selection import prefill_inputs
+        from .selection import packed_views, prefill_inputs
 
-        landmarks = prefill_inputs(plan, q, k, v, selection, run.cu if padded(varlen) else None)[1]
+        if packed(varlen):
+            qx, kx, vx, rows, lengths = packed_views(q, k, v, *run.cu, varlen.max_q, varlen.max_k)
+            landmarks = prefill_inputs(plan, qx, kx, vx, selection, rows, lengths)[1]
+        else:
+            landmarks = prefill_inputs(plan, q, k, v, selection, run.cu if padded(varlen) else None)[1]
     delta = backward_delta(out, dout, lse, dlse)
     common = dict(Q=q, K=k, V=v, DO=dout, LSE=lse, DELTA=delta, CU_Q=run.cu[0], CU_K=run.cu[1])
     sizes = dict(H=run.h, Hk=run.hk, Lq=run.lq, Lk=run.lk, qk_scale=scale * LOG2E, sm_scale=scale)

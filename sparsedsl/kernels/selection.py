@@ -226,11 +226,14 @@ def select(q: torch.Tensor, stats, n: int, block: int, kv_len: int, rows: int, m
     return out
 
 
-def summaries(x: torch.Tensor, block: int, minmax: bool, **kw) -> tuple[torch.Tensor, ...]:
-    """(mean,) or (max, min) float32 [B, H, ceil(L / block), D] of x [B, H, L, D]."""
+def summaries(x: torch.Tensor, block: int, minmax: bool, length: int | None = None,
+              **kw) -> tuple[torch.Tensor, ...]:
+    """(mean,) or (max, min) float32 [B, H, ceil(length / block), D] of x [B, H, L, D]
+    (length: L, or the longest entry of a packed batch)."""
     from .summaries import stats
 
-    b, hx, length, d = x.shape
+    b, hx, whole, d = x.shape
+    length = whole if length is None else length
     # a padded batch's entries fill only their own blocks: the rest are zeros, never garbage
     alloc = torch.zeros if kw.get("lens") is not None else torch.empty
     parts = tuple(alloc((b, hx, -(-length // block), d), device=x.device, dtype=torch.float32)
@@ -239,22 +242,37 @@ def summaries(x: torch.Tensor, block: int, minmax: bool, **kw) -> tuple[torch.Te
     return (parts[1], parts[0]) if minmax else parts
 
 
-def prefill_inputs(plan, q, k, v, selection=None, rows=None):
+def prefill_inputs(plan, q, k, v, selection=None, rows=None, lengths=None):
     """(selection, landmarks) of a prefill call of a dynamic plan: the topk
     selection (given, or computed here) and the landmark K/V means. `rows`: a padded
     batch's (q_rows, kv_rows), int32 [B, 2] (first row, length) per entry, each entry
-    selected and summarised on its own (its selection rows from its own first group)."""
+    selected and summarised on its own (its selection rows from its own first group).
+    `lengths`: (longest queries, longest keys) when they are not q's and k's (packed_views)."""
     from ..ir.topk import num_groups, padded_groups
 
-    lq, lk = q.shape[2], k.shape[2]
+    lq, lk = lengths if lengths is not None else (q.shape[2], k.shape[2])
     q_rows, kv_rows = rows if rows is not None else (None, None)
     if plan.topk is not None and selection is None:
         t = plan.topk
         r = num_groups(lq, lk, t.block) if rows is None else padded_groups(lq, t.block)
-        selection = select(q, summaries(k, t.block, t.minmax, lens=kv_rows), t.n, t.block, lk, r, t.minmax,
+        selection = select(q, summaries(k, t.block, t.minmax, lk, lens=kv_rows), t.n, t.block, lk, r, t.minmax,
                            t.causal, lens=kv_rows, q_rows=q_rows)
     landmarks = None
     if plan.landmarks is not None:
-        landmarks = (summaries(k, plan.landmarks, False, lens=kv_rows)[0],
-                     summaries(v, plan.landmarks, False, lens=kv_rows)[0])
+        landmarks = (summaries(k, plan.landmarks, False, lk, lens=kv_rows)[0],
+                     summaries(v, plan.landmarks, False, lk, lens=kv_rows)[0])
     return selection, landmarks
+
+
+def entry_rows(cu: torch.Tensor) -> torch.Tensor:
+    """int32 [S, 2]: each sequence's (first row, length) from cumulative starts [S + 1]."""
+    return torch.stack((cu[:-1], cu[1:] - cu[:-1]), 1).contiguous()
+
+
+def packed_views(q, k, v, cu_q, cu_k, max_q: int, max_k: int):
+    """A packed batch as prefill_inputs' arguments: q/k/v ([1, H, T, D] views) as [S, H, T, D]
+    with batch stride 0 (each sequence reads the packed tensors from its first row), the rows
+    of each sequence, and the longest lengths. Returns (q, k, v, rows, lengths)."""
+    s = cu_q.numel() - 1
+    q, k, v = (t.expand(s, -1, -1, -1) for t in (q, k, v))
+    return q, k, v, (entry_rows(cu_q), entry_rows(cu_k)), (max_q, max_k)

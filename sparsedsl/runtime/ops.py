@@ -99,14 +99,19 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pattern: str, s
     `selection`: the topk selection of a dynamic pattern (sparsedsl::select). `padded`: a
     padded batch, cu_seqlens_q/k being int32 [B, 2] (first row, length) per entry."""
     from ..kernels import launch
-    from ..kernels.selection import prefill_inputs
+    from ..kernels.selection import packed_views, prefill_inputs
 
     packed = cu_seqlens_q is not None and not padded
     landmarks = None
     plan = _plan(pattern)
     if plan.dynamic:
-        rows = (cu_seqlens_q, cu_seqlens_k) if padded else None
-        selection, landmarks = prefill_inputs(plan, q, k, v, selection, rows)
+        if packed:  # each sequence on its own (its blocks from its first row)
+            qx, kx, vx, rows, lengths = packed_views(_view(q, True), _view(k, True), _view(v, True), cu_seqlens_q,
+                                                     cu_seqlens_k, max_seqlen_q, max_seqlen_k)
+            selection, landmarks = prefill_inputs(plan, qx, kx, vx, selection, rows, lengths)
+        else:
+            rows = (cu_seqlens_q, cu_seqlens_k) if padded else None
+            selection, landmarks = prefill_inputs(plan, q, k, v, selection, rows)
     out, lse = launch.forward(plan, _view(q, packed), _view(k, packed), _view(v, packed), scale,
                               interpret=not q.is_cuda, config=_config(config),
                               varlen=_varlen(cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, padded),
@@ -170,16 +175,23 @@ attention.register_autograd(_backward, setup_context=_setup)
 
 @torch.library.custom_op("sparsedsl::select", mutates_args=())
 def select(q: torch.Tensor, k: torch.Tensor, pattern: str, q_rows: Optional[torch.Tensor] = None,
-           kv_rows: Optional[torch.Tensor] = None) -> torch.Tensor:
+           kv_rows: Optional[torch.Tensor] = None, max_q: int = 0, max_k: int = 0) -> torch.Tensor:
     """The topk selection of a dynamic pattern: int32 [B, H, R, n] (kernels/selection.py);
-    q_rows/kv_rows: a padded batch's int32 [B, 2] (first row, length) per entry."""
-    from ..kernels.selection import prefill_inputs
+    q_rows/kv_rows: a padded batch's int32 [B, 2] (first row, length) per entry; or a packed
+    batch (q [Tq, H, D], k [Tk, Hk, D]): its cu_seqlens and longest lengths, [S, H, R, n]."""
+    from ..kernels.selection import packed_views, prefill_inputs
 
+    if q.dim() == 3:
+        qx, kx, _, rows, lengths = packed_views(_view(q, True), _view(k, True), _view(k, True), q_rows, kv_rows,
+                                                max_q, max_k)
+        return prefill_inputs(_plan(pattern), qx, kx, kx, rows=rows, lengths=lengths)[0]
     return prefill_inputs(_plan(pattern), q, k, k, rows=None if q_rows is None else (q_rows, kv_rows))[0]
 
 
 @select.register_fake
-def _(q, k, pattern, q_rows=None, kv_rows=None):
+def _(q, k, pattern, q_rows=None, kv_rows=None, max_q=0, max_k=0):
     t = decode_topk(next(a for a in dynamic_atoms(_root(pattern)) if a.kind == "topk"))
+    if q.dim() == 3:  # packed
+        return q.new_empty((q_rows.shape[0] - 1, q.shape[1], padded_groups(max_q, t.block), t.n), dtype=torch.int32)
     r = num_groups(q.shape[2], k.shape[2], t.block) if q_rows is None else padded_groups(q.shape[2], t.block)
     return q.new_empty((q.shape[0], q.shape[1], r, t.n), dtype=torch.int32)

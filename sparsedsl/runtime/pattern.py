@@ -317,14 +317,18 @@ class CompiledPattern:
         A packed batch (cu_seqlens_q, cu_seqlens_k: int32 [S + 1] cumulative
         starts; max_seqlen_q/k: the longest sequences): q [Tq, H, D], k/v
         [Tk, Hk, D/Dv], out [Tq, H, Dv], lse [H, Tq]; positions restart at 0 in
-        every sequence and the pattern applies within each sequence only.
+        every sequence and the pattern applies within each sequence only. A dynamic
+        pattern selects and summarises each sequence on its own; a given selection is
+        [S, H, ceil((max_seqlen_q - 1) / block) + 1, n], rows from each sequence's first group.
 
         A padded batch (q_lengths, kv_lengths: int32 [B] on q's device; None = the whole axis):
         entry b's real queries are q_lengths[b] rows of the Lq axis and its real keys
         kv_lengths[b] rows of the Lk axis, at the start (padding_side="right") or the end
         ("left"). Each entry is a sequence of its own (positions from 0, its queries aligned
         to the end of its keys); padded rows give output 0 and LSE -inf and get zero
-        gradients. Static patterns only; no host synchronisation on the GPU.
+        gradients. No host synchronisation on the GPU. A dynamic pattern selects and
+        summarises each entry on its own (its blocks from its first real key); a given
+        selection has ceil((Lq - 1) / block) + 1 rows, each entry's from its own first group.
 
         layout="bshd": q [B, Lq, H, D], k/v [B, Lk, Hk, D/Dv] (FlashAttention's layout), read
         in place; out is [B, Lq, H, Dv] (a view), lse [B, H, Lq].
@@ -353,15 +357,14 @@ class CompiledPattern:
                              "[T, H, D]: pass one or the other")
         if not padded and padding_side != "right":
             raise InputError("padding_side without q_lengths or kv_lengths: pass the lengths of the padded batch")
+        rows = None  # per-entry rows: a padded batch's (q_rows, kv_rows), a packed one's (cu_q, cu_k, max_q, max_k)
         if packed:
             scale = inputs.check_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, scale)
-            if selection is not None or self.is_dynamic:
-                raise InputError(f"pattern {self.name!r}: packed batches (cu_seqlens) take static patterns only")
             self._heads(q.shape[1], k.shape[1])
+            rows = (cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k)
         else:
             scale = inputs.check_qkv(q, k, v, scale)
             self._heads(q.shape[1], k.shape[1])
-        rows = None
         if padded:
             rows = inputs.check_padded(q, k, q_lengths, kv_lengths, padding_side)
         if sinks is not None:
@@ -379,9 +382,10 @@ class CompiledPattern:
                 out, lse = with_sinks(out, lse, sinks, packed)
             return (out, lse) if return_lse else out
         if packed:
-            out, lse = self._reference_packed(q, k, v, scale, cu_seqlens_q, cu_seqlens_k)
+            sel = None if selection is None else self._selection_dict(selection, q, k, rows)
+            out, lse = self._reference_packed(q, k, v, scale, cu_seqlens_q, cu_seqlens_k, sel)
         elif padded:
-            sel = None if selection is None else self._selection_dict(selection, q, k, padded=True)
+            sel = None if selection is None else self._selection_dict(selection, q, k, rows)
             out, lse = self._reference_padded(q, k, v, scale, *rows, sel)
         else:
             sel = None if selection is None else self._selection_dict(selection, q, k)
@@ -494,26 +498,29 @@ class CompiledPattern:
 
     def _kernel_selection(self, q, k, selection, rows=None):
         """The int32 selection tensor the kernels read (None for patterns without topk).
-        `rows`: a padded batch's (q_rows, kv_rows)."""
+        `rows`: a padded batch's (q_rows, kv_rows), or a packed one's (cu_q, cu_k, max_q, max_k)."""
         if not self.is_dynamic:
             return None
         if not torch.compiler.is_compiling():  # (traced, the op itself raises the same error)
             self.plan  # (InputError when the pattern has no generated kernels)
         if selection is not None:
-            sel = self._selection_dict(selection, q, k, padded=rows is not None)
+            sel = self._selection_dict(selection, q, k, rows)
             # ascending rows (the kernels skip a repeated id when it follows itself)
             return next(iter(sel.values())).to(device=q.device, dtype=torch.int32).sort(dim=-1).values
         if any(a.kind == "topk" for a in self.dynamic_atoms):
             return select(q, k, self._op_key) if rows is None else select(q, k, self._op_key, *rows)
         return None
 
-    def _reference_packed(self, q, k, v, scale, cu_q, cu_k):
-        """The reference on a packed batch: each sequence on its own."""
+    def _reference_packed(self, q, k, v, scale, cu_q, cu_k, selection=None):
+        """The reference on a packed batch: each sequence on its own. `selection` ({atom:
+        [S, H, R, n]}, rows from each sequence's first group): its rows per sequence."""
         outs, lses = [], []
         starts_q, starts_k = cu_q.tolist(), cu_k.tolist()
-        for a, b, c, d in zip(starts_q, starts_q[1:], starts_k, starts_k[1:]):
+        for i, (a, b, c, d) in enumerate(zip(starts_q, starts_q[1:], starts_k, starts_k[1:])):
+            sel = None if selection is None else {
+                at: t[i:i + 1, :, :num_groups(b - a, d - c, decode_topk(at).block)] for at, t in selection.items()}
             o, lse = reference_attention(self.root, q[a:b].transpose(0, 1)[None], k[c:d].transpose(0, 1)[None],
-                                         v[c:d].transpose(0, 1)[None], scale=scale)
+                                         v[c:d].transpose(0, 1)[None], scale=scale, selection=sel)
             outs.append(o[0].transpose(0, 1))
             lses.append(lse[0])
         if not outs:
@@ -536,7 +543,10 @@ class CompiledPattern:
             return q.new_zeros((*q.shape[:3], v.shape[-1])), q.new_zeros(q.shape[:3])
         return torch.cat(outs), torch.cat(lses)
 
-    def _selection_dict(self, selection, q, k, padded: bool = False) -> dict:
+    def _selection_dict(self, selection, q, k, rows=None) -> dict:
+        """{atom: selection} of a given selection, its shape checked: [B, H, R, n]; a padded
+        batch's (rows: its q_rows, kv_rows) or a packed one's (rows: cu_q, cu_k, max_q, max_k;
+        B = its sequences) has R = padded_groups(longest queries, block)."""
         atoms = [a for a in self.dynamic_atoms if a.kind == "topk"]
         given = selection if isinstance(selection, (tuple, list)) else (selection,)
         if len(given) != len(atoms):
@@ -545,14 +555,18 @@ class CompiledPattern:
         for atom, sel in zip(atoms, given):
             t = decode_topk(atom)
             block, n = t.block, t.n
-            r = padded_groups(q.shape[2], block) if padded else num_groups(q.shape[2], k.shape[2], block)
-            want = (q.shape[0], q.shape[1], r, n)
+            if rows is None:
+                want = (q.shape[0], q.shape[1], num_groups(q.shape[2], k.shape[2], block), n)
+            elif len(rows) == 2:  # padded
+                want = (q.shape[0], q.shape[1], padded_groups(q.shape[2], block), n)
+            else:  # packed: q [T, H, D]
+                want = (rows[0].shape[0] - 1, q.shape[1], padded_groups(rows[2], block), n)
             ok_dtype = isinstance(sel, torch.Tensor) and sel.dtype in (torch.int8, torch.int16, torch.int32, torch.int64)
             if not ok_dtype or tuple(sel.shape) != want:
                 raise InputError(f"selection for {atom.kind}(n={n}, block={block}) must be an integer tensor "
                                  f"of shape {want}, got {getattr(sel, 'dtype', type(sel).__name__)} "
                                  f"{tuple(getattr(sel, 'shape', ()))}")
-            nb = -(-k.shape[2] // block)
+            nb = -(-(k.shape[2] if rows is None or len(rows) == 2 else rows[3]) // block)
             if sel.device != q.device:
                 raise InputError(f"selection is on {sel.device}, q on {q.device}")
             # (checked where it costs no host synchronisation; the kernels skip ids outside [0, nb))
