@@ -36,6 +36,10 @@ PATTERNS = {
                               " heads[*] => causal & where((q + 1024) // 2048 == (k + 1024) // 2048)\n}", {}, 16),
     # the same mask as one branch: the shift is a head-dependent chunk offset (0 or 1024)
     "LongLoRA head offset 2048": ("pattern longlora_h() { causal & chunked(2048, h // (H // 2) * 1024) }", {}, 16),
+    # BigBird (blocks of 64: window 3, global 2, hashed random 3/64): the random blocks have no
+    # closed form; the kernels test them block by block (a probe) and skip the tiles without any
+    "BigBird b64 bidirectional": ("patterns/bigbird.attn", {}, 16),
+    "BigBird b64 causal": ("patterns/bigbird.attn", dict(autoregressive=True), 16),
 }
 
 

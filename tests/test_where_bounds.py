@@ -187,3 +187,66 @@ def test_kernels_on_solved_bounds_match_reference(body):
         q, k, v = attention_inputs(shape, 0)
         assert_matches_reference(p, q, k, v)
         assert_grads_match_reference(p, q, k, v)
+
+
+# ---- block probes: a fallback that reads positions only as q // bq and k // bk -----------------
+
+PROBED = [
+    "causal & where((q // 32 * 7 + k // 32 * 3) % 5 == 0)",
+    "window(70) & where((q // 32 + k // 64) % 3 != 1)",             # two block sizes, inside an intersection
+    "sink(4) | causal & where((q // 32) * (k // 32) % 7 < 2)",     # after an exact segment
+    "heads[0] => where(((q // 32) * (k // 32) + h) % 4 == 0)\n heads[*] => causal & window(40) "
+    "| where((q // 32 - k // 32) % 5 == h % 5)",                    # head symbols in the probe
+]
+
+
+def test_a_block_probe_is_derived_only_from_block_reads():
+    for body in ("q * k < 50", "(q // 64 + k) % 3 == 0", "(q // 8 + k // 8) % 3 == 0",
+                 "(q // 64 + q) % 3 == k // 64", "(q // 64 + k // 32) % 3 == (k // 64) % 2"):
+        assert solve.block_probe(_cond(body)) == (), body  # a raw position, blocks under 32, two k blocks
+    cond = _cond("(q // 64 * 92821 + k // 32 * 5) % 7 < 3")
+    (p,) = solve.block_probe(cond)
+    assert (p.q_block, p.k_block) == (64, 32) and ir.symbols(p.cond) == {"qb", "kb"}
+    q, k = torch.arange(-70, 400).view(-1, 1), torch.arange(0, 400).view(1, -1)
+    want = eval_cond(cond, {"q": q, "k": k})
+    got = eval_cond(p.cond, {"qb": torch.div(q, 64, rounding_mode="floor"), "kb": k // 32})
+    assert torch.equal(torch.as_tensor(got).expand_as(want), want)
+
+
+@pytest.mark.parametrize("body", PROBED)
+@pytest.mark.parametrize("lq,lk", [(100, 100), (61, 150), (150, 61)])
+@pytest.mark.parametrize("tile", [(16, 16), (64, 32), (32, 64)])
+def test_block_probes_skip_only_tiles_without_visible_pairs(body, lq, lk, tile):
+    """The cost walk (runtime/cost.py, the kernels' walk) with the probes: every tile holding
+    a visible pair is visited (brute force from the dense mask), the others are skipped."""
+    from dataclasses import replace
+
+    from test_cost import _check
+
+    from sparsedsl.passes.plan import kernel_plan
+    from sparsedsl.runtime.cost import pattern_cost
+
+    p = sd.compile_pattern(f"pattern p() {{ {body} }}")
+    plan = kernel_plan(p.root)
+    assert all(s.probe == () for br in plan.branches for s in br.segments[:-1])  # probed: last
+    assert any(br.segments[-1].probe for br in plan.branches)
+    rep = _check(p, lq, lk, 2, 1, tile)  # every tile with a visible pair visited, `needed` exact
+    # the probes skip tiles of the walk without them, and only those
+    plain = replace(plan, branches=tuple(replace(br, segments=tuple(replace(s, probe=()) for s in br.segments))
+                                         for br in plan.branches))
+    without = pattern_cost(p.root, plain, lq, lk, 2, 1, tile, 16)
+    assert rep.visited + rep.probed == without.visited and rep.needed == without.needed
+
+
+@pytest.mark.skipif(not _interpreter_on(), reason="needs Triton's interpreter (tests/conftest.py)")
+@pytest.mark.parametrize("body", PROBED)
+def test_kernels_with_block_probes_match_reference(body):
+    from sparsedsl.testing import assert_grads_match_reference, assert_matches_reference, attention_inputs
+
+    p = sd.compile_pattern(f"pattern p() {{ {body} }}")
+    for lq, lk, config in ((150, 150, (16, 16)), (61, 150, (32, 64)), (150, 61, (64, 32))):
+        shape = dict(batch=1, num_heads=2, num_kv_heads=1, q_len=lq, kv_len=lk, head_dim=16, head_dim_v=16,
+                     dtype="float32", layout="contiguous")
+        q, k, v = attention_inputs(shape, lq)
+        assert_matches_reference(p, q, k, v, _config=config)
+    assert_grads_match_reference(p, q, k, v, _config=(16, 16))

@@ -3,6 +3,8 @@ the bounds analysis: IR expressions over the tile's symbols q0, q1 (k0, k1), Lk,
 Lq and the head symbols, evaluated by the kernels per tile."""
 from __future__ import annotations
 
+from dataclasses import replace
+
 from ..ir import build
 from ..ir import nodes as ir
 from ..ir.plan import Segment  # noqa: F401 (the segment type lives with the plan's data)
@@ -67,11 +69,31 @@ def bounded(segs: tuple[Segment, ...]) -> tuple[Segment, ...]:
     """At most MAX_SEGMENTS segments: the first ones as they are, then their hull."""
     if len(segs) <= MAX_SEGMENTS:
         return segs
-    keep, rest = segs[:MAX_SEGMENTS - 1], segs[MAX_SEGMENTS - 1:]
-    guards = {s.guard for s in rest}
-    guard = TRUE if TRUE in guards else balanced("or", [s.guard for s in rest], build.logic)
-    hull = Segment(balanced("min", [s.lo for s in rest]), balanced("max", [s.hi for s in rest]), guard=guard)
-    return keep + (hull,)
+    return segs[:MAX_SEGMENTS - 1] + (_hull(segs[MAX_SEGMENTS - 1:]),)
+
+
+def _hull(segs) -> Segment:
+    """One partial segment holding the keys of all: their hull, under any of their guards;
+    probed when each of them is (any of their probes, each under its segment's guard)."""
+    guards = {s.guard for s in segs}
+    guard = TRUE if TRUE in guards else balanced("or", [s.guard for s in segs], build.logic)
+    probe = ()
+    if all(s.probe for s in segs):
+        probe = tuple(p if s.guard == TRUE else replace(p, cond=build.logic("and", s.guard, p.cond))
+                      for s in segs for p in s.probe)
+    return Segment(balanced("min", [s.lo for s in segs]), balanced("max", [s.hi for s in segs]), guard=guard,
+                   probe=probe)
+
+
+def probed_last(segs: tuple[Segment, ...]) -> tuple[Segment, ...]:
+    """The probed segments merged into one, walked last. The kernel walks each segment minus
+    the tiles of the earlier ones, so a tile that a probe skips must not be cut out of a
+    later segment: every unprobed segment comes first (its tiles all walked)."""
+    probed = [s for s in segs if s.probe]
+    if not probed:
+        return segs
+    rest = tuple(s for s in segs if not s.probe)
+    return rest + ((probed[0].partial() if len(probed) == 1 else _hull(probed)),)
 
 
 def balanced(op: str, xs: list, make=build.int_op):

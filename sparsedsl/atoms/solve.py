@@ -13,7 +13,9 @@ at the largest (a monotone B takes both at the tile's ends). `==` is `<=` and
 A comparison on q alone holds for some or every query of the tile or for none;
 one on the heads alone guards the segment. Whatever stays outside (k and q in
 one term, a modulo or a product of positions, a non-monotone side) falls back
-to every key with no full interval: `fallbacks` names those comparisons.
+to every key with no full interval: `fallbacks` names those comparisons. One that
+reads the positions only as q // bq and k // bk gets a block-level probe (its
+tiles are tested block by block in the kernel and skipped where it fails).
 
 The same solution with the roles of q and k swapped gives the query segments
 of a key tile k0 <= k < k1."""
@@ -25,6 +27,7 @@ from dataclasses import dataclass
 from ..ir import build
 from ..ir import nodes as ir
 from ..ir.ranges import INT_LIMIT, value_range, widest
+from ..ir.plan import Probe
 from .segments import (K0, K1, LK, ONE, Q0, Q1, Q_START, ZERO, Segment, add, bounded, div, flag, intersect,
                        maximum, minimum, mul, neg, sub)
 
@@ -70,8 +73,49 @@ def fallbacks(cond: ir.Node) -> list[ir.Node]:
     return out
 
 
-def _everything(side: Side) -> tuple[Segment, ...]:
-    return (Segment(side.start, side.end),)
+# A probe loops over the blocks a tile spans: blocks shorter than this would make it
+# cost as much as the tile it might skip.
+PROBE_MIN_BLOCK = 32
+
+
+def block_probe(cond: ir.Node) -> tuple[Probe, ...]:
+    """A comparison without a closed form that reads the positions only as q // bq and
+    k // bk (constants bq, bk >= PROBE_MIN_BLOCK), e.g. BigBird's hashed random blocks: the
+    kernels test it once per (query block, key block) of a tile and skip the tiles where it
+    fails everywhere. () when it reads them otherwise."""
+    blocks: dict[str, int] = {}
+    memo: dict = {}
+
+    def lift(n: ir.Node) -> ir.Node:
+        out = memo.get(n)
+        if out is not None:
+            return out
+        if isinstance(n, ir.IntOp) and n.op == "//" and isinstance(n.args[0], ir.Sym) \
+                and n.args[0].name in ("q", "k") and isinstance(n.args[1], ir.Const):
+            name, b = n.args[0].name, n.args[1].value
+            if b < PROBE_MIN_BLOCK or blocks.setdefault(name, b) != b:
+                raise _Fallback
+            out = ir.Sym(name + "b")
+        elif isinstance(n, ir.Sym) and n.name in ("q", "k"):
+            raise _Fallback
+        elif isinstance(n, ir.IntOp):
+            out = build.int_op(n.op, *(lift(a) for a in n.args))
+        elif isinstance(n, ir.Cmp):
+            out = build.cmp(n.op, lift(n.a), lift(n.b))
+        elif isinstance(n, ir.Logic):
+            out = build.logic(n.op, *(lift(a) for a in n.args))
+        else:
+            out = n
+        memo[n] = out
+        return out
+
+    try:
+        lifted = lift(cond)
+    except _Fallback:
+        return ()
+    if set(blocks) != {"q", "k"}:
+        return ()
+    return (Probe(lifted, blocks["q"], blocks["k"]),)
 
 
 def _solve(cond: ir.Node, side: Side) -> tuple[Segment, ...]:
@@ -83,7 +127,7 @@ def _solve(cond: ir.Node, side: Side) -> tuple[Segment, ...]:
         try:
             return _compare(cond.op, cond.a, cond.b, side)
         except _Fallback:
-            return _everything(side)
+            return (Segment(side.start, side.end, probe=block_probe(cond)),)
     if cond.op == "not":
         return _solve(_negate(cond.args[0]), side)
     parts = [_solve(a, side) for a in cond.args]

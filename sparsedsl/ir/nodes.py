@@ -14,8 +14,9 @@ LOGIC_OPS = ("and", "or", "not")
 SYMBOLS = ("h", "H", "hk", "Hk", "q", "k")
 # Symbols of kernel plans only (never written by users): the bounding box of a
 # tile, q0 <= q < q1 and k0 <= k < k1, and the numbers of keys Lk and queries Lq
-# (query positions run over [Lk - Lq, Lk): bottom-right alignment).
-PLAN_SYMBOLS = ("q0", "q1", "k0", "k1", "Lk", "Lq")
+# (query positions run over [Lk - Lq, Lk): bottom-right alignment); a probe's query
+# and key blocks qb = q // q_block, kb = k // k_block (ir/plan.py Probe).
+PLAN_SYMBOLS = ("q0", "q1", "k0", "k1", "Lk", "Lq", "qb", "kb")
 BRANCH_KINDS = ("all", "index", "slice")
 
 

@@ -21,13 +21,28 @@ _ZERO = ir.Const(0)
 
 
 @dataclass(frozen=True)
+class Probe:
+    """A block-level test of a segment's tiles: every pair (q, k) of the segment that may be
+    visible satisfies `cond` at qb = q // q_block, kb = k // k_block (`cond` is over the symbols
+    qb, kb and the heads), so a tile none of whose (qb, kb) blocks satisfies it holds no
+    visible pair of the segment and is skipped. From a where(...) comparison that has no
+    closed form but reads positions only through q // q_block and k // k_block (BigBird's
+    hashed random blocks): its tiles are checked, not computed."""
+
+    cond: ir.Node
+    q_block: int
+    k_block: int
+
+
+@dataclass(frozen=True)
 class Segment:
     """Keys in [lo, hi) of a query tile (transposed: queries of a key tile);
     with `stride`, only those in blocks j with (j + offset) % stride == 0; with
     `guard`, only for heads where it holds. Keys of the segment inside
     [full_lo, full_hi) are visible to every query of the tile (the kernel skips
-    the element mask there). The atoms' definitions and the bounds analysis
-    build them (atoms/segments.py); the kernels read them."""
+    the element mask there). `probe`: tests of which one must hold somewhere in a tile for
+    the tile to be walked (none: every tile is). The atoms' definitions and the bounds
+    analysis build them (atoms/segments.py); the kernels read them."""
 
     lo: ir.Node
     hi: ir.Node
@@ -37,6 +52,7 @@ class Segment:
     stride: ir.Node | None = None
     offset: ir.Node | None = None
     guard: ir.Node = ir.Bool(True)
+    probe: tuple[Probe, ...] = ()
 
     @property
     def strided(self) -> bool:
@@ -52,9 +68,11 @@ class Segment:
         def both(op, a, b):
             return a if a is b else build.int_op(op, a, b)
 
+        # (either probe alone is a test that every pair of both satisfies)
         return Segment(both("max", self.lo, other.lo), both("min", self.hi, other.hi),
                        both("max", self.full_lo, other.full_lo), both("min", self.full_hi, other.full_hi),
-                       self.block, self.stride, self.offset, build.logic("and", self.guard, other.guard))
+                       self.block, self.stride, self.offset, build.logic("and", self.guard, other.guard),
+                       self.probe or other.probe)
 
     def partial(self) -> "Segment":
         """The same keys, with no full interval."""

@@ -36,6 +36,9 @@ SYMBOL_RANGES: dict[str, tuple[int, int]] = {
     "k1": (0, _L),
     "Lq": (0, _L),
     "Lk": (0, _L),
+    # a probe's blocks (q // q_block, k // k_block with blocks >= 1)
+    "qb": (-(_L - 1), _L - 1),
+    "kb": (0, _L - 1),
 }
 
 _RANGE_CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # for SYMBOL_RANGES only

@@ -102,6 +102,8 @@ def _describe(j: int, seg: Segment) -> str:
         desc += f" if {_text(seg.guard, 80)}"
     if seg.has_full:
         desc += f"; no mask in [{_text(seg.full_lo, 80)}, {_text(seg.full_hi, 80)})"
+    if seg.probe:
+        desc += "; a tile is walked where a block probe holds"
     return f"# segment {j}: {desc}"
 
 
@@ -110,8 +112,8 @@ class _Piece:
     starts at key index u0(t), needs the mask unless f1 <= t < f2, and may read
     keys [pa, pb) only."""
 
-    def __init__(self, name: str, strided_block: int | None, dead: str = ""):
-        self.name, self.block, self.dead = name, strided_block, dead
+    def __init__(self, name: str, strided_block: int | None, dead: str = "", probe=()):
+        self.name, self.block, self.dead, self.probe = name, strided_block, dead, probe
 
     def u0(self, t: str) -> str:
         n = self.name
@@ -170,7 +172,7 @@ def _segment_pieces(j: int, seg: Segment, segs, plan: KernelPlan, walk: bool,
             if full:
                 lines += [f"f1_{name} = (tl.minimum(tl.maximum(fa, pa_{name}), pb_{name}) - pa_{name}) // BLOCK_N",
                           f"f2_{name} = tl.maximum((tl.minimum(fb, pb_{name}) - pa_{name}) // BLOCK_N, f1_{name})"]
-            pieces.append(_Piece(name, None, dead))
+            pieces.append(_Piece(name, None, dead, seg.probe))
             continue
         blk = seg.block.value
         lines += [f"s_{name} = s_{j}",
@@ -184,7 +186,7 @@ def _segment_pieces(j: int, seg: Segment, segs, plan: KernelPlan, walk: bool,
                       f"f1_{name} = (j1 - first_{name} + s_{j} - 1) // s_{j} * ({blk} // BLOCK_N)",
                       f"f2_{name} = tl.maximum((j2 - first_{name} + s_{j} - 1) // s_{j} * ({blk} // BLOCK_N), "
                       f"f1_{name})"]
-        pieces.append(_Piece(name, blk, dead))
+        pieces.append(_Piece(name, blk, dead, seg.probe))
     return lines, pieces
 
 
@@ -343,8 +345,35 @@ def _static_loop_body(i: int, pieces: list[_Piece], full: dict, own: dict, how: 
     body.append("hi_v = tl.minimum(hi_v, num_u)")
     if how.transposed:  # the first query tile may start before the first query
         body.append("lo_v = tl.maximum(lo_v, u_lo)")
-    body.append(how.call.format(i=i))
+    probed = [n for n, p in enumerate(pieces) if p.probe]
+    if not probed:
+        body.append(how.call.format(i=i))
+        return body
+    # the probed pieces come last (passes/plan.py): their tiles are walked where a probe holds
+    body += _probe_lines(pieces[probed[0]].probe, f"t < c_{probed[0]}", how.transposed)
+    body += ["if hit:", "    " + how.call.format(i=i)]
     return body
+
+
+def _probe_lines(probes, walked: str, transposed: bool) -> list[str]:
+    """hit: whether the tile is walked: `walked` (a tile of an unprobed piece), or some probe
+    holds at some (query block, key block) of the tile box (the query tile's [q0, q1) and the
+    key tile [u0, u0 + BLOCK_N); transposed: the key tile's [k0, k1) and the query tile)."""
+    q_box, k_box = (("u0", "tl.minimum(u0 + BLOCK_N, Lk)"), ("k0", "k1")) if transposed else \
+        (("q0", "q1"), ("u0", "tl.minimum(u0 + BLOCK_N, Lk)"))
+    lines = [f"hit = {walked}"]
+    for p in probes:
+        em = Emitter("pr_", wide=True, indent="        ")
+        cond = em.cond(p.cond)
+        qb, kb = p.q_block, p.k_block
+        lines += [f"for iq in range(_fdiv({q_box[0]}, {qb}), tl.where(hit, _fdiv({q_box[0]}, {qb}), "
+                  f"_fdiv({q_box[1]} - 1, {qb}) + 1)):",
+                  "    pq = tl.cast(iq, tl.int64)",
+                  f"    for ik in range({k_box[0]} // {kb}, ({k_box[1]} - 1) // {kb} + 1):",
+                  "        pk = tl.cast(ik, tl.int64)",
+                  *em.lines,
+                  f"        hit = hit | {cond}"]
+    return lines
 
 
 def _full_loop_body(owners: list[tuple[int, _Piece]], how: Traversal) -> list[str]:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from ..atoms import ATOMS
 from ..atoms.segments import (EVERY_QUERY, EVERYTHING, K0, K1, LK, LQ, MAX_SEGMENTS, Q0, Q1, Q_START,  # noqa: F401
-                              Segment, bounded, intersect)
+                              Segment, bounded, intersect, probed_last)
 from ..ir import nodes as ir
 
 

@@ -93,7 +93,16 @@ def _align(a: ir.Node, b: ir.Node, chosen: ir.Node) -> ir.Node | None:
 
 def _walk_shape(mask: ir.Node, rate: int) -> tuple:
     """What the code generator's loop nest depends on: the segments' kinds and strided blocks."""
-    return tuple((s.strided, s.block if s.strided else None, s.has_full) for s in bounds.segments(mask, rate))
+    return tuple((s.strided, s.block if s.strided else None, s.has_full, len(s.probe))
+                 for s in bounds.segments(mask, rate))
+
+
+def _probes(segs: tuple, rate: int) -> tuple:
+    """The probed segments walked last, merged (bounds.probed_last); none in a residue layout
+    (rate > 1), whose tiles hold positions c + rate * u."""
+    if rate != 1:
+        return tuple(replace(s, probe=()) for s in segs)
+    return bounds.probed_last(segs)
 
 
 def merge_alike(groups: list[tuple[ir.Node, ir.Node]], rate: int) -> list[tuple[ir.Node, ir.Node]]:
@@ -159,11 +168,11 @@ def make_plan(root: ir.Pattern) -> KernelPlan:
             landmark_blocks.add(parts.landmarks)
         mask = parts.static
         segs = bounds.segments(mask, rate)  # the kernel clips them to [0, Lk)
-        segs = tuple(s for s in segs if not s.strided) + tuple(s for s in segs if s.strided)
+        segs = _probes(tuple(s for s in segs if not s.strided) + tuple(s for s in segs if s.strided), rate)
         for s in segs:
             if s.strided and isinstance(s.block, ir.Const):
                 blocks.add(s.block.value)
-        branches.append(BranchPlan(cond, mask, segs, bounds.segments(mask, rate, transposed=True),
+        branches.append(BranchPlan(cond, mask, segs, _probes(bounds.segments(mask, rate, transposed=True), rate),
                                    parts.topk, parts.landmarks))
     if len(topk_atoms) > 1 or len(landmark_blocks) > 1:
         raise Unsupported("kernels take one topk(...) atom and one landmark block size per pattern; "

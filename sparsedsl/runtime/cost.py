@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from ..atoms import condition
-from ..atoms.solve import fallbacks
+from ..atoms.solve import block_probe, fallbacks
 from ..ir import nodes as ir
 from ..ir.evaluate import eval_cond, eval_int
 from ..kernels.generate import strided_walk
@@ -32,6 +32,7 @@ class HeadCost:
     partial: int  # and those that evaluate it
     needed: int  # tiles that hold at least one visible pair
     flops: int  # 4 * BLOCK_M * BLOCK_N * head_dim per visited tile (QK^T and PV)
+    probed: int = 0  # tiles a block-level probe checked and skipped (not visited)
 
 
 @dataclass(frozen=True)
@@ -49,13 +50,15 @@ class CostReport:
     ratio: float  # visited / needed (1.0 when nothing is needed)
     flops: int
     per_head: tuple[HeadCost, ...]
+    probed: int = 0  # tiles checked by a block-level probe and skipped
 
     def __str__(self) -> str:
         bm, bn = self.tile
+        probed = f"; {self.probed} more checked by a block probe and skipped" if self.probed else ""
         lines = [f"cost: Lq={self.q_len} Lk={self.kv_len} H={self.num_heads} Hk={self.num_kv_heads} "
                  f"tile={bm}x{bn} head_dim={self.head_dim}",
                  f"  visited {self.visited} key tiles ({self.full} full, {self.partial} partial), "
-                 f"needed {self.needed}, ratio {self.ratio:.2f}, {self.flops / 1e9:.3f} GFLOP",
+                 f"needed {self.needed}, ratio {self.ratio:.2f}, {self.flops / 1e9:.3f} GFLOP{probed}",
                  "  head  visited     full  partial   needed  ratio"]
         for h, c in enumerate(self.per_head):
             r = c.visited / c.needed if c.needed else 1.0
@@ -94,7 +97,8 @@ def pattern_cost(root: ir.Pattern, plan, q_len: int, kv_len: int, num_heads: int
     needed = sum(c.needed for c in heads)
     return CostReport(q_len, kv_len, num_heads, num_kv_heads, (bm, bn), head_dim, visited,
                       sum(c.full for c in heads), sum(c.partial for c in heads), needed,
-                      visited / needed if needed else 1.0, sum(c.flops for c in heads), tuple(heads))
+                      visited / needed if needed else 1.0, sum(c.flops for c in heads), tuple(heads),
+                      sum(c.probed for c in heads))
 
 
 def _head_cost(root, plan, lq, lk, h, H, Hk, bm, bn, head_dim) -> HeadCost:
@@ -102,7 +106,7 @@ def _head_cost(root, plan, lq, lk, h, H, Hk, bm, bn, head_dim) -> HeadCost:
     br = _branch(plan, heads)
     rate = plan.rate
     walk = all(b % bn == 0 for b in plan.blocks)  # (as kernels/generate.py decides for fixed tiles)
-    visited = full = needed = 0
+    visited = full = needed = probed = 0
     for c in range(rate):
         u_start = int(_first_u(torch.tensor(lk - lq), c, rate))
         u_end = int(_first_u(torch.tensor(lk), c, rate))
@@ -132,6 +136,10 @@ def _head_cost(root, plan, lq, lk, h, H, Hk, bm, bn, head_dim) -> HeadCost:
                 s, off = int(eval_int(seg.stride, env)), int(eval_int(seg.offset, env))
                 inside &= torch.remainder(torch.div(u0, blk, rounding_mode="floor") + off, s) == 0
             new = inside & ~seen
+            if seg.probe:  # (rate 1: positions are the indices)
+                hit = _probe_hits(seg.probe, heads, q0, q1, u0, bn, lk)
+                probed += int((new & ~hit).sum())
+                new &= hit
             if seg.has_full and (strided or not seg.strided):
                 flo = torch.clamp(_tensor(eval_int(seg.full_lo, env), q0), 0, lk).view(-1, 1)
                 fhi = torch.clamp(_tensor(eval_int(seg.full_hi, env), q0), 0, lk).view(-1, 1)
@@ -142,7 +150,23 @@ def _head_cost(root, plan, lq, lk, h, H, Hk, bm, bn, head_dim) -> HeadCost:
         visited += int(seen.sum())
         full += int(whole.sum())
         needed += int(whole.sum()) + _needed(root, seen & ~whole, t0, u_end, num_u, c, rate, bm, bn, h, H, Hk)
-    return HeadCost(visited, full, visited - full, needed, 4 * bm * bn * head_dim * visited)
+    return HeadCost(visited, full, visited - full, needed, 4 * bm * bn * head_dim * visited, probed)
+
+
+def _probe_hits(probes, heads: dict, q0, q1, u0, bn: int, lk: int) -> torch.Tensor:
+    """[query tiles, key tiles]: whether some probe holds for some (query block, key block)
+    of the tile, the blocks the kernel's probe loops walk."""
+    hit = torch.zeros(len(q0), u0.shape[1], dtype=torch.bool)
+    k_last = torch.clamp(u0 + bn, max=lk) - 1
+    for p in probes:
+        qa, qz = torch.div(q0, p.q_block, rounding_mode="floor"), torch.div(q1 - 1, p.q_block, rounding_mode="floor")
+        ka, kz = torch.div(u0, p.k_block, rounding_mode="floor"), torch.div(k_last, p.k_block, rounding_mode="floor")
+        for i in range(int((qz - qa).max()) + 1 if len(q0) else 0):
+            for j in range(int((kz - ka).max()) + 1):
+                v = eval_cond(p.cond, dict(heads, qb=(qa + i).view(-1, 1), kb=ka + j))
+                ok = ((qa + i) <= qz).view(-1, 1) & ((ka + j) <= kz)
+                hit |= torch.as_tensor(v, dtype=torch.bool) & ok
+    return hit
 
 
 def _needed(root, tiles, t0, u_end, num_u, c, rate, bm, bn, h, H, Hk) -> int:
@@ -172,11 +196,11 @@ def _needed(root, tiles, t0, u_end, num_u, c, rate, bm, bn, h, H, Hk) -> int:
 
 def responsible(root: ir.Node) -> list[ir.Node]:
     """The parts of a pattern whose bounds fall back to every key: comparisons of
-    where(...) without a closed form, and complements."""
+    where(...) without a closed form (and without a block probe), and complements."""
     out = []
     for n in ir.post_order(root):
         if isinstance(n, ir.Atom) and n.kind == "where":
-            out += fallbacks(condition(n))
+            out += [c for c in fallbacks(condition(n)) if not block_probe(c)]
         elif isinstance(n, ir.Compl):
             out.append(n)
     return out
