@@ -27,13 +27,26 @@ def mask_mod(root: ir.Pattern, q_len: int, kv_len: int, num_heads: int, num_kv_h
     group = num_heads // num_kv_heads
     # Built here, not while FlexAttention traces mask_mod (IR construction uses weak references).
     conditions = {n: branch_condition(n) for n in _nodes(root) if isinstance(n, ir.Branch)}
+    wide = _wide(root)  # values past int32 (e.g. BigBird's hash): positions in int64, as in the kernels
 
     def mod(b, h, q_idx, kv_idx):
+        if wide:
+            h, q_idx, kv_idx = h.long(), q_idx.long(), kv_idx.long()
         env = {"H": num_heads, "Hk": num_kv_heads, "h": h, "hk": h // group, "q": q_idx + offset, "k": kv_idx,
                "branch_conditions": conditions}
         return eval_mask(root.body, env)
 
     return mod
+
+
+def _wide(root: ir.Pattern) -> bool:
+    """Whether the kernels compute this pattern's mask in 64 bits (kernel plan's `wide`)."""
+    from .ops import plan_for
+
+    try:
+        return plan_for(root).wide
+    except InputError:  # no kernel plan (a dynamic pattern): no FlexAttention export either
+        return False
 
 
 def block_mask(root: ir.Pattern, q_len: int, kv_len: int, num_heads: int, num_kv_heads: int,
