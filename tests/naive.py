@@ -38,6 +38,7 @@ ARG_NAMES = {
     "local_blocks": ("n", "block"),
     "strided": ("stride", "block", "offset"),
     "chunked": ("size", "offset"),
+    "random_blocks": ("n", "block", "seed"),
     "where": ("cond",),
 }
 
@@ -112,6 +113,24 @@ def selects(branch, h: int, H: int, Hk: int) -> bool:
     return h in list(range(H))[start:stop]
 
 
+def random_picks(qb: int, h: int, n: int, seed: int) -> set:
+    """The key blocks random_blocks(n, seed=seed) gives query block qb of head h, as
+    docs/language.md states it: the blocks 0..qb in min(n, qb + 1) contiguous strata of
+    near-equal size, and in stratum i the block lo + y % size, y the 16-bit hash of
+    (seed, h, qb, i)."""
+    if qb < 0:
+        return set()
+    m = qb + 1
+    r = min(n, m)
+    picks = set()
+    for i in range(r):
+        lo, hi = i * m // r, (i + 1) * m // r
+        x = ((seed % 65536) * 40503 + h * 24593 + qb * 92821 + i * 68917) % 65536
+        y = x * 2654435761 % 2 ** 32 // 65536
+        picks.add(lo + y % (hi - lo))
+    return picks
+
+
 def atom_value(node, env: dict) -> bool:
     names = ARG_NAMES[node.kind]
     a = {}
@@ -143,6 +162,8 @@ def atom_value(node, env: dict) -> bool:
         return (k // a["block"] + a["offset"]) % a["stride"] == 0
     if kind == "chunked":  # block-diagonal: the same chunk of `size` positions, shifted by offset
         return (q + a["offset"]) // a["size"] == (k + a["offset"]) // a["size"]
+    if kind == "random_blocks":
+        return k // a["block"] in random_picks(q // a["block"], env["h"], a["n"], a["seed"])
     if kind == "where":
         return cond_value(a["cond"], env)
     raise ValueError(f"the oracle has no semantics for atom {kind!r}")

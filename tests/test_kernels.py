@@ -436,6 +436,8 @@ def test_residue_layout(body, lq, lk):
 SMALL = {
     "bigbird": [dict(block=16, window_blocks=3, global_blocks=1, rand_num=1, rand_den=3),
                 dict(block=16, window_blocks=1, global_blocks=1, rand_num=1, rand_den=2, autoregressive=True)],
+    "bigbird_exact": [dict(block=16, window_blocks=3, global_blocks=1, num_rand=2, seed=3),
+                      dict(block=32, window_blocks=1, global_blocks=1, num_rand=1, autoregressive=True)],
     "duo_attention": [dict(retrieval=1, sink=2, recent=8)],
     "duo_attention_gqa": [dict(retrieval_kv=1, sink=2, recent=8)],
     "longformer": [dict(window=8, num_global=3)],

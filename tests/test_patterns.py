@@ -201,6 +201,28 @@ def ref_bigbird(lq, lk, H, Hk, block=64, window_blocks=3, global_blocks=2, rand_
     return full_shape(m, lq, lk, H)
 
 
+def ref_bigbird_exact(lq, lk, H, Hk, block=64, window_blocks=3, global_blocks=2, num_rand=3, seed=0,
+                      autoregressive=False):
+    """bigbird_exact: the window and global blocks of ref_bigbird, and num_rand random blocks per
+    query block picked by the stratified hash that docs/language.md states for random_blocks."""
+    Q, K, h, hk = grid(lq, lk, H, Hk)
+    nb = -(-max(lq, lk) // block) + 1
+    rnd = np.zeros((H, nb, nb), dtype=bool)
+    for head in range(H):
+        for qb in range(nb):
+            m, r = qb + 1, min(num_rand, qb + 1)
+            for i in range(r):
+                lo, hi = i * m // r, (i + 1) * m // r
+                x = ((seed % 65536) * 40503 + head * 24593 + qb * 92821 + i * 68917) % 65536
+                rnd[head, qb, lo + (x * 2654435761 % 4294967296 // 65536) % (hi - lo)] = True
+    qb, kb = Q // block, K // block
+    m = ((Q < global_blocks * block) | (K < global_blocks * block)
+         | (np.abs(qb - kb) <= window_blocks // 2) | rnd[h, np.maximum(qb, 0), kb] & (qb >= 0))
+    if autoregressive:
+        m = m & (K <= Q)
+    return full_shape(m, lq, lk, H)
+
+
 def ref_longnet_segment(lq, lk, H, Hk, segment=2048, ratio=1):
     Q, K, h, hk = grid(lq, lk, H, Hk)
     off = h % ratio                              # head j uses offset j mod r
@@ -262,6 +284,9 @@ STATIC = [
      [{}, dict(block=16, window_blocks=3, global_blocks=1, rand_num=2, rand_den=7, seed=11),
       dict(block=16, window_blocks=5, global_blocks=0, rand_num=1, rand_den=3, seed=123456,
            autoregressive=True)]),
+    ("bigbird.attn", "bigbird_exact", ref_bigbird_exact,
+     [{}, dict(block=16, window_blocks=3, global_blocks=1, num_rand=2, seed=11),
+      dict(block=8, window_blocks=5, global_blocks=0, num_rand=4, seed=-5, autoregressive=True)]),
     ("longnet.attn", "longnet_segment", ref_longnet_segment,
      [{}, dict(segment=32, ratio=4), dict(segment=50, ratio=3)]),
     ("longnet.attn", "longnet", ref_longnet,
@@ -642,7 +667,7 @@ ALL_PATTERNS = {
     "duo_attention.attn": ["duo_attention", "duo_attention_gqa"],
     "moa.attn": ["moa"],
     "longformer.attn": ["longformer", "longformer_lm"],
-    "bigbird.attn": ["bigbird"],
+    "bigbird.attn": ["bigbird", "bigbird_exact"],
     "longnet.attn": ["longnet_segment", "longnet", "longnet_dilated"],
     "landmark.attn": ["landmark", "landmark_retrieval"],
     "nsa.attn": ["nsa"],

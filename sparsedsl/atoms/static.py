@@ -227,6 +227,34 @@ class Chunked(AtomDef):
         return _cmp("==", div(add(Q, a.offset), a.size), div(add(K, a.offset), a.size))
 
 
+class RandomBlocks(AtomDef):
+    """BigBird's random blocks, exactly n per query block: the key blocks 0 .. qb of query block
+    qb = q // block are split into r = min(n, qb + 1) contiguous strata of near-equal size
+    (stratum i: blocks [i * m // r, (i + 1) * m // r), m = qb + 1), and stratum i contributes
+    the block start + hash(seed, h, qb, i) % size: a counter-based hash of 16 bits
+    (Knuth's multiplicative constant on a mix of the four), so the choice is the same at every
+    length, differs between heads, and needs no random state."""
+
+    name = "random_blocks"
+    formula = "k // block is the hashed pick of its stratum among the blocks 0 .. q // block"
+    params = (int_param("n", minimum=1), _BLOCK, int_param("seed", 0))
+
+    def condition(self, a):
+        qb, kb = div(Q, a.block), div(K, a.block)
+        m = maximum(add(qb, ONE), ONE)  # candidates 0 .. qb (none before the first query block)
+        r = minimum(a.n, m)
+        stratum = div(sub(mul(add(kb, ONE), r), ONE), m)  # the i with i * m // r <= kb < (i + 1) * m // r
+        start = div(mul(stratum, m), r)
+        size = sub(div(mul(add(stratum, ONE), m), r), start)
+        mix = mod(add(add(mul(mod(a.seed, C16), ir.Const(40503)), mul(ir.Sym("h"), ir.Const(24593))),
+                      add(mul(qb, ir.Const(92821)), mul(stratum, ir.Const(68917)))), C16)
+        pick = add(start, mod(div(mod(mul(mix, ir.Const(2654435761)), ir.Const(1 << 32)), C16), size))
+        return _and(_cmp("<=", kb, qb), _cmp("==", kb, pick))
+
+
+C16 = ir.Const(1 << 16)
+
+
 class Where(AtomDef):
     name, params, formula = "where", (Param("cond", "cond"),), "cond"
 
@@ -262,4 +290,4 @@ def _chunk_of(e, var):
 
 
 DEFINITIONS = (Full(), Nothing(), Causal(), Window(), Band(), Sink(), Global(), Dilated(), LocalBlocks(),
-               Strided(), Chunked(), Where())
+               Strided(), Chunked(), RandomBlocks(), Where())
