@@ -122,25 +122,31 @@ def decode_config(plan, head_dim: int, lq: int, interpret: bool):
 
 
 def decode(plan: KernelPlan, q, k_cache, v_cache, lens, scale: float, interpret: bool, block_table=None,
-           summaries: BlockSummaries | None = None, splits: int | None = None, config=None, leftpad=None):
-    """(out [B, H, Lq, Dv] in q's dtype, lse float32 [B, H, Lq]). `leftpad` (int32 [B], a
-    contiguous cache): sequence b's keys are the slots [leftpad[b], lens[b]); a dynamic
-    pattern's summaries and selection count its blocks from its first slot."""
+           summaries: BlockSummaries | None = None, splits: int | None = None, config=None, leftpad=None,
+           selection=None):
+    """(out [B, H, Lq, Dv] in q's dtype, lse float32 [B, H, Lq], selection): the topk
+    selection used (int32 [B, H, R, n], R = (Lq + block - 2) // block + 1; None without
+    topk). `selection`: a given one (reused from another layer or step), ascending rows:
+    then no block is scored, and without landmarks or kept `summaries` no summary is computed.
+    `leftpad` (int32 [B], a contiguous cache): sequence b's keys are the slots
+    [leftpad[b], lens[b]); a dynamic pattern's summaries and selection count its blocks
+    from its first slot."""
     b, h, lq, d = q.shape
     hk, cap, _ = _cache_dims(k_cache, block_table)
     dv = v_cache.shape[-1]
     out = torch.empty((b, h, lq, dv), device=q.device, dtype=q.dtype)
     lse = torch.empty((b, h, lq), device=q.device, dtype=torch.float32)
     if out.numel() == 0:
-        return out, lse
-    selection = landmarks = None
+        return out, lse, selection
+    landmarks = None
     if leftpad is not None:  # (first slot, key count) per sequence, interleaved
         lens = torch.stack((leftpad, lens - leftpad), 1).contiguous()
-    if plan.dynamic:
+    # (a given selection needs no summaries; kept ones are still refreshed for the new keys)
+    if plan.dynamic and (selection is None or plan.landmarks is not None or summaries is not None):
         summaries = summarize(plan, k_cache, v_cache, lens, block_table, summaries,
                               None if summaries is None else lq)
         landmarks = summaries.landmarks
-        if plan.topk is not None:
+        if plan.topk is not None and selection is None:
             t = plan.topk
             rows = (lq + t.block - 2) // t.block + 1
             # left padding: the selection kernels read the rows (first, count) of keys and queries
@@ -177,7 +183,7 @@ def decode(plan: KernelPlan, q, k_cache, v_cache, lens, scale: float, interpret:
     merge_kernel[(triton.cdiv(lq, 16), h, b)](o_part, l_part, out, lse, *o_part.stride(), *l_part.stride(),
                                              *out.stride(), *lse.stride(), lq, splits,
                                              HEAD_DIM_V=dv, BLOCK_DV=_pow2(max(dv, 16)), BLOCK=16)
-    return out, lse
+    return out, lse, selection
 
 
 @triton.jit(do_not_specialize=["rows", "PARTS"])

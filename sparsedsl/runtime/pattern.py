@@ -307,7 +307,8 @@ class CompiledPattern:
 
     def __call__(self, q, k, v, *, scale=None, return_lse=False, backend="auto", selection=None,
                  cu_seqlens_q=None, cu_seqlens_k=None, max_seqlen_q=None, max_seqlen_k=None, q_lengths=None,
-                 kv_lengths=None, padding_side="right", layout="bhsd", sinks=None, _config=None, **keywords):
+                 kv_lengths=None, padding_side="right", layout="bhsd", sinks=None, return_selection=False,
+                 _config=None, **keywords):
         """Attention under the pattern. q [B, H, Lq, D], k/v [B, Hk, Lk, D/Dv].
 
         Returns out [B, H, Lq, Dv] (q's dtype), and lse [B, H, Lq] (natural log,
@@ -339,13 +340,22 @@ class CompiledPattern:
 
         FlashAttention's and SDPA's keywords: `softmax_scale` is `scale`; `dropout_p=0`
         and `enable_gqa` are accepted; `is_causal`, `attn_mask`, `window_size`, ... raise
-        an InputError that says what to write instead."""
+        an InputError that says what to write instead.
+
+        return_selection=True (a pattern with one topk atom) appends the selection used, in
+        the layout `selection=` takes for this kind of call: (out[, lse], selection), to be
+        given to a later layer's call (TidalDecode, Recycled Attention)."""
         if layout != "bhsd":
             q, k, v = inputs.from_layout(layout, q, k, v, packed=cu_seqlens_q is not None or cu_seqlens_k is not None)
             out = self(q, k, v, scale=scale, return_lse=return_lse, backend=backend, selection=selection,
                        q_lengths=q_lengths, kv_lengths=kv_lengths, padding_side=padding_side, sinks=sinks,
-                       _config=_config, **keywords)
-            return (out[0].transpose(1, 2), out[1]) if return_lse else out.transpose(1, 2)
+                       return_selection=return_selection, _config=_config, **keywords)
+            if not (return_lse or return_selection):
+                return out.transpose(1, 2)
+            return (out[0].transpose(1, 2), *out[1:])
+        if return_selection and sum(a.kind == "topk" for a in self.dynamic_atoms) != 1:
+            raise InputError(f"return_selection takes a pattern with one topk(...) atom; {self.name!r} has "
+                             f"{sum(a.kind == 'topk' for a in self.dynamic_atoms)}")
         if keywords:
             scale = inputs.foreign_keywords(keywords, scale, inputs.heads_of(q, k), takes=_CALL_KEYWORDS)
         if backend not in BACKENDS:
@@ -380,7 +390,8 @@ class CompiledPattern:
                                  list(_config or ()), sel, padded)
             if sinks is not None:
                 out, lse = with_sinks(out, lse, sinks, packed)
-            return (out, lse) if return_lse else out
+            result = (out, lse) if return_lse else (out,)
+            return result + (sel,) if return_selection else (result if return_lse else out)
         if packed:
             sel = None if selection is None else self._selection_dict(selection, q, k, rows)
             out, lse = self._reference_packed(q, k, v, scale, cu_seqlens_q, cu_seqlens_k, sel)
@@ -392,8 +403,27 @@ class CompiledPattern:
             out, lse = reference_attention(self.root, q, k, v, scale=scale, selection=sel)
         if sinks is not None:
             out, lse = with_sinks(out, lse, sinks, packed)
-        if return_lse:
-            return out, (lse if q.dtype == torch.float64 else lse.float())
+        result = (out, lse if q.dtype == torch.float64 else lse.float()) if return_lse else (out,)
+        if return_selection:
+            chosen = next(iter(sel.values())) if sel is not None else self._reference_selection(q, k, rows)
+            result += (chosen.to(torch.int32),)
+        return result if len(result) > 1 else out
+
+    def _reference_selection(self, q, k, rows) -> torch.Tensor:
+        """The reference's topk selection of a call, in the call's layout (dense, padded or packed)."""
+        atom = next(a for a in self.dynamic_atoms if a.kind == "topk")
+        if rows is None:
+            return compute_selection(self.root, q, k)[atom]
+        if len(rows) == 2:
+            return self._padded_selection(q, k, [atom], *rows)[0]
+        cu_q, cu_k, max_q, _ = rows  # packed: each sequence alone, rows from its first group
+        t = decode_topk(atom)
+        out = torch.full((cu_q.numel() - 1, q.shape[1], padded_groups(max_q, t.block), t.n), -1, dtype=torch.int32,
+                         device=q.device)
+        sq, sk = cu_q.tolist(), cu_k.tolist()
+        for i, (a, b, c, d) in enumerate(zip(sq, sq[1:], sk, sk[1:])):
+            sel = compute_selection(self.root, q[a:b].transpose(0, 1)[None], k[c:d].transpose(0, 1)[None])[atom]
+            out[i:i + 1, :, :sel.shape[2]] = sel
         return out
 
     # -- decoding ----------------------------------------------------------------------
@@ -429,7 +459,7 @@ class CompiledPattern:
 
     def decode(self, q, k_cache, v_cache, cache_seqlens, *, block_table=None, summaries=None, scale=None,
                return_lse=False, num_splits=None, backend="auto", sinks=None, cache_leftpad=None, layout="bhsd",
-               **keywords):
+               selection=None, return_selection=False, **keywords):
         """Attention of a few new queries per sequence against a KV cache (flash-decoding).
 
         q [B, H, Lq, D]: the queries at positions cache_seqlens[b] - Lq .. - 1;
@@ -439,18 +469,27 @@ class CompiledPattern:
         first cache_seqlens[b] keys. Dynamic patterns read `summaries`
         (summarize(); refreshed here for this call's tokens) or, without them,
         summarize the whole cache first. Returns out [B, H, Lq, Dv] (and lse). `sinks` as in
-        the prefill call. cache_leftpad (int32 [B], a contiguous cache; FlashAttention's name): sequence b's keys are the slots [cache_leftpad[b],
-        cache_seqlens[b]), its positions counted from 0 at cache_leftpad[b] (a left-padded batch).
+        the prefill call. cache_leftpad (int32 [B], a contiguous cache; FlashAttention's name):
+        sequence b's keys are the slots [cache_leftpad[b], cache_seqlens[b]), its positions counted from 0 at cache_leftpad[b] (a left-padded batch).
         layout="bshd": FlashAttention's flash_attn_with_kvcache layout, read in place: q
         [B, Lq, H, D], a contiguous cache [B, Lmax, Hk, D] (a paged cache is [pages, page_size,
         Hk, D] in both layouts); out is [B, Lq, H, Dv] (a view), lse [B, H, Lq].
+        selection: a topk selection to use instead of scoring blocks (TidalDecode, Recycled
+        Attention: one layer's or step's choice reused), int [B, H, R, n] with R =
+        ceil((Lq - 1) / block) + 1 rows (row r: sequence b's query group (Lk_b - Lq) // block
+        + r), -1 for empty slots; with it no block summary is computed (unless the pattern has
+        landmarks or `summaries` are kept). return_selection=True appends the selection used
+        (int32, that layout; None without topk) to the result: (out[, lse], selection).
         FlashAttention's keywords as in the prefill call (`softmax_scale`, ...)."""
         if layout != "bhsd":
             q, k_cache, v_cache = inputs.from_decode_layout(layout, q, k_cache, v_cache, block_table is not None)
             out = self.decode(q, k_cache, v_cache, cache_seqlens, block_table=block_table, summaries=summaries,
                               scale=scale, return_lse=return_lse, num_splits=num_splits, backend=backend,
-                              sinks=sinks, cache_leftpad=cache_leftpad, **keywords)
-            return (out[0].transpose(1, 2), out[1]) if return_lse else out.transpose(1, 2)
+                              sinks=sinks, cache_leftpad=cache_leftpad, selection=selection,
+                              return_selection=return_selection, **keywords)
+            if not (return_lse or return_selection):
+                return out.transpose(1, 2)
+            return (out[0].transpose(1, 2), *out[1:])
         if keywords:
             heads = inputs.heads_of(q, k_cache, 2 if block_table is not None else 1)
             scale = inputs.foreign_keywords(keywords, scale, heads, "decode", _DECODE_KEYWORDS)
@@ -466,22 +505,56 @@ class CompiledPattern:
         if cache_leftpad is not None:
             inputs.check_leftpad(q, cache_seqlens, cache_leftpad, block_table)
         scale = q.shape[-1] ** -0.5 if scale is None else scale
+        if selection is not None:
+            selection = self._decode_selection(selection, q)
         if backend == "reference" or (backend == "auto" and not q.is_cuda):
-            out, lse = self._reference_decode(q, k_cache, v_cache, cache_seqlens, block_table, scale, cache_leftpad)
+            out, lse, selection = self._reference_decode(q, k_cache, v_cache, cache_seqlens, block_table, scale,
+                                                         cache_leftpad, selection)
         else:
             from ..kernels.decode import decode
 
             paged = block_table is not None
             inputs.check_kernel(q, (block_table.shape[1] * k_cache.shape[1] if paged else k_cache.shape[2],), "decode")
-            out, lse = decode(self.plan, q, k_cache, v_cache, cache_seqlens, scale, not q.is_cuda, block_table,
-                              summaries, num_splits, leftpad=cache_leftpad)
+            out, lse, selection = decode(self.plan, q, k_cache, v_cache, cache_seqlens, scale, not q.is_cuda,
+                                         block_table, summaries, num_splits, leftpad=cache_leftpad,
+                                         selection=selection)
         if sinks is not None:
             out, lse = with_sinks(out, lse, sinks)
-        return (out, lse) if return_lse else out
+        result = (out, lse) if return_lse else (out,)
+        if return_selection:
+            result += (selection,)
+        return result if len(result) > 1 else out
 
-    def _reference_decode(self, q, k_cache, v_cache, lens, block_table, scale, leftpad=None):
-        """The reference, sequence by sequence (gathers paged caches)."""
+    def _decode_selection(self, selection, q) -> torch.Tensor:
+        """A given decode selection, checked ([B, H, ceil((Lq - 1) / block) + 1, n], integers on
+        q's device), as the kernels read it: int32, rows ascending."""
+        atoms = [a for a in self.dynamic_atoms if a.kind == "topk"]
+        if len(atoms) != 1:
+            raise InputError(f"decode: selection= takes a pattern with one topk(...) atom; {self.name!r} has "
+                             f"{len(atoms)}")
+        t = decode_topk(atoms[0])
+        want = (q.shape[0], q.shape[1], padded_groups(q.shape[2], t.block), t.n)
+        ok = isinstance(selection, torch.Tensor) and selection.dtype in (torch.int8, torch.int16, torch.int32,
+                                                                            torch.int64)
+        if not ok or tuple(selection.shape[:3]) != want[:3] or not 1 <= selection.shape[3] <= t.n:
+            got = f"{getattr(selection, 'dtype', type(selection).__name__)} {tuple(getattr(selection, 'shape', ()))}"
+            raise InputError(f"decode: selection for topk(n={t.n}, block={t.block}) must be an integer tensor of "
+                             f"shape {want} (or up to n slots), got {got}")
+        if selection.device != q.device:
+            raise InputError(f"decode: selection is on {selection.device}, q on {q.device}")
+        return selection.to(torch.int32).sort(dim=-1).values
+
+    def _reference_decode(self, q, k_cache, v_cache, lens, block_table, scale, leftpad=None, selection=None):
+        """The reference, sequence by sequence (gathers paged caches); (out, lse, selection):
+        the selection given, or the one the reference chose, in decode's layout."""
         outs, lses = [], []
+        atoms = [a for a in self.dynamic_atoms if a.kind == "topk"]
+        block = decode_topk(atoms[0]).block if len(atoms) == 1 else None
+        chosen = None
+        if block is not None:
+            rows = padded_groups(q.shape[2], block)
+            chosen = selection if selection is not None else torch.full(
+                (q.shape[0], q.shape[1], rows, decode_topk(atoms[0]).n), -1, dtype=torch.int32, device=q.device)
         starts = [0] * len(lens) if leftpad is None else leftpad.tolist()
         for b, (s, n) in enumerate(zip(starts, lens.tolist())):
             if block_table is None:
@@ -491,10 +564,19 @@ class CompiledPattern:
                 pages = block_table[b, :-(-n // page)].long()
                 k = k_cache[pages].flatten(0, 1)[:n].transpose(0, 1)[None]
                 v = v_cache[pages].flatten(0, 1)[:n].transpose(0, 1)[None]
-            o, lse = reference_attention(self.root, q[b:b + 1], k, v, scale=scale)
+            given = None
+            if chosen is not None:
+                used = num_groups(q.shape[2], n - s, block)
+                if selection is not None:
+                    given = {atoms[0]: selection[b:b + 1, :, :used].long()}
+                else:
+                    given = compute_selection(self.root, q[b:b + 1], k)
+                    sel = given[atoms[0]]
+                    chosen[b:b + 1, :, :sel.shape[2], :sel.shape[3]] = sel
+            o, lse = reference_attention(self.root, q[b:b + 1], k, v, scale=scale, selection=given)
             outs.append(o)
             lses.append(lse.float() if q.dtype != torch.float64 else lse)
-        return torch.cat(outs), torch.cat(lses)
+        return torch.cat(outs), torch.cat(lses), chosen
 
     def _kernel_selection(self, q, k, selection, rows=None):
         """The int32 selection tensor the kernels read (None for patterns without topk).
