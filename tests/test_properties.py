@@ -58,7 +58,7 @@ _CMP_OPS = {"<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operato
             "!=": operator.ne}
 _BUILDER_ATOMS = {"window": sd.window, "band": sd.band, "sink": sd.sink, "global": sd.global_,
                   "dilated": sd.dilated, "local_blocks": sd.local_blocks, "strided": sd.strided, "chunked": sd.chunked,
-                  "where": sd.where, "landmarks": sd.landmarks, "topk": sd.topk}
+                  "random_blocks": sd.random_blocks, "where": sd.where, "landmarks": sd.landmarks, "topk": sd.topk}
 
 
 def to_builder(node: ir.Node):

@@ -49,6 +49,16 @@ def ids(b=2, n=24, seed=1):
     return torch.randint(0, VOCAB, (b, n), generator=torch.Generator().manual_seed(seed))
 
 
+def left_padded(lens, n: int, seed: int):
+    """(rows, ids [B, n], attention_mask [B, n]): random sequences of these lengths, left-padded."""
+    rows = [ids(1, k, seed=seed + i) for i, k in enumerate(lens)]
+    x = torch.zeros(len(lens), n, dtype=torch.long)
+    mask = torch.zeros(len(lens), n, dtype=torch.long)
+    for i, (r, k) in enumerate(zip(rows, lens)):
+        x[i, n - k:], mask[i, n - k:] = r[0], 1
+    return rows, x, mask
+
+
 def additive_mask(p, n: int, b: int):
     """The pattern's dense mask (tests/naive.py, one head) as eager attention's additive 4D mask."""
     allowed = torch.tensor(naive.dense(p.root, n, n, 1, 1)[0])
@@ -202,12 +212,8 @@ def test_a_padded_batch_equals_its_rows_alone(side, backend):
 @pytest.mark.parametrize("backend", ["reference", "triton"])
 def test_greedy_generation_from_a_left_padded_batch_equals_each_sequence_alone(backend):
     model = sdt.apply(tiny("llama"), STREAMING, backend=backend)
-    n, lens = 12, [12, 8, 3]
-    rows = [ids(1, k, seed=20 + i) for i, k in enumerate(lens)]
-    x = torch.zeros(len(lens), n, dtype=torch.long)
-    mask = torch.zeros(len(lens), n, dtype=torch.long)
-    for i, (r, k) in enumerate(zip(rows, lens)):
-        x[i, n - k:], mask[i, n - k:] = r[0], 1
+    n = 12
+    rows, x, mask = left_padded([12, 8, 3], n, seed=20)
     with torch.no_grad():
         got = model.generate(x, attention_mask=mask, max_new_tokens=6, do_sample=False, pad_token_id=0)
         for i, r in enumerate(rows):
@@ -227,11 +233,7 @@ def test_a_dynamic_pattern_on_a_left_padded_batch_equals_each_sequence_alone(mon
                         lambda self, *a, **k: calls.append(1) or real(self, *a, **k))
     model = sdt.apply(tiny("llama"), dyn, backend="triton")
     n, lens = 11, [11, 6]
-    rows = [ids(1, k, seed=30 + i) for i, k in enumerate(lens)]
-    x = torch.zeros(len(lens), n, dtype=torch.long)
-    mask = torch.zeros(len(lens), n, dtype=torch.long)
-    for i, (r, k) in enumerate(zip(rows, lens)):
-        x[i, n - k:], mask[i, n - k:] = r[0], 1
+    rows, x, mask = left_padded(lens, n, seed=30)
     with torch.no_grad():
         logits = model(x, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp_min(0)).logits
         got = model.generate(x, attention_mask=mask, max_new_tokens=4, do_sample=False, pad_token_id=0)
