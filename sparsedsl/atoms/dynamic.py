@@ -23,7 +23,8 @@ class Landmarks(AtomDef):
 class TopK(AtomDef):
     name, dynamic = "topk", True
     params = (int_param("n", minimum=1, constant=True), int_param("block", 64, 1, constant=True),
-              Param("score", "choice", "mean", choices=("mean", "minmax")), Param("causal", "bool", ir.Bool(True)))
+              Param("score", "choice", "mean", choices=("mean", "minmax", "given")),
+              Param("causal", "bool", ir.Bool(True)))
     formula = "the n best-scoring key blocks of each query block"
 
     def segments(self, a, rate):  # (split off before planning; any key may be selected)

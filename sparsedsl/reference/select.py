@@ -54,6 +54,9 @@ def select_topk(q: torch.Tensor, k: torch.Tensor, n: int, block: int, score: str
     scored against the group's mean query; the n best win, ties to the lower j.
     clamp=True: [B, H, R, min(n, nb)] (the same blocks, without the empty slots
     past the nb key blocks; n may be up to 2**62)."""
+    if score == "given":
+        raise InputError(f"topk(n={n}, block={block}, score=given) selects from the scores the call is given: pass "
+                         "scores= (block scores [B, H or Hk, R, blocks]) or selection=")
     b, h, lq, d = q.shape
     hk, lk = k.shape[1], k.shape[2]
     r = num_groups(lq, lk, block)
@@ -95,6 +98,39 @@ def select_topk(q: torch.Tensor, k: torch.Tensor, n: int, block: int, score: str
     big = torch.iinfo(torch.int32).max
     chosen = torch.where(valid, chosen, torch.full_like(chosen, big)).sort(dim=-1).values
     out[..., :take] = torch.where(chosen == big, -1, chosen).to(torch.int32)
+    return out
+
+
+def select_given(scores: torch.Tensor, n: int, block: int, q_len, kv_len, causal: bool, num_heads: int,
+                 threshold: float | None = None) -> torch.Tensor:
+    """topk(score=given): the n best of the given block scores per selection row, int32
+    [B, H, R, n], ids ascending, -1 for empty slots. scores: float [B, H or Hk, R, nb] (one
+    row per query group, first = (Lk - Lq) // block, as the selection's rows; nb >= the key
+    blocks). q_len / kv_len: ints, or int tensors [B] (per entry: padded, packed, decoding).
+    Candidates: the entry's key blocks (causal: up to the group's own), of groups that hold
+    queries, whose score is a number above -inf (and >= threshold); ties to the lower block.
+    Torch operations on the scores' device, fixed sizes: no host synchronisation."""
+    b, hs, r, nb = scores.shape
+    dev = scores.device
+    if hs != num_heads:  # one score per KV head, shared by its query heads
+        scores = scores.repeat_interleave(num_heads // hs, 1)
+    lq = torch.as_tensor(q_len, device=dev).view(-1, 1, 1, 1).long()
+    lk = torch.as_tensor(kv_len, device=dev).view(-1, 1, 1, 1).long()
+    group = torch.div(lk - lq, block, rounding_mode="floor") + torch.arange(r, device=dev).view(1, 1, -1, 1)
+    j = torch.arange(nb, device=dev).view(1, 1, 1, -1)
+    cand = (j * block < lk) & (group <= torch.div(lk - 1, block, rounding_mode="floor")) & (lq > 0)
+    if causal:
+        cand = cand & (j <= group)
+    cand = cand & (scores > float("-inf"))  # (NaN compares false: never a candidate)
+    if threshold is not None:
+        cand = cand & (scores >= threshold)
+    take = min(n, nb)
+    order = torch.sort(scores.masked_fill(~cand, float("-inf")), dim=-1, descending=True, stable=True).indices
+    chosen = order[..., :take]
+    big = torch.iinfo(torch.int32).max
+    ids = torch.where(torch.gather(cand.expand_as(scores), -1, chosen), chosen, big).sort(dim=-1).values
+    out = torch.full((b, num_heads, r, n), -1, dtype=torch.int32, device=dev)
+    out[..., :take] = torch.where(ids == big, -1, ids).to(torch.int32)
     return out
 
 

@@ -14,6 +14,7 @@ from ..ir.printer import to_text
 from ..ir.topk import num_groups, padded_groups
 from ..passes.dynamic import decode_topk
 from ..reference.attention import compute_selection, reference_attention, visible
+from ..reference.select import select_given
 from ..ir.head_args import check_heads as check_head_args
 from . import inputs
 from .sinks import check_sinks, with_sinks
@@ -308,7 +309,7 @@ class CompiledPattern:
     def __call__(self, q, k, v, *, scale=None, return_lse=False, backend="auto", selection=None,
                  cu_seqlens_q=None, cu_seqlens_k=None, max_seqlen_q=None, max_seqlen_k=None, q_lengths=None,
                  kv_lengths=None, padding_side="right", layout="bhsd", sinks=None, return_selection=False,
-                 _config=None, **keywords):
+                 scores=None, threshold=None, _config=None, **keywords):
         """Attention under the pattern. q [B, H, Lq, D], k/v [B, Hk, Lk, D/Dv].
 
         Returns out [B, H, Lq, Dv] (q's dtype), and lse [B, H, Lq] (natural log,
@@ -344,12 +345,18 @@ class CompiledPattern:
 
         return_selection=True (a pattern with one topk atom) appends the selection used, in
         the layout `selection=` takes for this kind of call: (out[, lse], selection), to be
-        given to a later layer's call (TidalDecode, Recycled Attention)."""
+        given to a later layer's call (TidalDecode, Recycled Attention).
+
+        scores / threshold: for topk(..., score=given) (SeerAttention's gate): float block
+        scores [B, H or Hk, R, ceil(Lk / block)] in the selection's row layout; each row takes
+        its n best candidate blocks (ties to the lower block), only those scoring >= threshold
+        when one is given; -inf and NaN never win. Selected on the device."""
         if layout != "bhsd":
             q, k, v = inputs.from_layout(layout, q, k, v, packed=cu_seqlens_q is not None or cu_seqlens_k is not None)
             out = self(q, k, v, scale=scale, return_lse=return_lse, backend=backend, selection=selection,
                        q_lengths=q_lengths, kv_lengths=kv_lengths, padding_side=padding_side, sinks=sinks,
-                       return_selection=return_selection, _config=_config, **keywords)
+                       return_selection=return_selection, scores=scores, threshold=threshold, _config=_config,
+                       **keywords)
             if not (return_lse or return_selection):
                 return out.transpose(1, 2)
             return (out[0].transpose(1, 2), *out[1:])
@@ -379,6 +386,14 @@ class CompiledPattern:
             rows = inputs.check_padded(q, k, q_lengths, kv_lengths, padding_side)
         if sinks is not None:
             check_sinks(sinks, q)
+        if packed:  # (entries, their keys' longest, each one's query and key counts, rows from the longest)
+            cu_q, cu_k = cu_seqlens_q, cu_seqlens_k
+            entries = (cu_q.numel() - 1, max_seqlen_k, cu_q[1:] - cu_q[:-1], cu_k[1:] - cu_k[:-1], max_seqlen_q)
+        elif padded:
+            entries = (q.shape[0], k.shape[2], rows[0][:, 1], rows[1][:, 1], q.shape[2])
+        else:
+            entries = (q.shape[0], k.shape[2], q.shape[2], k.shape[2], None)
+        selection = self._given_selection(scores, threshold, selection, q.shape[1], *entries)
         use_triton = backend == "triton" or (backend == "auto" and q.is_cuda and q.dtype != torch.float64)
         if use_triton:
             lengths = (max_seqlen_q, max_seqlen_k, q.shape[0], k.shape[0]) if packed else (q.shape[2], k.shape[2])
@@ -391,7 +406,11 @@ class CompiledPattern:
             if sinks is not None:
                 out, lse = with_sinks(out, lse, sinks, packed)
             result = (out, lse) if return_lse else (out,)
-            return result + (sel,) if return_selection else (result if return_lse else out)
+            if not return_selection:
+                return result if return_lse else out
+            # (a given selection as given; the kernels read it sorted, -1 slots first)
+            given = selection[0] if isinstance(selection, (tuple, list)) else selection
+            return result + ((sel if given is None else given.to(torch.int32)),)
         if packed:
             sel = None if selection is None else self._selection_dict(selection, q, k, rows)
             out, lse = self._reference_packed(q, k, v, scale, cu_seqlens_q, cu_seqlens_k, sel)
@@ -459,7 +478,7 @@ class CompiledPattern:
 
     def decode(self, q, k_cache, v_cache, cache_seqlens, *, block_table=None, summaries=None, scale=None,
                return_lse=False, num_splits=None, backend="auto", sinks=None, cache_leftpad=None, layout="bhsd",
-               selection=None, return_selection=False, **keywords):
+               selection=None, return_selection=False, scores=None, threshold=None, **keywords):
         """Attention of a few new queries per sequence against a KV cache (flash-decoding).
 
         q [B, H, Lq, D]: the queries at positions cache_seqlens[b] - Lq .. - 1;
@@ -480,13 +499,15 @@ class CompiledPattern:
         + r), -1 for empty slots; with it no block summary is computed (unless the pattern has
         landmarks or `summaries` are kept). return_selection=True appends the selection used
         (int32, that layout; None without topk) to the result: (out[, lse], selection).
+        scores / threshold: as in the prefill call (topk(score=given)), [B, H or Hk, R,
+        ceil(capacity / block)] in this layout.
         FlashAttention's keywords as in the prefill call (`softmax_scale`, ...)."""
         if layout != "bhsd":
             q, k_cache, v_cache = inputs.from_decode_layout(layout, q, k_cache, v_cache, block_table is not None)
             out = self.decode(q, k_cache, v_cache, cache_seqlens, block_table=block_table, summaries=summaries,
                               scale=scale, return_lse=return_lse, num_splits=num_splits, backend=backend,
                               sinks=sinks, cache_leftpad=cache_leftpad, selection=selection,
-                              return_selection=return_selection, **keywords)
+                              return_selection=return_selection, scores=scores, threshold=threshold, **keywords)
             if not (return_lse or return_selection):
                 return out.transpose(1, 2)
             return (out[0].transpose(1, 2), *out[1:])
@@ -505,6 +526,10 @@ class CompiledPattern:
         if cache_leftpad is not None:
             inputs.check_leftpad(q, cache_seqlens, cache_leftpad, block_table)
         scale = q.shape[-1] ** -0.5 if scale is None else scale
+        cap = block_table.shape[1] * k_cache.shape[1] if block_table is not None else k_cache.shape[2]
+        counts = cache_seqlens if cache_leftpad is None else cache_seqlens - cache_leftpad
+        selection = self._given_selection(scores, threshold, selection, q.shape[1], q.shape[0], cap, q.shape[2],
+                                          counts, q.shape[2])
         if selection is not None:
             selection = self._decode_selection(selection, q)
         if backend == "reference" or (backend == "auto" and not q.is_cuda):
@@ -524,6 +549,41 @@ class CompiledPattern:
         if return_selection:
             result += (selection,)
         return result if len(result) > 1 else out
+
+    def _given_selection(self, scores, threshold, selection, num_heads, batch, kv_len, q_len, kv_lens,
+                         padded_rows=None):
+        """The selection of a topk(score=given) pattern from the call's `scores` (else `selection`
+        as given), in the call's layout: `batch` entries; rows: num_groups(q_len, kv_len) for a
+        dense call, padded_groups(padded_rows) for padded, packed and decoding calls; blocks of
+        `kv_len` keys. `q_len`, `kv_lens`: each entry's query and key counts (ints or [batch])."""
+        atoms = [a for a in self.dynamic_atoms if a.kind == "topk"]
+        wanted = [a for a in atoms if decode_topk(a).score == "given"]
+        if not wanted:
+            if scores is not None or threshold is not None:
+                raise InputError(f"scores= and threshold= are for topk(..., score=given); pattern {self.name!r} "
+                                 "scores its blocks itself")
+            return selection
+        if len(atoms) != 1:
+            raise InputError(f"pattern {self.name!r}: topk(score=given) takes one topk(...) atom per pattern")
+        if scores is None:
+            if selection is None:
+                raise InputError(f"pattern {self.name!r}: topk(..., score=given) needs scores= (block scores "
+                                 "[B, H or Hk, R, blocks]) or selection=")
+            return selection
+        if selection is not None:
+            raise InputError("give scores= or selection=, not both")
+        t = decode_topk(wanted[0])
+        r = num_groups(q_len, kv_len, t.block) if padded_rows is None else padded_groups(padded_rows, t.block)
+        shape = (batch, r, -(-kv_len // t.block))
+        ok = isinstance(scores, torch.Tensor) and scores.is_floating_point() and scores.dim() == 4
+        if not ok or (scores.shape[0], *scores.shape[2:]) != shape or scores.shape[1] < 1 \
+                or num_heads % scores.shape[1] or scores.shape[1] > num_heads:
+            got = f"{getattr(scores, 'dtype', type(scores).__name__)} {tuple(getattr(scores, 'shape', ()))}"
+            raise InputError(f"scores for topk(n={t.n}, block={t.block}, score=given) must be a floating tensor "
+                             f"[{shape[0]}, H or Hk, {shape[1]}, {shape[2]}], got {got}")
+        if threshold is not None and (isinstance(threshold, bool) or not isinstance(threshold, (int, float))):
+            raise InputError(f"threshold must be a number, got {type(threshold).__name__}")
+        return select_given(scores, t.n, t.block, q_len, kv_lens, t.causal, num_heads, threshold)
 
     def _decode_selection(self, selection, q) -> torch.Tensor:
         """A given decode selection, checked ([B, H, ceil((Lq - 1) / block) + 1, n], integers on
