@@ -42,12 +42,14 @@ APART = {("kernels", "passes"), ("kernels", "reference")}
 
 # What runtime/ may import from reference/: the reference attention and the exact
 # meaning of a mask, which backend="reference", mask(), density() and the
-# FlexAttention export run.
+# FlexAttention export run; and the meaning of topk(score=given), the selection
+# from the call's scores, which both backends take as a given selection.
 REFERENCE_ENTRY_POINTS = {
     ("sparsedsl.reference.attention", "reference_attention"),
     ("sparsedsl.reference.attention", "visible"),
     ("sparsedsl.reference.attention", "compute_selection"),
     ("sparsedsl.reference.evaluate", "eval_mask"),
+    ("sparsedsl.reference.select", "select_given"),
 }
 
 
