@@ -19,6 +19,8 @@ import sys
 import time
 from dataclasses import dataclass, field
 
+from .passes.dynamic import decode_topk
+
 # Tile sizes (BLOCK_M, BLOCK_N) tried on the CPU (the interpreter takes one
 # fixed tile); on a GPU None (the autotuned configs) is tried as well. Key
 # sequences longer than LONG take wider key tiles (the interpreter's time grows
@@ -59,6 +61,9 @@ class _Stats:
         its rows that see nothing, the blocks its topk selected."""
         b, h, lq, d = q.shape
         hk, lk = k.shape[1], k.shape[2]
+        if _given_scores(p):  # (its selection comes from drawn gate scores: no mask without them)
+            self.rows += b * h * lq
+            return
         if p.is_dynamic:
             m = p.mask(lq, lk, h, hk, q=q.cpu(), k=k.cpu())
             if _has_topk(p):
@@ -74,6 +79,8 @@ class _Stats:
         self.rows += m.shape[0] * m.shape[1] * m.shape[2]
 
     def summary(self, p) -> str:
+        if _given_scores(p):
+            return f"  covered: {self.rows} query rows, topk(score=given) selecting from drawn gate scores"
         parts = [f"{self.blind_rows} of {self.rows} query rows see no key"]
         if p.is_dynamic:
             if _has_topk(p):
@@ -89,6 +96,11 @@ class _Stats:
 
 def _has_topk(p) -> bool:
     return any(a.kind == "topk" for a in p.dynamic_atoms)
+
+
+def _given_scores(p) -> bool:
+    """Whether a topk of the pattern selects from the call's scores (score=given)."""
+    return any(a.kind == "topk" and decode_topk(a).score == "given" for a in p.dynamic_atoms)
 
 
 def _hypothesis():

@@ -108,3 +108,19 @@ def test_given_scores_errors():
         mean(q, k, v, scores=torch.zeros(1, 4, 2, 2))
     with pytest.raises(InputError, match="score=given"):
         p.mask(16, num_heads=4, num_kv_heads=2, q=q, k=k)  # the reference cannot score by itself either
+
+
+def test_checks_and_fuzz_draw_gate_scores(tmp_path):
+    """assert_matches_reference and `sparsedsl fuzz` on a score=given pattern: the selection of
+    seeded scores, as a gate would give them, shared by the kernel and the reference runs."""
+    from sparsedsl.cli import main
+    from sparsedsl.testing import assert_grads_match_reference, assert_matches_reference
+
+    p = sd.compile_pattern(SRC)
+    g = torch.Generator().manual_seed(8)
+    q, k, v = (torch.randn(1, h, 37, 16, generator=g).to(DEV) for h in (4, 2, 2))
+    assert_matches_reference(p, q, k, v, _config=(16, 16))
+    assert_grads_match_reference(p, q, k, v, _config=(16, 16))
+    f = tmp_path / "seer.attn"
+    f.write_text("pattern seer(block: int = 16) {\n    causal & topk(2, block=block, score=given)\n}\n")
+    assert main(["fuzz", str(f), "--examples", "4", "--max-len", "80"]) == 0

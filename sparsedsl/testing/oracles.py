@@ -69,17 +69,41 @@ def _shared_selection(p, q, k, call_kwargs: dict):
     """The topk selection every run of a check uses ({atom: ids}; None for a static pattern): the
     one given in call_kwargs, else the float32 reference's, then also put in call_kwargs. (The
     kernels' own selection is tested on its own: tests/test_selection.py.)"""
+    from ..passes.dynamic import decode_topk
     from ..reference.attention import compute_selection
 
     if not p.is_dynamic:
         return None
     if "selection" in call_kwargs:
         return p._selection_dict(call_kwargs["selection"], q, k)
-    selection = compute_selection(p.root, q.detach(), k.detach())
     topk = [a for a in p.dynamic_atoms if a.kind == "topk"]
+    if any(decode_topk(a).score == "given" for a in topk):
+        selection = {topk[0]: _drawn_gate_selection(p, topk, q, k)}
+        call_kwargs["selection"] = selection[topk[0]]
+        return selection
+    selection = compute_selection(p.root, q.detach(), k.detach())
     if topk:
         call_kwargs["selection"] = tuple(selection[a] for a in topk)
     return selection
+
+
+def _drawn_gate_selection(p, topk, q, k):
+    """topk(score=given): the selection of scores drawn as a gate would give them (seeded,
+    [B, H, R, blocks]), so that a check covers the kernels on such a pattern."""
+    import torch
+
+    from ..errors import InputError
+    from ..ir.topk import num_groups
+    from ..passes.dynamic import decode_topk
+    from ..reference.select import select_given
+
+    if len(topk) != 1:
+        raise InputError(f"pattern {p.name!r}: topk(score=given) takes one topk(...) atom per pattern")
+    t = decode_topk(topk[0])
+    (b, h, lq), lk = q.shape[:3], k.shape[2]
+    gen = torch.Generator().manual_seed(lq * 7919 + lk)
+    scores = torch.randn(b, h, num_groups(lq, lk, t.block), -(-lk // t.block), generator=gen).to(q.device)
+    return select_given(scores, t.n, t.block, lq, lk, t.causal, h)
 
 
 def assert_matches_reference(p, q, k, v, *, backend: str = "triton", factor: float | None = None,
@@ -206,8 +230,9 @@ def assert_matches_reference(p, q, k, v, *, backend: str = "triton", factor: flo
     return out, lse
 
 
-def _most_attention_on_a_key(p, q, k, scale) -> float:
-    """max over keys of sum_i P_ij over the queries (and query heads) that see key j, in float64."""
+def _most_attention_on_a_key(p, q, k, scale, selection=None) -> float:
+    """max over keys of sum_i P_ij over the queries (and query heads) that see key j, in float64
+    (`selection`: the check's shared one, else the reference's)."""
     import torch
 
     from ..reference.attention import compute_selection, visible
@@ -216,7 +241,7 @@ def _most_attention_on_a_key(p, q, k, scale) -> float:
     hk, lk = k.shape[1], k.shape[2]
     if q.numel() == 0 or k.numel() == 0:
         return 0.0
-    sel = compute_selection(p.root, q, k) if p.is_dynamic else None
+    sel = selection if selection is not None else compute_selection(p.root, q, k) if p.is_dynamic else None
     vis = visible(p.root, lq, lk, h, hk, torch.arange(lq, device=q.device), sel).expand(b, h, lq, lk)
     kk = k.double().repeat_interleave(h // hk, 1)
     s = (q.double() @ kk.transpose(-1, -2)) * (d ** -0.5 if scale is None else scale)
@@ -276,7 +301,7 @@ def assert_grads_match_reference(p, q, k, v, dout=None, *, backend: str = "trito
     top = lambda t: float(t.double().abs().max()) if t.numel() else 0.0  # noqa: E731
     eff_scale = abs(q.shape[-1] ** -0.5 if scale is None else scale)
     cancel = eff_scale * (norm(dout) * norm(v) + abs(lse_weight))
-    most = _most_attention_on_a_key(p, q, k, scale)
+    most = _most_attention_on_a_key(p, q, k, scale, selection)
     terms = {"dq": cancel * top(k), "dk": cancel * top(q) * most, "dv": 0.0}
     # The flash backward reads O as stored, rounded to q's dtype: delta_i = dO_i . O_i is
     # off by |dO_i . (round(O_i) - O_i)| (from the exact O), and dS_ij by P_ij times that.
