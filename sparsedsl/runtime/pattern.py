@@ -292,12 +292,14 @@ class CompiledPattern:
             out = self._padded_selection(q, k, atoms, *rows)
         return out[0] if len(out) == 1 else out
 
-    def _padded_selection(self, q, k, atoms, q_rows, kv_rows) -> tuple:
-        """The reference's selection of a padded batch, entry by entry, in the padded layout."""
+    def _padded_selection(self, q, k, atoms, q_rows, kv_rows, longest=None) -> tuple:
+        """The reference's selection of a padded batch, entry by entry, in the padded layout
+        (rows for entries of at most `longest` queries, default the Lq axis)."""
         out = []
+        longest = q.shape[2] if longest is None else longest
         for a in atoms:
             t = decode_topk(a)
-            out.append(torch.full((q.shape[0], q.shape[1], padded_groups(q.shape[2], t.block), t.n), -1,
+            out.append(torch.full((q.shape[0], q.shape[1], padded_groups(longest, t.block), t.n), -1,
                                   dtype=torch.int32, device=q.device))
         for i, ((sq, nq), (sk, nk)) in enumerate(zip(q_rows.tolist(), kv_rows.tolist())):
             selection = compute_selection(self.root, q[i:i + 1, :, sq:sq + nq], k[i:i + 1, :, sk:sk + nk])
@@ -386,14 +388,14 @@ class CompiledPattern:
             rows = inputs.check_padded(q, k, q_lengths, kv_lengths, padding_side)
         if sinks is not None:
             check_sinks(sinks, q)
-        if packed:  # (entries, their keys' longest, each one's query and key counts, rows from the longest)
+        entries = None  # (for scores=: entries, their keys' longest, each one's query and key counts, padded rows)
+        if scores is not None and packed:
             cu_q, cu_k = cu_seqlens_q, cu_seqlens_k
             entries = (cu_q.numel() - 1, max_seqlen_k, cu_q[1:] - cu_q[:-1], cu_k[1:] - cu_k[:-1], max_seqlen_q)
-        elif padded:
-            entries = (q.shape[0], k.shape[2], rows[0][:, 1], rows[1][:, 1], q.shape[2])
-        else:
-            entries = (q.shape[0], k.shape[2], q.shape[2], k.shape[2], None)
-        selection = self._given_selection(scores, threshold, selection, q.shape[1], *entries)
+        elif scores is not None:
+            entries = (q.shape[0], k.shape[2], rows[0][:, 1], rows[1][:, 1], q.shape[2]) if padded else \
+                (q.shape[0], k.shape[2], q.shape[2], k.shape[2], None)
+        selection = self._given_selection(scores, threshold, selection, q.shape[1], entries)
         use_triton = backend == "triton" or (backend == "auto" and q.is_cuda and q.dtype != torch.float64)
         if use_triton:
             lengths = (max_seqlen_q, max_seqlen_k, q.shape[0], k.shape[0]) if packed else (q.shape[2], k.shape[2])
@@ -435,15 +437,12 @@ class CompiledPattern:
             return compute_selection(self.root, q, k)[atom]
         if len(rows) == 2:
             return self._padded_selection(q, k, [atom], *rows)[0]
-        cu_q, cu_k, max_q, _ = rows  # packed: each sequence alone, rows from its first group
-        t = decode_topk(atom)
-        out = torch.full((cu_q.numel() - 1, q.shape[1], padded_groups(max_q, t.block), t.n), -1, dtype=torch.int32,
-                         device=q.device)
-        sq, sk = cu_q.tolist(), cu_k.tolist()
-        for i, (a, b, c, d) in enumerate(zip(sq, sq[1:], sk, sk[1:])):
-            sel = compute_selection(self.root, q[a:b].transpose(0, 1)[None], k[c:d].transpose(0, 1)[None])[atom]
-            out[i:i + 1, :, :sel.shape[2]] = sel
-        return out
+        # packed: the sequences as the entries of a padded batch, [S, H, T, D] views
+        cu_q, cu_k, max_q, _ = rows
+        s = cu_q.numel() - 1
+        qv, kv = (x.transpose(0, 1)[None].expand(s, -1, -1, -1) for x in (q, k))
+        entries = [torch.stack((cu[:-1], cu[1:] - cu[:-1]), 1) for cu in (cu_q, cu_k)]
+        return self._padded_selection(qv, kv, [atom], *entries, longest=max_q)[0]
 
     # -- decoding ----------------------------------------------------------------------
 
@@ -526,10 +525,12 @@ class CompiledPattern:
         if cache_leftpad is not None:
             inputs.check_leftpad(q, cache_seqlens, cache_leftpad, block_table)
         scale = q.shape[-1] ** -0.5 if scale is None else scale
-        cap = block_table.shape[1] * k_cache.shape[1] if block_table is not None else k_cache.shape[2]
-        counts = cache_seqlens if cache_leftpad is None else cache_seqlens - cache_leftpad
-        selection = self._given_selection(scores, threshold, selection, q.shape[1], q.shape[0], cap, q.shape[2],
-                                          counts, q.shape[2])
+        entries = None
+        if scores is not None:
+            cap = block_table.shape[1] * k_cache.shape[1] if block_table is not None else k_cache.shape[2]
+            counts = cache_seqlens if cache_leftpad is None else cache_seqlens - cache_leftpad
+            entries = (q.shape[0], cap, q.shape[2], counts, q.shape[2])
+        selection = self._given_selection(scores, threshold, selection, q.shape[1], entries)
         if selection is not None:
             selection = self._decode_selection(selection, q)
         if backend == "reference" or (backend == "auto" and not q.is_cuda):
@@ -550,12 +551,12 @@ class CompiledPattern:
             result += (selection,)
         return result if len(result) > 1 else out
 
-    def _given_selection(self, scores, threshold, selection, num_heads, batch, kv_len, q_len, kv_lens,
-                         padded_rows=None):
+    def _given_selection(self, scores, threshold, selection, num_heads, entries):
         """The selection of a topk(score=given) pattern from the call's `scores` (else `selection`
-        as given), in the call's layout: `batch` entries; rows: num_groups(q_len, kv_len) for a
-        dense call, padded_groups(padded_rows) for padded, packed and decoding calls; blocks of
-        `kv_len` keys. `q_len`, `kv_lens`: each entry's query and key counts (ints or [batch])."""
+        as given). `entries` (with scores) is the call's layout (batch, kv_len, q_len, kv_lens,
+        padded_rows): `batch` entries; rows num_groups(q_len, kv_len) for a dense call,
+        padded_groups(padded_rows) for padded, packed and decoding calls; blocks of `kv_len`
+        keys; `q_len`, `kv_lens`: each entry's query and key counts (ints or [batch])."""
         atoms = [a for a in self.dynamic_atoms if a.kind == "topk"]
         wanted = [a for a in atoms if decode_topk(a).score == "given"]
         if not wanted:
@@ -573,6 +574,7 @@ class CompiledPattern:
         if selection is not None:
             raise InputError("give scores= or selection=, not both")
         t = decode_topk(wanted[0])
+        batch, kv_len, q_len, kv_lens, padded_rows = entries
         r = num_groups(q_len, kv_len, t.block) if padded_rows is None else padded_groups(padded_rows, t.block)
         shape = (batch, r, -(-kv_len // t.block))
         ok = isinstance(scores, torch.Tensor) and scores.is_floating_point() and scores.dim() == 4
