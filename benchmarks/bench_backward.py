@@ -52,6 +52,7 @@ def parse_args(argv=None):
     ap.add_argument("--dim", type=int, default=128)
     ap.add_argument("--no-flex", action="store_true")
     ap.add_argument("--no-sdpa", action="store_true")
+    ap.add_argument("--no-fused", action="store_true", help="skip the fused backward (deterministic=False) rows")
     ap.add_argument("--backend", default=None,
                     help="pass backend=... to sparsedsl's call (default: not passed, i.e. 'auto'); 'triton' makes a "
                     "missing backward kernel fail loudly instead of timing the reference")
@@ -150,18 +151,20 @@ def tflops(flops: float, ms: float) -> float:
 def derive(row: dict, d: int, h: int) -> dict:
     """Useful TFLOP/s and speed-ups of a pattern row (mutates and returns it)."""
     pairs = row["density"] * h * row["L"] * row["L"]
-    for who in ("ours", "flex"):
-        row[f"{who}_bwd_tf"] = tflops(BWD_FLOPS * d * pairs, row[f"{who}_bwd"])
-        row[f"{who}_fb_tf"] = tflops(FB_FLOPS * d * pairs, row[f"{who}_fb"])
+    for who in ("ours", "flex", "fused"):
+        row[f"{who}_bwd_tf"] = tflops(BWD_FLOPS * d * pairs, row.get(f"{who}_bwd", NAN))
+        row[f"{who}_fb_tf"] = tflops(FB_FLOPS * d * pairs, row.get(f"{who}_fb", NAN))
     row["x_bwd"] = row["flex_bwd"] / row["ours_bwd"]
     row["x_fb"] = row["flex_fb"] / row["ours_fb"]
+    row["x_fused_bwd"] = row["flex_bwd"] / row.get("fused_bwd", NAN)
+    row["x_fused_fb"] = row["flex_fb"] / row.get("fused_fb", NAN)
     return row
 
 
 def format_line(r: dict) -> str:
     return (f"L={r['L']:6d} {r['pattern']:28s} dens={r['density']:.4f} | bwd ours={r['ours_bwd']:8.3f}ms "
             f"({r['ours_bwd_tf']:4.0f} TF/s) flex={r['flex_bwd']:8.3f}ms ({r['flex_bwd_tf']:4.0f}) "
-            f"x{r['x_bwd']:.2f} | fwd+bwd ours={r['ours_fb']:8.3f}ms ({r['ours_fb_tf']:4.0f}) "
+            f"x{r['x_bwd']:.2f} fused={r.get('fused_bwd', NAN):8.3f}ms x{r.get('x_fused_bwd', NAN):.2f} | fwd+bwd ours={r['ours_fb']:8.3f}ms ({r['ours_fb_tf']:4.0f}) "
             f"flex={r['flex_fb']:8.3f}ms ({r['flex_fb_tf']:4.0f}) x{r['x_fb']:.2f} | build={r['build']:.1f}ms | "
             f"sdpa-causal bwd/fwd+bwd cudnn={r['cudnn_bwd']:.3f}/{r['cudnn_fb']:.3f} "
             f"flash={r['flash_bwd']:.3f}/{r['flash_fb']:.3f} | maxdiff dq={r['dq']:.3g} dk={r['dk']:.3g} "
@@ -173,7 +176,8 @@ def format_table(rows: list[dict], h: int, d: int, versions: str) -> str:
             "bwd speed-up vs Flex | sparsedsl fwd+bwd ms | fwd+bwd useful TFLOP/s | Flex fwd+bwd ms | "
             "Flex fwd+bwd TFLOP/s | fwd+bwd speed-up vs Flex | Flex BlockMask build ms | "
             "SDPA causal cuDNN bwd / fwd+bwd ms | SDPA causal flash bwd / fwd+bwd ms | "
-            "max abs diff dq / dk / dv vs Flex |")
+            "max abs diff dq / dk / dv vs Flex | sparsedsl fused (deterministic=False) bwd / fwd+bwd ms | "
+            "fused bwd / fwd+bwd speed-up vs Flex |")
     table = [head, "|" + "---|" * head.count(" | ") + "---|"]
     for r in rows:
         table.append(
@@ -181,7 +185,9 @@ def format_table(rows: list[dict], h: int, d: int, versions: str) -> str:
             f"{_tf(r['ours_bwd_tf'])} | {_ms(r['flex_bwd'])} | {_tf(r['flex_bwd_tf'])} | {_x(r['x_bwd'])} | "
             f"{_ms(r['ours_fb'])} | {_tf(r['ours_fb_tf'])} | {_ms(r['flex_fb'])} | {_tf(r['flex_fb_tf'])} | "
             f"{_x(r['x_fb'])} | {_b(r['build'])} | {_ms(r['cudnn_bwd'])} / {_ms(r['cudnn_fb'])} | "
-            f"{_ms(r['flash_bwd'])} / {_ms(r['flash_fb'])} | {_g(r['dq'])} / {_g(r['dk'])} / {_g(r['dv'])} |")
+            f"{_ms(r['flash_bwd'])} / {_ms(r['flash_fb'])} | {_g(r['dq'])} / {_g(r['dk'])} / {_g(r['dv'])} | "
+            f"{_ms(r.get('fused_bwd', NAN))} / {_ms(r.get('fused_fb', NAN))} | "
+            f"{_x(r.get('x_fused_bwd', NAN))} / {_x(r.get('x_fused_fb', NAN))} |")
     lens = sorted({r["L"] for r in rows})
     geo = "; ".join(f"{L // 1024}K: backward {_x(geomean(r['x_bwd'] for r in rows if r['L'] == L))}, "
                     f"fwd+bwd {_x(geomean(r['x_fb'] for r in rows if r['L'] == L))}" for L in lens)
@@ -315,6 +321,16 @@ def run_pattern(L, name, args, flex, dtype):
     except Exception as e:
         note("sparsedsl", e)
     free()
+    if not args.no_fused:  # dQ fused into the dK/dV kernel (atomic adds)
+        try:
+            t, out, fused_grads = measure(lambda a, b, c: p(a, b, c, deterministic=False, **ours_kw), (q, k, v), do)
+            row["fused_bwd"], row["fused_fb"] = t["bwd"], t["fb"]
+            if ours_grads is not None:
+                row["fused_dq"] = maxdiff(fused_grads[0], ours_grads[0])
+            del out, fused_grads
+        except Exception as e:
+            note("sparsedsl fused", e)
+        free()
     if not args.no_flex:
         try:
             bm, row["build"] = timed_block_mask(p, L, h, hk)

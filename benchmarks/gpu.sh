@@ -7,7 +7,8 @@
 #   DYN_PARTS picks some); all (default): tests and
 #   the forward and backward benchmarks; hf: the transformers integration's GPU tests and
 #   benchmarks/bench_hf.py (prefill, decoding tokens/s and peak memory against sdpa and
-#   flex_attention; HF_ARGS passes its arguments).
+#   flex_attention; HF_ARGS passes its arguments); sweep: benchmarks/tile_sweep.py with SWEEP_ARGS
+#   (after the tests when SWEEP_TESTS=1).
 # Environment: LENGTHS (default "16384 65536"), BENCH_ARGS (extra bench_forward.py arguments),
 # BWD_ARGS (extra bench_backward.py arguments), VARLEN=0 skips the packed varlen rows of the
 # backward benchmark, PYTEST_ARGS, OUT (default /tmp/sparsedsl-out).
@@ -15,8 +16,8 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 what=${1:-all}
 case $what in
-  tests|bench|fwd|bwd|dyn|dyntests|hf|all) ;;
-  *) echo "usage: bash benchmarks/gpu.sh [tests|bench|fwd|bwd|dyn|dyntests|hf|all]" >&2; exit 2 ;;
+  tests|bench|fwd|bwd|dyn|dyntests|hf|sweep|all) ;;
+  *) echo "usage: bash benchmarks/gpu.sh [tests|bench|fwd|bwd|dyn|dyntests|hf|sweep|all]" >&2; exit 2 ;;
 esac
 OUT=${OUT:-/tmp/sparsedsl-out}; mkdir -p "$OUT"
 if [ -d .whl ]; then  # packages the GPU image lacks (lark; pytest-xdist), carried as wheels
@@ -33,7 +34,7 @@ status=0
 tables=()
 # the kernels' compile time dominates the tests: spread them over processes when pytest-xdist is there
 workers=$(python3 -c "import xdist" 2>/dev/null && echo "-n ${WORKERS:-8}")
-if [ "$what" = tests ] || [ "$what" = all ]; then
+if [ "$what" = tests ] || [ "$what" = all ] || [ "${SWEEP_TESTS:-0}" = 1 ]; then
   python3 -m pytest -q -m gpu -p no:cacheprovider ${workers:-} tests/test_kernels_gpu.py tests/test_backward_gpu.py ${PYTEST_ARGS:-} 2>&1 | tee "$OUT/gpu_tests.txt" | tail -40
   status=${PIPESTATUS[0]}
 fi
@@ -63,6 +64,9 @@ if [ "$what" = hf ]; then  # (transformers: carry .whl-hf, from benchmarks/gpu-w
   python3 benchmarks/bench_hf.py ${HF_ARGS:-} --out "$OUT/bench_hf.md" >> "$OUT/bench_hf.log" 2>&1
   echo "bench_hf.py: exit $?, $((SECONDS - t0)) s"
   tables+=("$OUT/bench_hf.md")
+fi
+if [ "$what" = sweep ]; then
+  python3 benchmarks/tile_sweep.py ${SWEEP_ARGS:-} 2>&1 | tee "$OUT/sweep.txt"
 fi
 # one process per length: FlexAttention's mask compile does not survive many shapes in one process
 if [ "$what" = fwd ] || [ "$what" = bench ] || [ "$what" = all ]; then

@@ -119,7 +119,7 @@ def test_a_launch_with_a_misspelled_name_fails_before_running(monkeypatch):
     q = torch.randn(1, 2, 8, 16)
     run = launch._Launch(plan, q, q, q, True, (16, 16), None)
     common = dict(Q=q, K=q, V=q, DO=q, LSE=q[..., 0], DELTA=q[..., 0], CU_Q=q, CU_K=q, DQ=q, SEL=None, KL=None,
-                  VLL=None)
+                  VLL=None, O=q, DLSE=None)
     sizes = dict(H=2, Hk=2, Lq=8, Lk=8, qk_scale=1.0, sm_scale=1.0)
     with pytest.raises(ArgumentError, match=r"the dq kernel's pointers: missing \['VL'\], unknown \['VLL'\]"):
         run.run("dq", 8, 2, common, sizes)

@@ -26,9 +26,11 @@ def compile_kernels(plan: KernelPlan, head_dim: int = 128, head_dim_v: int | Non
     bn = config[1]
     dv = head_dim if head_dim_v is None else head_dim_v
     module, names = kernels_for(plan, True, head_dim, bn)
+    # the descriptors' path of a Hopper-class GPU where the launcher takes it (kernels/tma.py)
+    tma = int(arch >= 90 and plan.rate == 1 and not varlen and head_dim == _pow2(head_dim) and dv == _pow2(dv))
     consts = dict(HEAD_DIM=head_dim, HEAD_DIM_V=dv, BLOCK_D=_pow2(head_dim), BLOCK_DV=_pow2(dv), RATE=plan.rate,
                   WIDE=plan.wide, DOT_PRECISION="ieee" if dtype == "fp32" else "tf32", VARLEN=int(varlen),
-                  PAGE=0, GROUP=group)
+                  PAGE=0, GROUP=group, TMA=tma)
     out = {}
     for kind in KINDS + (("dlm",) if plan.landmarks is not None else ()):
         fn = getattr(module, names[kind])
@@ -41,7 +43,7 @@ def compile_kernels(plan: KernelPlan, head_dim: int = 128, head_dim_v: int | Non
         signature, attrs = _specialize(signature)
         # the guard kernel always runs on the small fixed tiles (kernels/launch.py)
         m, n, w, st = small_config(head_dim) if kind == "guard" else config
-        values = {**consts, "BLOCK_M": m, "BLOCK_N": n}
+        values = {**consts, "BLOCK_M": m, "BLOCK_N": n, "TMA": 0 if kind == "guard" else tma}
         source = ASTSource(fn, signature, {(i,): values.get(name, 1) for i, name in enumerate(signature)
                                            if signature[name] == "constexpr"}, attrs)
         compiled = triton.compile(source, target=GPUTarget("cuda", arch, 32), options=dict(num_warps=w, num_stages=st))

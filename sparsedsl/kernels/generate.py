@@ -218,35 +218,40 @@ class Traversal:
 FORWARD = Traversal(False, (
     "acc, l_i, m_i = _attend(acc, l_i, m_i, q, q_pos, k_base, v_base, bt_base, offs_d, offs_dv, "
     "stride_kn, stride_kd, stride_kp, stride_vn, stride_vd, stride_vp, u0, c, lo_v, hi_v, masked, "
-    "h, hk, H, Hk, qk_scale, RATE, BLOCK_N, HEAD_DIM, HEAD_DIM_V, {i}, DOT_PRECISION, WIDE, PAGE, GUARD)"), "parts", (
+    "h, hk, H, Hk, qk_scale, RATE, BLOCK_N, HEAD_DIM, HEAD_DIM_V, {i}, DOT_PRECISION, WIDE, PAGE, GUARD, "
+    "k_desc, v_desc, TMA)"), "parts", (
     "acc, l_i, m_i = _attend_rows(acc, l_i, m_i, q, q_pos, k_base, v_base, bt_base, offs_d, offs_dv, "
     "stride_kn, stride_kd, stride_kp, stride_vn, stride_vd, stride_vp, u0, lo_v, hi_v, q_lo, q_lo + {block}, "
     "h, hk, H, Hk, qk_scale, BLOCK_N, HEAD_DIM, HEAD_DIM_V, {i}, DOT_PRECISION, PAGE, GUARD)"), (
     "acc, l_i, m_i = _attend(acc, l_i, m_i, q, q_pos, kl_base, vl_base, bt_base, offs_d, offs_dv, "
     "stride_kln, stride_kld, 0, stride_vln, stride_vld, 0, u0, 0, 0, nl, u0 + BLOCK_N > nl_all, "
-    "h, hk, H, Hk, qk_scale, 1, BLOCK_N, HEAD_DIM, HEAD_DIM_V, {i}, DOT_PRECISION, WIDE, 0, GUARD)"), (
+    "h, hk, H, Hk, qk_scale, 1, BLOCK_N, HEAD_DIM, HEAD_DIM_V, {i}, DOT_PRECISION, WIDE, 0, GUARD, "
+    "kl_base, vl_base, False)"), (
     "acc, l_i, m_i = _attend_full(acc, l_i, m_i, q, k_base, v_base, bt_base, offs_d, offs_dv, stride_kn, stride_kd, "
     "stride_kp, stride_vn, stride_vd, stride_vp, u0, c, qk_scale, RATE, BLOCK_N, HEAD_DIM, HEAD_DIM_V, BLOCK_D, "
-    "BLOCK_DV, DOT_PRECISION, PAGE, GUARD)"))
+    "BLOCK_DV, DOT_PRECISION, PAGE, GUARD, k_desc, v_desc, TMA)"))
 DQ = Traversal(False, (
     "dq = _dq_step(dq, q, do, lse2, delta, q_pos, k_base, v_base, offs_d, offs_dv, "
     "stride_kn, stride_kd, stride_vn, stride_vd, u0, c, lo_v, hi_v, masked, h, hk, H, Hk, qk_scale, "
-    "RATE, BLOCK_N, HEAD_DIM, HEAD_DIM_V, {i}, DOT_PRECISION, WIDE)"), "", (
+    "RATE, BLOCK_N, HEAD_DIM, HEAD_DIM_V, {i}, DOT_PRECISION, WIDE, k_desc, v_desc, TMA)"), "", (
     "dq = _dq_rows(dq, q, do, lse2, delta, q_pos, k_base, v_base, offs_d, offs_dv, "
     "stride_kn, stride_kd, stride_vn, stride_vd, u0, lo_v, hi_v, q_lo, q_lo + {block}, h, hk, H, Hk, qk_scale, "
     "BLOCK_N, HEAD_DIM, HEAD_DIM_V, {i}, DOT_PRECISION)"), (
     "dq = _dq_step(dq, q, do, lse2, delta, q_pos, kl_base, vl_base, offs_d, offs_dv, "
     "stride_kln, stride_kld, stride_vln, stride_vld, u0, 0, 0, nl, u0 + BLOCK_N > nl_all, h, hk, H, Hk, "
-    "qk_scale, 1, BLOCK_N, HEAD_DIM, HEAD_DIM_V, {i}, DOT_PRECISION, WIDE)"), (
+    "qk_scale, 1, BLOCK_N, HEAD_DIM, HEAD_DIM_V, {i}, DOT_PRECISION, WIDE, kl_base, vl_base, False)"), (
     "dq = _dq_full(dq, q, do, lse2, delta, k_base, v_base, offs_d, offs_dv, stride_kn, stride_kd, stride_vn, "
-    "stride_vd, u0, c, qk_scale, RATE, BLOCK_N, HEAD_DIM, HEAD_DIM_V, BLOCK_D, BLOCK_DV, DOT_PRECISION)"))
+    "stride_vd, u0, c, qk_scale, RATE, BLOCK_N, HEAD_DIM, HEAD_DIM_V, BLOCK_D, BLOCK_DV, DOT_PRECISION, k_desc, "
+    "v_desc, TMA)"))
 _KV_ARGS = ("q_base, do_base, lse_base, delta_base, offs_d, offs_dv, "
             "stride_qm, stride_qd, stride_dom, stride_dod, stride_lm, off")
 DKDV = Traversal(True, (
     f"dk, dv = _kv_step(dk, dv, k, v, k_pos, key_ok, {_KV_ARGS}, u0, c, lo_v, hi_v, masked, "
-    "h, hk, H, Hk, qk_scale, RATE, BLOCK_N, HEAD_DIM, HEAD_DIM_V, {i}, DOT_PRECISION, WIDE)"), "long", full_call=(
+    "h, hk, H, Hk, qk_scale, RATE, BLOCK_N, HEAD_DIM, HEAD_DIM_V, {i}, DOT_PRECISION, WIDE, q_desc, do_desc, TMA, "
+    "dqa, DQ_ATOMIC)"),
+    "long", full_call=(
     f"dk, dv = _kv_full(dk, dv, k, v, {_KV_ARGS}, u0, c, qk_scale, RATE, BLOCK_N, HEAD_DIM, HEAD_DIM_V, "
-    "BLOCK_D, BLOCK_DV, DOT_PRECISION)"))
+    "BLOCK_D, BLOCK_DV, DOT_PRECISION, q_desc, do_desc, TMA, dqa, DQ_ATOMIC)"))
 
 
 def _branch_body(i: int, br, plan: KernelPlan, walk: bool, how: Traversal) -> list[str]:
@@ -465,7 +470,7 @@ def _landmark_body(i: int, br, plan: KernelPlan) -> list[str]:
             "    u0 = u_a + t * BLOCK_N",
             f"    dk, dv = _kv_step(dk, dv, k, v, k_pos, key_ok, {_KV_ARGS}, u0, 0, qa, Lk, u0 < q_all, "
             f"h, hk, H, Hk, qk_scale, 1, BLOCK_N, HEAD_DIM, HEAD_DIM_V, {selected_mask_id(plan, i) + 1}, "
-            "DOT_PRECISION, WIDE)"]
+            "DOT_PRECISION, WIDE, q_base, do_base, False, q_base, False)"]
 
 
 def _branches(plan: KernelPlan, walk: bool, how: Traversal | None, indent: int = 8) -> str:

@@ -19,6 +19,8 @@ from ..ir.plan import KernelPlan
 from .cache import load_source
 from .generate import kernel_source
 from .interface import KERNELS, bind
+from .tiles import table_config
+from .tma import use_tma
 
 LOG2E = 1.4426950408889634
 # Keyed weakly by the plan (its pattern owns it): a pattern's kernels go with it
@@ -100,6 +102,7 @@ class _Launch:
         self.plan, self.interpret, self.config = plan, interpret, config
         d, dv = q.shape[-1], v.shape[-1]
         self.head_dim = d
+        self.device = q.device
         self.varlen = varlen
         self.h, self.hk = q.shape[1], k.shape[1]
         if varlen is None:
@@ -113,18 +116,21 @@ class _Launch:
             self.cu = (varlen.cu_q, varlen.cu_k)
         self.meta = dict(HEAD_DIM=d, HEAD_DIM_V=dv, BLOCK_D=_pow2(d), BLOCK_DV=_pow2(dv), RATE=plan.rate,
                          WIDE=plan.wide, DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
-                         VARLEN=3 if padded(varlen) else 1 if packed(varlen) else 0, PAGE=0,
+                         VARLEN=3 if padded(varlen) else 1 if packed(varlen) else 0, PAGE=0, DQ_ATOMIC=False,
                          GROUP=max(1, self.h // max(1, self.hk)))
 
     def fixed(self, kind: str):
         """The fixed tiles of kernel `kind`, or None to autotune. Short sequences
         take one small config: autotuning them would compile every config of the
-        list for kernels that run for microseconds."""
+        list for kernels that run for microseconds. A GPU of the tile table takes its
+        tiles (kernels/tiles.py: the same kernel in every process)."""
         cfg = self.config.get(kind) if isinstance(self.config, dict) else self.config
         if cfg is None and self.interpret:
             return (16, 16)
         if cfg is None and max(self.lq, self.lk) <= SHORT:
             return small_config(self.head_dim)
+        if cfg is None:
+            cfg = table_config(kind, self.plan, self.head_dim, self.device)
         return cfg
 
     def strides(self, t: torch.Tensor) -> tuple[int, ...]:
@@ -146,6 +152,8 @@ class _Launch:
         args = bind(kind, tensors, scalars, strides, self.strides)
         # Triton rejects unknown keywords: each kernel takes some of the meta-parameters
         meta = {k: v for k, v in self.meta.items() if k in KERNELS[kind].constexprs}
+        if "TMA" in KERNELS[kind].constexprs:
+            meta["TMA"] = use_tma(kind, tensors, self.meta, self.interpret)
         rate = self.plan.rate
         per_class = -(-own_len // rate) + 1
 
@@ -167,6 +175,7 @@ class _Launch:
         g0, g1, g2 = grid({"BLOCK_M": bm})
         programs = min(g0 * g1 * g2, 4 if self.interpret else 2 * _sm_count(tensors["FLAG"].device))
         args = bind("guard", tensors, {**scalars, "GRID0": g0, "GRID1": g1, "GRID2": g2}, strides, self.strides)
+        meta["TMA"] = False  # the guard kernel reads through masked pointers (kernels/tma.py)
         getattr(module, names["guard"])[(max(programs, 1),)](**args, **meta, BLOCK_M=bm, BLOCK_N=bn, **launch)
 
 
@@ -230,12 +239,21 @@ def dynamic_tensors(selection, landmarks) -> tuple[dict, dict]:
     return tensors, {name: t.stride() for name, t in tensors.items() if t is not None}
 
 
+def fused_backward(plan: KernelPlan, varlen: Varlen | None, deterministic: bool) -> bool:
+    """Whether the backward fuses dQ into the dK/dV kernel (atomic float32 adds, so not bitwise
+    repeatable): asked for with deterministic=False, for static patterns on dense batches."""
+    return not deterministic and plan.topk is None and plan.landmarks is None and varlen is None
+
+
 def backward(plan: KernelPlan, q, k, v, out, lse, dout, scale: float, interpret: bool, config=None,
-             varlen: Varlen | None = None, dlse=None, kinds=("dq", "dkdv"), selection=None):
+             varlen: Varlen | None = None, dlse=None, kinds=("dq", "dkdv"), selection=None,
+             deterministic: bool = True):
     """(dq, dk, dv), each shaped like q, k, v. `dlse`: the gradient of the LSE
-    output, if it was used. No atomics: every gradient element is written by
-    one program, so the result is bitwise repeatable. `kinds` launches only
-    some of the kernels (a benchmark timing them one by one)."""
+    output, if it was used. Deterministic (the default): no atomics, every gradient
+    element is written by one program, so the result is bitwise repeatable. With
+    deterministic=False a static pattern's dQ comes from the dK/dV kernel instead
+    (fused_backward). `kinds` launches only some of the kernels (a benchmark timing
+    them one by one; the fused backward has no dq kernel)."""
     # a padded batch's padded rows get no program: their gradients are zero from the start
     alloc = torch.zeros_like if padded(varlen) else torch.empty_like
     grads = [alloc(t) for t in (q, k, v)]
@@ -259,12 +277,21 @@ def backward(plan: KernelPlan, q, k, v, out, lse, dout, scale: float, interpret:
             landmarks = prefill_inputs(plan, qx, kx, vx, selection, rows, lengths)[1]
         else:
             landmarks = prefill_inputs(plan, q, k, v, selection, run.cu if padded(varlen) else None)[1]
-    delta = backward_delta(out, dout, lse, dlse)
+    fused = fused_backward(plan, varlen, deterministic)
+    with_dq = "dq" in kinds and not fused
+    # delta = rowsum(dO * O) - dLSE: the dQ kernel computes it for its rows on its way, else a pass of its own
+    # (a padded batch's padding rows get no dQ program: zeros there, as their gradients)
+    delta = (alloc(lse) if with_dq else backward_delta(out, dout, lse, dlse))
     common = dict(Q=q, K=k, V=v, DO=dout, LSE=lse, DELTA=delta, CU_Q=run.cu[0], CU_K=run.cu[1])
     sizes = dict(H=run.h, Hk=run.hk, Lq=run.lq, Lk=run.lk, qk_scale=scale * LOG2E, sm_scale=scale)
-    if "dq" in kinds:
+    dqa = None
+    if fused:  # dQ accumulates in float32 in the dK/dV kernel
+        dqa = torch.zeros((run.batch, run.h, run.lq, run.meta["BLOCK_D"]), device=q.device, dtype=torch.float32)
+        run.meta["DQ_ATOMIC"] = True
+    elif with_dq:
         tensors, strides = dynamic_tensors(sel, landmarks)
-        run.run("dq", run.lq, run.h, {**common, "DQ": dq, **tensors}, sizes, strides)
+        run.meta["HAS_DLSE"] = dlse is not None
+        run.run("dq", run.lq, run.h, {**common, "DQ": dq, "O": out, "DLSE": dlse, **tensors}, sizes, strides)
     if "dkdv" in kinds:
         inv, ioff = inverse_selection(sel, -(-run.lk // plan.topk.block)) if sel is not None else (None, None)
         dkl, dvl, nl = _landmark_grads(run, plan, q, landmarks, dout, lse, delta, scale)
@@ -277,7 +304,7 @@ def backward(plan: KernelPlan, q, k, v, out, lse, dout, scale: float, interpret:
         strides = {} if sel is None else {"INV": inv.stride()[:2], "IOFF": ioff.stride()[:2]}
         run.run("dkdv", run.lk, run.hk,
                 {**common, "DK": dk, "DV": dv, "WSK": wsk, "WSV": wsv, "INV": inv, "IOFF": ioff, "DKL": dkl,
-                 "DVL": dvl},
+                 "DVL": dvl, "DQA": dqa},
                 {**sizes, "LONG_KEYS": long_keys, "SPLIT": parts, "SEL_ROWS": sel.shape[2] if sel is not None else 1,
                  "NL": nl}, strides, extra=lambda bm: -(-long_keys // bm) * (parts - 1))
         if parts > 1:
@@ -287,6 +314,8 @@ def backward(plan: KernelPlan, q, k, v, out, lse, dout, scale: float, interpret:
                 split_sum_kernel[(-(-long_keys // 64), run.hk, run.batch)](
                     ws, g, run.cu[1], *run.strides(g), run.lk, long_keys, parts, s, HEAD_DIM=d,
                     BLOCK_D=ws.shape[-1], VARLEN=run.varlen is not None, BLOCK=64)
+    if fused:
+        dq.copy_(dqa[..., :q.shape[-1]].mul_(scale))
     return dq, dk, dv
 
 

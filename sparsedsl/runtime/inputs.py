@@ -130,7 +130,6 @@ REFUSED = {
     "alibi_slopes": "sparsedsl patterns select keys and add no bias (no ALiBi)",
     "block_mask": "the compiled pattern replaces FlexAttention's BlockMask: call it with q, k, v",
     "score_mod": "sparsedsl patterns select keys and do not modify scores",
-    "deterministic": "the backward is always deterministic (no atomics)",
 }
 
 

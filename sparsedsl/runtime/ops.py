@@ -94,10 +94,12 @@ def _config(config: list[int]):
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pattern: str, scale: float,
               cu_seqlens_q: Optional[torch.Tensor], cu_seqlens_k: Optional[torch.Tensor], max_seqlen_q: int,
               max_seqlen_k: int, config: list[int],
-              selection: Optional[torch.Tensor], padded: bool) -> tuple[torch.Tensor, torch.Tensor]:
+              selection: Optional[torch.Tensor], padded: bool,
+              deterministic: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """out like q (v's head dim) and lse float32: [B, H, Lq], or [H, T] for a packed batch.
     `selection`: the topk selection of a dynamic pattern (sparsedsl::select). `padded`: a
-    padded batch, cu_seqlens_q/k being int32 [B, 2] (first row, length) per entry."""
+    padded batch, cu_seqlens_q/k being int32 [B, 2] (first row, length) per entry.
+    `deterministic`: the backward's (kernels/launch.py backward)."""
     from ..kernels import launch
     from ..kernels.selection import packed_views, prefill_inputs
 
@@ -120,7 +122,8 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pattern: str, s
 
 
 @attention.register_fake
-def _(q, k, v, pattern, scale, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, config, selection, padded):
+def _(q, k, v, pattern, scale, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, config, selection, padded,
+      deterministic=True):
     if cu_seqlens_q is not None and not padded:
         return q.new_empty((*q.shape[:2], v.shape[-1])), q.new_empty((q.shape[1], q.shape[0]), dtype=torch.float32)
     return q.new_empty((*q.shape[:3], v.shape[-1])), q.new_empty(q.shape[:3], dtype=torch.float32)
@@ -131,8 +134,8 @@ def attention_backward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: t
                        dout: torch.Tensor, dlse: Optional[torch.Tensor], pattern: str, scale: float,
                        cu_seqlens_q: Optional[torch.Tensor], cu_seqlens_k: Optional[torch.Tensor],
                        max_seqlen_q: int, max_seqlen_k: int, config: list[int],
-                       selection: Optional[torch.Tensor],
-                       padded: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                       selection: Optional[torch.Tensor], padded: bool,
+                       deterministic: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     from ..kernels import launch
 
     packed = cu_seqlens_q is not None and not padded
@@ -141,33 +144,33 @@ def attention_backward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: t
                             scale, interpret=not q.is_cuda, config=_config(config),
                             varlen=_varlen(cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, padded),
                             dlse=None if dlse is None else (dlse.unsqueeze(0) if packed else dlse),
-                            selection=selection)
+                            selection=selection, deterministic=deterministic)
     return tuple(g[0].transpose(0, 1) if packed else g for g in grads)
 
 
 @attention_backward.register_fake
 def _(q, k, v, out, lse, dout, dlse, pattern, scale, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
-      config, selection, padded):
+      config, selection, padded, deterministic=True):
     return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
 
 
 def _setup(ctx, inputs, output):
-    q, k, v, pattern, scale, cu_q, cu_k, max_q, max_k, config, selection, padded = inputs
+    q, k, v, pattern, scale, cu_q, cu_k, max_q, max_k, config, selection, padded, deterministic = inputs
     out, lse = output
     ctx.save_for_backward(q, k, v, out, lse, cu_q, cu_k, selection)
-    ctx.args = (pattern, scale, max_q, max_k, config, padded)
+    ctx.args = (pattern, scale, max_q, max_k, config, padded, deterministic)
     # the backward may run after the pattern itself was dropped: its IR (which keeps its plan) stays alive here
     ctx.root = _PATTERNS.get(pattern)
 
 
 def _backward(ctx, dout, dlse):
     q, k, v, out, lse, cu_q, cu_k, selection = ctx.saved_tensors
-    pattern, scale, max_q, max_k, config, padded = ctx.args
+    pattern, scale, max_q, max_k, config, padded, deterministic = ctx.args
     if dout is None:
         dout = torch.zeros_like(out)
     dq, dk, dv = attention_backward(q, k, v, out, lse, dout, dlse, pattern, scale, cu_q, cu_k, max_q, max_k,
-                                    config, selection, padded)
-    return dq, dk, dv, None, None, None, None, None, None, None, None, None
+                                    config, selection, padded, deterministic)
+    return dq, dk, dv, None, None, None, None, None, None, None, None, None, None
 
 
 attention.register_autograd(_backward, setup_context=_setup)

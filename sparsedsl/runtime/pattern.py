@@ -311,7 +311,7 @@ class CompiledPattern:
     def __call__(self, q, k, v, *, scale=None, return_lse=False, backend="auto", selection=None,
                  cu_seqlens_q=None, cu_seqlens_k=None, max_seqlen_q=None, max_seqlen_k=None, q_lengths=None,
                  kv_lengths=None, padding_side="right", layout="bhsd", sinks=None, return_selection=False,
-                 scores=None, threshold=None, _config=None, **keywords):
+                 scores=None, threshold=None, deterministic=True, _config=None, **keywords):
         """Attention under the pattern. q [B, H, Lq, D], k/v [B, Hk, Lk, D/Dv].
 
         Returns out [B, H, Lq, Dv] (q's dtype), and lse [B, H, Lq] (natural log,
@@ -352,13 +352,19 @@ class CompiledPattern:
         scores / threshold: for topk(..., score=given) (SeerAttention's gate): float block
         scores [B, H or Hk, R, ceil(Lk / block)] in the selection's row layout; each row takes
         its n best candidate blocks (ties to the lower block), only those scoring >= threshold
-        when one is given; -inf and NaN never win. Selected on the device."""
+        when one is given; -inf and NaN never win. Selected on the device.
+
+        deterministic (the Triton backend's backward): True (the default) computes every
+        gradient element in one program, bitwise repeatable run to run; False lets a static
+        pattern on a dense batch fuse dQ into the dK/dV kernel (FlashAttention-2/3's backward:
+        float32 atomic adds, so dq may differ in its last bits between runs). Other calls
+        ignore it."""
         if layout != "bhsd":
             q, k, v = inputs.from_layout(layout, q, k, v, packed=cu_seqlens_q is not None or cu_seqlens_k is not None)
             out = self(q, k, v, scale=scale, return_lse=return_lse, backend=backend, selection=selection,
                        q_lengths=q_lengths, kv_lengths=kv_lengths, padding_side=padding_side, sinks=sinks,
-                       return_selection=return_selection, scores=scores, threshold=threshold, _config=_config,
-                       **keywords)
+                       return_selection=return_selection, scores=scores, threshold=threshold,
+                       deterministic=deterministic, _config=_config, **keywords)
             if not (return_lse or return_selection):
                 return out.transpose(1, 2)
             return (out[0].transpose(1, 2), *out[1:])
@@ -404,7 +410,7 @@ class CompiledPattern:
             scale = q.shape[-1] ** -0.5 if scale is None else scale
             cu_q, cu_k = rows if padded else (cu_seqlens_q, cu_seqlens_k)
             out, lse = attention(q, k, v, self._op_key, scale, cu_q, cu_k, max_seqlen_q or 0, max_seqlen_k or 0,
-                                 list(_config or ()), sel, padded)
+                                 list(_config or ()), sel, padded, bool(deterministic))
             if sinks is not None:
                 out, lse = with_sinks(out, lse, sinks, packed)
             result = (out, lse) if return_lse else (out,)
