@@ -1,12 +1,16 @@
 """Context parallelism (sparsedsl.distributed) on the CPU: the exchange plan against
 the brute-force mask, in this process; and distributed attention in 2 and 3 gloo
-processes (spawned once per world size) against single-process attention on the
+processes (spawned once for the module) against single-process attention on the
 whole sequence, float64, both layouts, uneven lengths: output, LSE and the gradients
 of q, k and v."""
 from __future__ import annotations
 
+import datetime
+import json
 import os
 import socket
+import traceback
+from pathlib import Path
 
 import pytest
 import torch
@@ -124,3 +128,162 @@ def test_strided_blocks_come_alone():
     p = sd.compile_pattern(SOURCES["s2"])  # local 2 blocks of 4, every third block of 4
     x = exchange_plan(p, 47, 3, "contiguous", 1, block=8)
     assert x.needs[2][0] == ((0, 4), (12, 4))  # blocks 0 and 3 of rank 0's [0, 16)
+
+
+# ---- distributed attention (gloo processes) --------------------------------------------------
+#
+# The module spawns 3 gloo processes once (the `ranks` fixture). They run every case in
+# the default group (world 3) and in the group of ranks 0 and 1 (world 2), then the
+# checks of bad input, and each writes its results; the tests below read them.
+
+WORLD = 3
+FIXED = sorted(SOURCES)
+RANDOM = [f"random {i}" for i in range(4)]
+HEADS = [(4, 2), (2, 2), (4, 1)]  # (H, Hk), taken in turn by the cases
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def ranks(tmp_path_factory) -> dict:
+    """{check: {rank: None, or the traceback of its failure}} from the 3 processes."""
+    folder = tmp_path_factory.mktemp("ranks")
+    cases = [(name, SOURCES[name]) for name in FIXED] + list(zip(RANDOM, random_sources(len(RANDOM))))
+    mp.start_processes(_run_rank, args=(WORLD, _free_port(), str(folder), cases), nprocs=WORLD, join=True,
+                       start_method="spawn")
+    results: dict = {}
+    for rank in range(WORLD):
+        for check, failure in json.loads((folder / f"{rank}.json").read_text()).items():
+            results.setdefault(check, {})[rank] = failure
+    return results
+
+
+def _run_rank(rank: int, world: int, port: int, folder: str, cases: list) -> None:
+    os.environ.update(MULTICAST_OFF, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    # (a message that never comes fails the checks in a minute instead of hanging them)
+    dist.init_process_group("gloo", rank=rank, world_size=world, timeout=datetime.timedelta(seconds=60))
+    pair = dist.new_group([0, 1])
+    results = {}
+
+    def run(check: str, fn, *args) -> None:
+        try:
+            fn(*args)
+            results[check] = None
+        except Exception:  # noqa: BLE001 (reported to the test, which fails with it)
+            results[check] = traceback.format_exc()
+
+    try:
+        for i, (name, source) in enumerate(cases):
+            run(f"world 3: {name}", _check_case, rank, 3, None, source, HEADS[i % len(HEADS)])
+        if rank < 2:
+            for i, (name, source) in enumerate(cases):
+                run(f"world 2: {name}", _check_case, rank, 2, pair, source, HEADS[i % len(HEADS)])
+        dist.barrier()
+        run("bad input", _check_bad_input, rank)
+    finally:
+        Path(folder, f"{rank}.json").write_text(json.dumps(results))
+        dist.destroy_process_group()
+
+
+def _inputs(length: int, heads: tuple[int, int], seed: int):
+    g = torch.Generator().manual_seed(seed)
+    h, hk = heads
+    q = torch.randn(2, h, length, 8, generator=g, dtype=torch.float64)
+    k = torch.randn(2, hk, length, 8, generator=g, dtype=torch.float64)
+    v = torch.randn(2, hk, length, 6, generator=g, dtype=torch.float64)
+    dout = torch.randn(2, h, length, 6, generator=g, dtype=torch.float64)
+    dlse = torch.randn(2, h, length, generator=g, dtype=torch.float64)
+    return q, k, v, dout, dlse
+
+
+def _loss(out, lse, dout, dlse):
+    """A random linear function of out and of the finite entries of lse."""
+    return (out * dout).sum() + (torch.where(torch.isfinite(lse), lse, 0) * dlse).sum()
+
+
+def _whole(p, q, k, v, dout, dlse):
+    """Single-process attention on the whole sequence: out, lse, dq, dk, dv."""
+    q, k, v = (x.clone().requires_grad_() for x in (q, k, v))
+    out, lse = p(q, k, v, return_lse=True, backend="reference")
+    _loss(out, lse, dout, dlse).backward()
+    return out.detach(), lse.detach(), q.grad, k.grad, v.grad
+
+
+def _sharded(p, rank, world, group, layout, q, k, v, dout, dlse):
+    """This rank's distributed out, lse, dq, dk, dv."""
+    q, k, v = (shard(x, rank, world, layout).requires_grad_() for x in (q, k, v))
+    out, lse = sd.distributed.attention(p, q, k, v, group=group, layout=layout, return_lse=True)
+    _loss(out, lse, shard(dout, rank, world, layout), shard(dlse, rank, world, layout)).backward()
+    return out.detach(), lse.detach(), q.grad, k.grad, v.grad
+
+
+def _check_case(rank, world, group, source, heads):
+    p = sd.compile_pattern(source)
+    data = _inputs(LENGTHS[world], heads, seed=len(source))
+    whole = _whole(p, *data)
+    got = {layout: _sharded(p, rank, world, group, layout, *data) for layout in ("contiguous", "zigzag")}
+    for layout, mine in got.items():  # (compared once every collective call is done)
+        for what, a, b in zip(("out", "lse", "dq", "dk", "dv"), mine, whole):
+            b = shard(b, rank, world, layout)
+            assert torch.equal(torch.isinf(a), torch.isinf(b)), f"{layout}: {what} is infinite elsewhere"
+            err = (a - b).nan_to_num(0, 0, 0).abs().max().item() if a.numel() else 0.0
+            assert err <= 1e-10, f"{layout} rank {rank}/{world}: {what} off by {err}"
+
+
+@pytest.mark.parametrize("case", FIXED + RANDOM)
+@pytest.mark.parametrize("world", [2, 3])
+def test_distributed_attention_equals_one_process(ranks, world, case):
+    failures = {r: f for r, f in ranks[f"world {world}: {case}"].items() if f}
+    assert not failures, "\n".join(f"rank {r}:\n{f}" for r, f in failures.items())
+
+
+def _raises(match: str, fn, *args, **kwargs) -> None:
+    with pytest.raises(sd.InputError, match=match):
+        fn(*args, **kwargs)
+
+
+def _check_bad_input(rank):
+    p = sd.compile_pattern(SOURCES["sink_window"])
+    attend = sd.distributed.attention
+    q, k, v, _, _ = _inputs(LENGTHS[3], (2, 1), seed=0)
+    q, k, v = (shard(x, rank, 3, "contiguous") for x in (q, k, v))
+    # every rank raises, each about the rank that got it wrong
+    n = q.shape[2] - (rank == 0)  # rank 0 one row short
+    _raises(r"the shards \[15, 16, 15\] do not split one sequence in layout 'contiguous': a sequence of 46 over "
+            r"3 ranks gives rank 0 16 rows, not 15", attend, p, q[:, :, :n], k[:, :, :n], v[:, :, :n],
+            layout="contiguous")
+    _raises(r"the shards \[16, 16, 15\] do not split one sequence in layout 'zigzag': a sequence of 47 over 3 "
+            r"ranks gives rank 0 15 rows, not 16", attend, p, q, k, v, layout="zigzag")
+    _raises("rank 0 holds 16 query rows but 15 key rows", attend, p, q, k[:, :, :n], v[:, :, :n],
+            layout="contiguous")
+    _raises("every rank must pass the same dtype: rank 0 has torch.float64, rank 2 has torch.float32",
+            attend, p, *((x.float() if rank == 2 else x) for x in (q, k, v)), layout="contiguous")
+    flat = q[0] if rank == 1 else q
+    _raises(r"on rank 1: attention: q must have 4 dimensions" if rank == 1 else
+            "the inputs of rank 1 are not valid", attend, p, flat, k, v, layout="contiguous")
+    dynamic = sd.compile_pattern("pattern d() { causal & (window(4) | topk(1, block=4)) }")
+    _raises("pattern 'd' depends on the data .topk.; context parallelism takes static patterns only",
+            attend, dynamic, q, k, v, layout="contiguous")
+
+
+def test_bad_input_raises_the_same_error_on_every_rank(ranks):
+    failures = {r: f for r, f in ranks["bad input"].items() if f}
+    assert not failures, "\n".join(f"rank {r}:\n{f}" for r, f in failures.items())
+
+
+def test_bad_arguments_raise_before_any_message():
+    p = sd.compile_pattern(SOURCES["causal"])
+    q = torch.zeros(1, 1, 4, 8)
+    _raises("layout must be one of 'contiguous', 'zigzag', got 'ring'", sd.distributed.attention, p, q, q, q,
+            layout="ring")
+    _raises("backend='triton' is not there yet", sd.distributed.attention, p, q, q, q, backend="triton")
+    assert not dist.is_initialized()
+    _raises(r"torch.distributed is not initialised: call torch.distributed.init_process_group\(...\) on every rank",
+            sd.distributed.attention, p, q, q, q)
+    _raises("unshard: rank 0's shard has 4 rows along dim 2, but layout 'zigzag' gives it 3 of 6 over 2 ranks",
+            unshard, [q, q[:, :, :2]])

@@ -1,10 +1,14 @@
 """Context parallelism: one sequence split over the ranks of a torch.distributed
 process group (docs/distributed.md).
 
+    attention(p, q, k, v, group=, layout=)   each rank's queries over the whole sequence
     exchange_plan(p, L, world, layout)       which keys each rank needs from each other rank
     shard(x, rank, world, layout), unshard   cut a whole-sequence tensor into shards and back
 """
+from .attention import attention
 from .exchange import ExchangePlan, exchange_plan
 from .layout import LAYOUTS, shard, shard_ranges, unshard
+from .partial import merge, partial_attention
 
-__all__ = ["exchange_plan", "ExchangePlan", "LAYOUTS", "shard", "shard_ranges", "unshard"]
+__all__ = ["attention", "exchange_plan", "ExchangePlan", "LAYOUTS", "shard", "shard_ranges", "unshard",
+           "partial_attention", "merge"]
