@@ -9,6 +9,8 @@ import datetime
 import json
 import os
 import socket
+import subprocess
+import sys
 import traceback
 from pathlib import Path
 
@@ -19,11 +21,12 @@ import torch.multiprocessing as mp
 from hypothesis import HealthCheck, Phase, given, settings
 
 import sparsedsl as sd
-from sparsedsl.distributed import exchange_plan, shard, shard_ranges, unshard
+from sparsedsl.distributed import exchange_plan, report, shard, shard_ranges, unshard
 from sparsedsl.distributed.layout import positions
 from sparsedsl.ir.printer import to_text
 from sparsedsl.testing import patterns
 
+ROOT = Path(__file__).resolve().parent.parent
 MULTICAST_OFF = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1"}
 
 SOURCES = {
@@ -128,6 +131,38 @@ def test_strided_blocks_come_alone():
     p = sd.compile_pattern(SOURCES["s2"])  # local 2 blocks of 4, every third block of 4
     x = exchange_plan(p, 47, 3, "contiguous", 1, block=8)
     assert x.needs[2][0] == ((0, 4), (12, 4))  # blocks 0 and 3 of rank 0's [0, 16)
+
+
+@pytest.mark.parametrize("name", ["causal", "sink_window", "per_head", "dilated"])
+def test_report_counts_the_visible_pairs_at_one_row_tiles(name):
+    # with tiles of one query the segments of these patterns hold exactly the visible keys
+    p = sd.compile_pattern(SOURCES[name])
+    rep = report(p, 47, 3, "zigzag", num_heads=4, num_kv_heads=2, head_dim=8, head_dim_v=6, dtype=torch.float64,
+                 batch=2, block=1)
+    mask = p.mask(47, num_heads=4, num_kv_heads=2)
+    for r, cost in enumerate(rep.ranks):
+        rows = positions(shard_ranges(47, 3, "zigzag")[r])
+        assert cost.pairs == int(mask[:, rows].sum()), (name, r)
+        assert cost.flops == 2 * (8 + 6) * 2 * cost.pairs
+
+
+def test_report_bytes_and_balance():
+    p = sd.compile_pattern(SOURCES["causal"])
+    flat, zigzag = (report(p, 4096, 4, layout, num_heads=8, num_kv_heads=2) for layout in ("contiguous", "zigzag"))
+    assert flat.imbalance > 1.7 and zigzag.imbalance < 1.01
+    row = 2 * (128 + 128) * 2  # Hk * (D + Dv) * bfloat16
+    assert [r.keys_received for r in flat.ranks] == [0, 1024, 2048, 3072]
+    assert [r.bytes_received for r in flat.ranks] == [k * row for k in (0, 1024, 2048, 3072)]
+    assert all(r.bytes_all_gather == 3072 * row for r in flat.ranks)
+    text = str(zigzag).splitlines()
+    assert text[0].startswith("context parallelism: L=4096 over 4 ranks (zigzag), H=8 Hk=2 D=128 Dv=128 bfloat16")
+    assert text[2].split()[:2] == ["0", "1024"] and len(text) == 2 + 4
+
+
+def test_import_sparsedsl_leaves_distributed_until_it_is_used():
+    code = ("import sys, sparsedsl; assert 'sparsedsl.distributed' not in sys.modules; "
+            "assert sparsedsl.distributed.attention is sys.modules['sparsedsl.distributed'].attention")
+    subprocess.run([sys.executable, "-c", code], check=True, env=dict(os.environ, PYTHONPATH=str(ROOT)))
 
 
 # ---- distributed attention (gloo processes) --------------------------------------------------
