@@ -219,6 +219,7 @@ def _run_rank(rank: int, world: int, port: int, folder: str, cases: list) -> Non
             for i, (name, source) in enumerate(cases):
                 run(f"world 2: {name}", _check_case, rank, 2, pair, source, HEADS[i % len(HEADS)])
         dist.barrier()
+        run("decode", _check_decode, rank, world)
         run("bad input", _check_bad_input, rank)
     finally:
         Path(folder, f"{rank}.json").write_text(json.dumps(results))
@@ -274,6 +275,32 @@ def _check_case(rank, world, group, source, heads):
 @pytest.mark.parametrize("world", [2, 3])
 def test_distributed_attention_equals_one_process(ranks, world, case):
     failures = {r: f for r, f in ranks[f"world {world}: {case}"].items() if f}
+    assert not failures, "\n".join(f"rank {r}:\n{f}" for r, f in failures.items())
+
+
+def _check_decode(rank, world):
+    """Each sequence's cache cut in `world` consecutive parts (uneven; one part empty)."""
+    p = sd.compile_pattern(SOURCES["sink_window"])
+    q, k, v, _, _ = _inputs(40, (4, 2), seed=3)
+    q = q[:, :, -2:]  # 2 new queries
+    totals = [40, 2]
+    want = p.decode(q, k, v, torch.tensor(totals, dtype=torch.int32), return_lse=True, backend="reference")
+    parts = [shard_ranges(n, world, "contiguous")[rank] or ((n, 0),) for n in totals]
+    offsets = [r[0][0] for r in parts]
+    lens = [r[0][1] for r in parts]
+    kc, vc = torch.zeros_like(k[:, :, :max(lens)]), torch.zeros_like(v[:, :, :max(lens)])
+    for i, (s, n) in enumerate(zip(offsets, lens)):
+        kc[i, :, :n], vc[i, :, :n] = k[i, :, s:s + n], v[i, :, s:s + n]
+    lens, offsets, totals = (torch.tensor(x, dtype=torch.int32) for x in (lens, offsets, totals))
+    got = sd.distributed.decode(p, q, kc, vc, lens, offsets, totals, return_lse=True)
+    for what, a, b in zip(("out", "lse"), got, want):
+        assert torch.equal(torch.isinf(a), torch.isinf(b)), what
+        err = (a - b).nan_to_num(0, 0, 0).abs().max().item()
+        assert err <= 1e-10, f"decode rank {rank}: {what} off by {err}"
+
+
+def test_sharded_decoding_equals_one_process(ranks):
+    failures = {r: f for r, f in ranks["decode"].items() if f}
     assert not failures, "\n".join(f"rank {r}:\n{f}" for r, f in failures.items())
 
 
