@@ -26,6 +26,7 @@ import torch
 
 from ..errors import InputError
 from ..ir.evaluate import eval_cond, eval_int
+from ..kernels.generate import strided_walk
 from ..runtime.cost import branch_of
 from .layout import Ranges, check_layout, ranges_size, shard_ranges
 
@@ -101,6 +102,11 @@ def _first_of_class(x: torch.Tensor, c: int, rate: int) -> torch.Tensor:
     return x + torch.remainder(c - x, rate)
 
 
+def _bound(node, env: dict, tiles: int, length: int) -> torch.Tensor:
+    """A segment bound for every tile, clamped to the sequence."""
+    return torch.clamp(torch.as_tensor(eval_int(node, env), dtype=torch.int64).expand(tiles), 0, length)
+
+
 def tile_keys(plan, length: int, starts: torch.Tensor, ends: torch.Tensor, head: int, num_heads: int,
               num_kv_heads: int) -> list[tuple[int, torch.Tensor, Intervals]]:
     """For one head, per residue class c of the plan's layout: (c, the number of
@@ -121,17 +127,11 @@ def tile_keys(plan, length: int, starts: torch.Tensor, ends: torch.Tensor, head:
         env = dict(heads, q0=q0[tiles], q1=last[tiles] + 1)
         parts = []
         for seg in br.segments:
-            def at(node):
-                return torch.clamp(torch.as_tensor(eval_int(node, env), dtype=torch.int64).expand(len(tiles)),
-                                   0, length)
-
             guard = torch.as_tensor(eval_cond(seg.guard, env), dtype=torch.bool).expand(len(tiles))
-            lo, hi = at(seg.lo), at(seg.hi)
+            lo, hi = (_bound(node, env, len(tiles), length) for node in (seg.lo, seg.hi))
             iv = Intervals(tiles[guard], lo[guard], hi[guard])
-            if seg.strided and rate == 1 and seg.block is not None and not isinstance(eval_int(seg.block, env),
-                                                                                      torch.Tensor):
-                iv = _lattice(iv, int(eval_int(seg.block, env)), int(eval_int(seg.stride, env)),
-                              int(eval_int(seg.offset, env)))
+            if strided_walk(seg, plan, True):  # (else its hull, as the kernels walk it)
+                iv = _lattice(iv, seg.block.value, int(eval_int(seg.stride, env)), int(eval_int(seg.offset, env)))
             parts.append(iv)
         out.append((c, rows, Intervals.cat(parts).merged(length)))
     return out

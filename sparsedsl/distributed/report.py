@@ -41,9 +41,10 @@ class Report:
         return max(pairs) * len(pairs) / sum(pairs) if sum(pairs) else 1.0
 
     def __str__(self) -> str:
+        dtype = str(self.dtype).removeprefix("torch.")
         lines = [f"context parallelism: L={self.length} over {self.world} ranks ({self.layout}), H={self.num_heads} "
-                 f"Hk={self.num_kv_heads} D={self.head_dim} Dv={self.head_dim_v} {str(self.dtype).removeprefix('torch.')}"
-                 f" batch={self.batch}; work imbalance {self.imbalance:.2f} (busiest / mean)",
+                 f"Hk={self.num_kv_heads} D={self.head_dim} Dv={self.head_dim_v} {dtype} batch={self.batch}; "
+                 f"work imbalance {self.imbalance:.2f} (busiest / mean)",
                  "  rank     rows        pairs    GFLOP  keys recv   MB recv  MB all-gather"]
         for i, r in enumerate(self.ranks):
             lines.append(f"  {i:4d} {r.rows:8d} {r.pairs:12d} {r.flops / 1e9:8.3f} {r.keys_received:10d} "
