@@ -1,6 +1,6 @@
 """Context parallelism (sparsedsl.distributed) on the CPU: the exchange plan against
 the brute-force mask, in this process; and distributed attention in 2 and 3 gloo
-processes (spawned once for the module) against single-process attention on the
+processes (spawned once, by one test) against single-process attention on the
 whole sequence, float64, both layouts, uneven lengths: output, LSE and the gradients
 of q, k and v."""
 from __future__ import annotations
@@ -167,9 +167,10 @@ def test_import_sparsedsl_leaves_distributed_until_it_is_used():
 
 # ---- distributed attention (gloo processes) --------------------------------------------------
 #
-# The module spawns 3 gloo processes once (the `ranks` fixture). They run every case in
-# the default group (world 3) and in the group of ranks 0 and 1 (world 2), then the
-# checks of bad input, and each writes its results; the tests below read them.
+# One test spawns 3 gloo processes (once: pytest-xdist would run a module fixture once per
+# worker). They run every case in the default group (world 3) and in the group of ranks 0
+# and 1 (world 2), sharded decoding, then the checks of bad input; each process writes its
+# results, and the test fails with every failure found.
 
 WORLD = 3
 FIXED = sorted(SOURCES)
@@ -183,18 +184,20 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def ranks(tmp_path_factory) -> dict:
-    """{check: {rank: None, or the traceback of its failure}} from the 3 processes."""
-    folder = tmp_path_factory.mktemp("ranks")
+def test_distributed_runs_equal_one_process(tmp_path):
+    """Attention (out, LSE and gradients), decoding and bad input, in 2 and 3 processes."""
     cases = [(name, SOURCES[name]) for name in FIXED] + list(zip(RANDOM, random_sources(len(RANDOM))))
-    mp.start_processes(_run_rank, args=(WORLD, _free_port(), str(folder), cases), nprocs=WORLD, join=True,
+    mp.start_processes(_run_rank, args=(WORLD, _free_port(), str(tmp_path), cases), nprocs=WORLD, join=True,
                        start_method="spawn")
-    results: dict = {}
+    ran = {}  # check -> {rank: None, or the traceback of its failure}
     for rank in range(WORLD):
-        for check, failure in json.loads((folder / f"{rank}.json").read_text()).items():
-            results.setdefault(check, {})[rank] = failure
-    return results
+        for check, failure in json.loads((tmp_path / f"{rank}.json").read_text()).items():
+            ran.setdefault(check, {})[rank] = failure
+    expected = {f"world {w}: {c}": range(w) for w in (2, 3) for c in FIXED + RANDOM}
+    expected.update({"decode": range(WORLD), "bad input": range(WORLD)})
+    assert {c: sorted(r) for c, r in ran.items()} == {c: list(r) for c, r in expected.items()}
+    failures = [f"{check}, rank {r}:\n{f}" for check, per_rank in ran.items() for r, f in per_rank.items() if f]
+    assert not failures, f"{len(failures)} failed:\n" + "\n".join(failures)
 
 
 def _run_rank(rank: int, world: int, port: int, folder: str, cases: list) -> None:
@@ -274,13 +277,6 @@ def _check_case(rank, world, group, source, heads, again: bool = False):
             assert err <= 1e-10, f"{layout} rank {rank}/{world}: {what} off by {err}"
 
 
-@pytest.mark.parametrize("case", FIXED + RANDOM)
-@pytest.mark.parametrize("world", [2, 3])
-def test_distributed_attention_equals_one_process(ranks, world, case):
-    failures = {r: f for r, f in ranks[f"world {world}: {case}"].items() if f}
-    assert not failures, "\n".join(f"rank {r}:\n{f}" for r, f in failures.items())
-
-
 def _check_decode(rank, world):
     """Each sequence's cache cut in `world` consecutive parts (uneven; one part empty)."""
     p = sd.compile_pattern(SOURCES["sink_window"])
@@ -300,11 +296,6 @@ def _check_decode(rank, world):
         assert torch.equal(torch.isinf(a), torch.isinf(b)), what
         err = (a - b).nan_to_num(0, 0, 0).abs().max().item()
         assert err <= 1e-10, f"decode rank {rank}: {what} off by {err}"
-
-
-def test_sharded_decoding_equals_one_process(ranks):
-    failures = {r: f for r, f in ranks["decode"].items() if f}
-    assert not failures, "\n".join(f"rank {r}:\n{f}" for r, f in failures.items())
 
 
 def _raises(match: str, fn, *args, **kwargs) -> None:
@@ -334,11 +325,6 @@ def _check_bad_input(rank):
     dynamic = sd.compile_pattern("pattern d() { causal & (window(4) | topk(1, block=4)) }")
     _raises("pattern 'd' depends on the data .topk.; context parallelism takes static patterns only",
             attend, dynamic, q, k, v, layout="contiguous")
-
-
-def test_bad_input_raises_the_same_error_on_every_rank(ranks):
-    failures = {r: f for r, f in ranks["bad input"].items() if f}
-    assert not failures, "\n".join(f"rank {r}:\n{f}" for r, f in failures.items())
 
 
 def test_bad_arguments_raise_before_any_message():
