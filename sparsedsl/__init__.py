@@ -20,3 +20,13 @@ __all__ = [
     "heads", "minimum", "maximum", "h", "H", "hk", "Hk", "q", "k",
 ]
 del _builder
+
+
+def __getattr__(name: str):
+    """`sparsedsl.distributed` (context parallelism) is imported on first use, so that
+    `import sparsedsl` stays light."""
+    if name == "distributed":
+        import importlib
+
+        return importlib.import_module(".distributed", __name__)
+    raise AttributeError(f"module 'sparsedsl' has no attribute {name!r}")

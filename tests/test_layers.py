@@ -9,7 +9,8 @@ collected, those inside functions included. Bottom to top:
     kernels                     code generation and launches: read the plan, never build it
     runtime                     CompiledPattern (owns its plan), the torch ops
     compiler                    the pipeline
-    fuzz, integrations, cli     the command line (cli calls fuzz, never the other way); other libraries' glue
+    fuzz, integrations,         the command line (cli calls fuzz, never the other way); other libraries' glue;
+    distributed, cli            context parallelism
 
 A module imports only from lower layers or its own package. Packages not named
 here (sparsedsl/atoms, sparsedsl/testing, the package's __init__ and __main__)
@@ -33,7 +34,7 @@ RANK = {
     "kernels": 3,
     "runtime": 4,
     "compiler": 5,
-    "fuzz": 6, "picture": 6, "integrations": 6,
+    "fuzz": 6, "picture": 6, "integrations": 6, "distributed": 6,
     "cli": 7,
 }
 

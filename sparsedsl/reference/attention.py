@@ -51,11 +51,11 @@ class _TopkMasks:
 
 
 def visible(root: ir.Node, q_len: int, kv_len: int, num_heads: int, num_kv_heads: int,
-            rows: torch.Tensor, selection: dict | None = None) -> torch.Tensor:
+            rows: torch.Tensor, selection: dict | None = None, positions=None) -> torch.Tensor:
     """Ordinary-key visibility for the given query rows (on rows' device):
-    bool broadcastable to [B, H, C, Lk]."""
-    q_pos = kv_len - q_len + rows
-    env = grid_env(num_heads, num_kv_heads, q_pos, torch.arange(kv_len, device=rows.device))
+    bool broadcastable to [B, H, C, Lk]. `positions`: see reference_attention."""
+    q_pos, k_pos = _positions(q_len, kv_len, rows, positions)
+    env = grid_env(num_heads, num_kv_heads, q_pos, k_pos)
     dynamic = None
     if selection:
         dynamic = _TopkMasks(selection, q_len, kv_len)
@@ -63,13 +63,24 @@ def visible(root: ir.Node, q_len: int, kv_len: int, num_heads: int, num_kv_heads
     return eval_mask(root, env, dynamic)
 
 
+def _positions(q_len: int, kv_len: int, rows: torch.Tensor, positions) -> tuple[torch.Tensor, torch.Tensor]:
+    """The positions of the query `rows` and of every key: the given ones, or
+    bottom-right aligned (query row i at kv_len - q_len + i, key j at j)."""
+    if positions is not None:
+        return positions[0].to(rows.device)[rows], positions[1].to(rows.device)
+    return kv_len - q_len + rows, torch.arange(kv_len, device=rows.device)
+
+
 def reference_attention(root: ir.Node, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
                         scale: float | None = None, selection: dict | None = None,
-                        compute_dtype: torch.dtype | None = None, chunk_elements: int | None = None):
+                        compute_dtype: torch.dtype | None = None, chunk_elements: int | None = None,
+                        positions: tuple[torch.Tensor, torch.Tensor] | None = None):
     """Attention of q [B, H, Lq, D] over k, v [B, Hk, Lk, D/Dv] under the pattern `root`.
 
     Returns (out [B, H, Lq, Dv] in q's dtype, lse [B, H, Lq] in the compute dtype).
-    A query row that sees nothing gets output 0 and lse -inf."""
+    A query row that sees nothing gets output 0 and lse -inf. `positions`: the
+    rows' positions, int64 [Lq] and [Lk], for a static pattern (context
+    parallelism's shards); by default query row i is at Lk - Lq + i and key j at j."""
     b, h, lq, d = q.shape
     hk, lk, dv = k.shape[1], k.shape[2], v.shape[-1]
     g = h // hk
@@ -98,12 +109,12 @@ def reference_attention(root: ir.Node, q: torch.Tensor, k: torch.Tensor, v: torc
     for r0 in range(0, lq, rows_per_chunk):
         rows = torch.arange(r0, min(lq, r0 + rows_per_chunk), device=q.device)
         c = len(rows)
-        mask = visible(root, lq, lk, h, hk, rows, selection)
+        mask = visible(root, lq, lk, h, hk, rows, selection, positions)
         qc = qf[:, :, r0:r0 + c].reshape(b, hk, g, c, d)
         logits = torch.einsum("bgxcd,bgkd->bgxck", qc, kf).reshape(b, h, c, lk) * scale
         logits = logits.masked_fill(~mask, float("-inf"))
         values = [vf]
-        q_pos = lk - lq + rows
+        q_pos = _positions(lq, lk, rows, positions)[0]
         for block, kl, vl, active in landmarks:
             lg = torch.einsum("bgxcd,bgkd->bgxck", qc, kl).reshape(b, h, c, kl.shape[2]) * scale
             seen = (torch.arange(kl.shape[2], device=q.device).view(1, -1)

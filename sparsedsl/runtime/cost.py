@@ -79,7 +79,9 @@ def _tensor(x, like: torch.Tensor) -> torch.Tensor:
     return x.to(torch.int64) if isinstance(x, torch.Tensor) else torch.full_like(like, int(x))
 
 
-def _branch(plan, env: dict):
+def branch_of(plan, env: dict):
+    """The plan's branch of the head in `env` (h, hk, H, Hk): the first whose condition
+    holds, or None."""
     for br in plan.branches:
         v = eval_cond(br.cond, env)
         if bool(v if not isinstance(v, torch.Tensor) else v.all()):
@@ -103,7 +105,7 @@ def pattern_cost(root: ir.Pattern, plan, q_len: int, kv_len: int, num_heads: int
 
 def _head_cost(root, plan, lq, lk, h, H, Hk, bm, bn, head_dim) -> HeadCost:
     heads = {"h": h, "hk": h // (H // Hk), "H": H, "Hk": Hk, "Lk": lk, "Lq": lq}
-    br = _branch(plan, heads)
+    br = branch_of(plan, heads)
     rate = plan.rate
     walk = all(b % bn == 0 for b in plan.blocks)  # (as kernels/generate.py decides for fixed tiles)
     visited = full = needed = probed = 0
