@@ -97,7 +97,7 @@ def test_reference_is_the_paper(shape):
 def test_entry_appears_at_sink_plus_window():
     # Rows before q = sink + window drop nothing: the same as StreamingLLM. At q = sink + window
     # the span is the one key `sink`: one more logit q . k[sink] * scale and value v[sink].
-    q, k, v = randn(1, 1, 12, 8, seed=4).double(), randn(1, 1, 12, 8, seed=5).double(), randn(1, 1, 12, 8, seed=6).double()
+    q, k, v = (randn(1, 1, 12, 8, seed=s).double() for s in (4, 5, 6))
     stream = sd.compile_pattern("streaming_llm", sink=SINK, window=WINDOW)
     _, s_lse = stream(q, k, v, return_lse=True)
     out, lse = razor(retrieval=0)(q, k, v, return_lse=True)
@@ -221,10 +221,11 @@ def test_decode_paged_and_left_padded_caches():
     k_all, v_all = randn(b, 2, cap, 16, seed=70), randn(b, 2, cap, 16, seed=71)
     lens = torch.tensor([13, 29], dtype=torch.int32)
     q = randn(b, 4, 1, 16, seed=72)
-    want = [razor_naive(q[j:j + 1], k_all[j:j + 1, :, :n], v_all[j:j + 1, :, :n])[0] for j, n in enumerate(lens.tolist())]
+    want = [razor_naive(q[j:j + 1], k_all[j:j + 1, :, :n], v_all[j:j + 1, :, :n])[0]
+            for j, n in enumerate(lens.tolist())]
     ref32 = torch.cat([p(q[j:j + 1], k_all[j:j + 1, :, :n], v_all[j:j + 1, :, :n], backend="reference")
                        for j, n in enumerate(lens.tolist())])
-    # paged: pages in shuffled order, NaN in the pages' unused rows
+    # paged: pages in shuffled order, NaN in the pages' unused rows (sequence 0's last two pages)
     table = torch.randperm(b * cap // page, generator=torch.Generator().manual_seed(0)).view(b, -1).to(torch.int32)
     k_pages, v_pages = (torch.full((b * cap // page, page, 2, 16), float("nan")) for _ in range(2))
     for j, n in enumerate(lens.tolist()):

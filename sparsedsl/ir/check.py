@@ -1,5 +1,6 @@
 """Checks of an instantiated pattern that need the whole tree: where dynamic
-atoms may stand, and which they are; the keys compensation() averages. (Checks that need the head count are in reference/heads.py.)"""
+atoms may stand, and which they are; the keys compensation() averages.
+(Checks that need the head count are in reference/heads.py.)"""
 from __future__ import annotations
 
 import weakref

@@ -30,10 +30,17 @@ def prefix_sums(x: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tens
 
 
 def paged_positions(x: torch.Tensor, block_table: torch.Tensor) -> torch.Tensor:
-    """A paged cache [pages, PAGE, H, D] as [B, H, capacity, D], row p being sequence b's position p."""
-    pages = x[block_table.long()]  # [B, pages per sequence, PAGE, H, D]
+    """A paged cache [pages, PAGE, H, D] as [B, H, capacity, D], row p being sequence b's position p
+    (table entries past a sequence's pages may hold anything: they are read as some page, and the
+    positions past its keys are never used)."""
+    pages = x[_pages(block_table, x)]  # [B, pages per sequence, PAGE, H, D]
     b, n, page, h, d = pages.shape
     return pages.reshape(b, n * page, h, d).transpose(1, 2)
+
+
+def _pages(block_table: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """The table's page ids as indices of the pages of x (an unused entry: some page)."""
+    return block_table.long().clamp(0, x.shape[0] - 1)
 
 
 def cache_prefix_sums(x: torch.Tensor, lens: torch.Tensor, block_table: torch.Tensor | None = None) -> torch.Tensor:
@@ -60,7 +67,7 @@ def refresh(p: torch.Tensor, x: torch.Tensor, lens: torch.Tensor, new: int,
         rows = x[seq, :, at]  # [B, new, H, D]
     else:
         page = x.shape[1]
-        rows = x[block_table.long().gather(1, at // page), at % page]
+        rows = x[_pages(block_table, x).gather(1, at // page), at % page]
     rows = rows.float().masked_fill(~inside[:, :, None, None], 0.0)
     base = p[seq[:, 0], :, (end - new).clamp(min=0)]  # [B, H, D]: the sum before the new keys
     # (a slot before the sequence writes 0 to row 0, which is 0 already)
