@@ -5,7 +5,7 @@
     out = p(q, k, v)
 """
 from . import builder as _builder
-from .builder import ATOM_BUILDERS, H, Hk, causal, full, h, heads, hk, k, maximum, minimum, none, q
+from .builder import ATOM_BUILDERS, H, Hk, causal, compensation, full, h, heads, hk, k, maximum, minimum, none, q
 from .compiler import compile_pattern
 from .errors import InputError, PatternError, SparseDSLError
 from .runtime.pattern import CompiledPattern
@@ -16,7 +16,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "compile_pattern", "CompiledPattern", "PatternError", "InputError", "SparseDSLError",
-    "causal", "full", "none", *(f.__name__ for f in ATOM_BUILDERS.values()),
+    "causal", "full", "none", "compensation", *(f.__name__ for f in ATOM_BUILDERS.values()),
     "heads", "minimum", "maximum", "h", "H", "hk", "Hk", "q", "k",
 ]
 del _builder

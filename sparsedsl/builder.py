@@ -199,6 +199,7 @@ h, H, hk, Hk, q, k = (Int(ir.Sym(n)) for n in ("h", "H", "hk", "Hk", "q", "k"))
 full = Mask(ir.Atom("full", ()))
 none = Mask(ir.Atom("none", ()))
 causal = Mask(ir.Atom("causal", ()))
+compensation = Mask(ir.Atom("compensation", ()))  # RazorAttention's compensation entry (docs/language.md)
 
 
 def _builder(kind: str):

@@ -211,6 +211,8 @@ def cmd_show(args) -> int:
     for atom in p.dynamic_atoms:
         if atom.kind == "landmarks":
             print(f"# + landmarks: one mean key per complete block of {atom.args[0].value} keys")
+        elif atom.kind == "compensation":
+            print("# + compensation: one mean key per query, of the keys its branch hides (not drawn)")
     print(f"density {float(per_head.mean()):.4f}   per head: "
           + " ".join(f"{float(d):.3f}" for d in per_head[:32]) + (" ..." if h > 32 else "")
           + (how if sampled else ""))

@@ -1,7 +1,7 @@
 """The pipeline: source -> syntax tree -> IR -> checks -> CompiledPattern -> kernel plan.
 
     parse (language/parser.py)  ->  lower (language/lower.py)
-    -> check_dynamic_placement (ir/check.py) -> verify (ir/graph.py)
+    -> check_dynamic_placement, check_compensation (ir/check.py) -> verify (ir/graph.py)
     -> CompiledPattern (runtime/pattern.py)
     -> optimize (passes/) -> make_plan (passes/plan.py): the KernelPlan (ir/plan.py)
 
@@ -17,7 +17,7 @@ from pathlib import Path
 
 from .errors import PatternError
 from .ir import nodes as ir
-from .ir.check import check_dynamic_placement
+from .ir.check import check_compensation, check_dynamic_placement
 from .ir.graph import verify
 from .language.lower import Loader, Lowerer, ModuleInfo, suggest
 from .resources import data_dir, library_path
@@ -137,5 +137,6 @@ def _check_depth(root: ir.Node, spans: dict) -> None:
 def _finish(root: ir.Pattern, params: dict, spans: dict) -> CompiledPattern:
     _check_depth(root, spans)
     check_dynamic_placement(root, spans)
+    check_compensation(root, spans)
     verify(root)
     return CompiledPattern(root, params, spans)

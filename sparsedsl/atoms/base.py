@@ -88,3 +88,10 @@ class AtomDef:
     def rewrite(self, a: Args) -> nodes.Node | None:
         """An equivalent simpler mask, or None."""
         return None
+
+    def causal_keys(self, a: Args) -> tuple[str, nodes.Node] | None:
+        """Of the causal keys 0 <= k <= q, the ones the atom holds, when they are a prefix or a
+        suffix for every query: ("prefix", e), the keys k < e; ("suffix", s), the keys k >= s
+        (e, s: expressions over q and the head symbols). None otherwise. compensation() reads
+        it to find the keys a branch hides in closed form (ir/compensation.py)."""
+        return None

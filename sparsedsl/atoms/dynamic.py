@@ -1,6 +1,7 @@
 """The data-dependent atoms: which keys they add depends on q and k, so they
 have no condition; passes/dynamic.py splits them from the static part of a
-pattern and the kernels read their selection (kernels/selection.py)."""
+pattern and the kernels read their selection (kernels/selection.py), their
+landmark entries and their compensation entries (kernels/prefix.py)."""
 from __future__ import annotations
 
 from ..ir import nodes as ir
@@ -34,4 +35,20 @@ class TopK(AtomDef):
         return EVERY_QUERY
 
 
-DEFINITIONS = (Landmarks(), TopK())
+class Compensation(AtomDef):
+    """RazorAttention's compensation token. In a head branch  C & (S1 | ... | Sn | compensation())
+    (or C & compensation()), the query at q sees one extra entry whose key and value are the
+    means of the keys and values of C & ~(S1 | ... | Sn) at q: the keys its static part hides.
+    None when no key is hidden. ir/compensation.py finds those keys as one span per query."""
+
+    name, dynamic = "compensation", True
+    formula = "one entry: the mean key/value of the keys the static operands of its union hide"
+
+    def segments(self, a, rate):  # no ordinary key
+        return ()
+
+    def query_segments(self, a, rate):
+        return ()
+
+
+DEFINITIONS = (Landmarks(), TopK(), Compensation())

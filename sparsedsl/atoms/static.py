@@ -51,6 +51,9 @@ class Full(AtomDef):
     def query_segments(self, a, rate):
         return (Segment(Q_START, LK, Q_START, LK),)
 
+    def causal_keys(self, a):
+        return ("suffix", ZERO)
+
 
 class Nothing(AtomDef):
     name, formula = "none", "never"
@@ -64,6 +67,9 @@ class Nothing(AtomDef):
     def query_segments(self, a, rate):
         return ()
 
+    def causal_keys(self, a):
+        return ("prefix", ZERO)
+
 
 class Causal(AtomDef):
     name, formula, causal_only = "causal", "k <= q", True
@@ -76,6 +82,9 @@ class Causal(AtomDef):
 
     def query_segments(self, a, rate):  # every query q >= k1 - 1 sees the whole tile
         return (Segment(K0, LK, sub(K1, ONE), LK),)
+
+    def causal_keys(self, a):
+        return ("suffix", ZERO)
 
 
 class Window(AtomDef):
@@ -91,6 +100,9 @@ class Window(AtomDef):
     def query_segments(self, a, rate):  # k <= q < k + size
         last = sub(K1, ONE)
         return (Segment(K0, add(last, a.size), last, add(K0, a.size)),)
+
+    def causal_keys(self, a):
+        return ("suffix", add(sub(Q, a.size), ONE))
 
 
 class Band(AtomDef):
@@ -114,6 +126,9 @@ class Band(AtomDef):
             return ir.Atom("window", (build.int_op("+", a.left, ir.Const(1)),))
         return None
 
+    def causal_keys(self, a):  # (k <= q + right holds for every causal key)
+        return ("suffix", sub(Q, a.left))
+
 
 class Sink(AtomDef):
     name, params, formula, merge = "sink", (int_param("n", minimum=0),), "k < n", "n"
@@ -130,6 +145,9 @@ class Sink(AtomDef):
     def rewrite(self, a):  # (not global(0): it holds for the negative positions of Lq > Lk)
         return ir.Atom("none", ()) if _const(a.n) == 0 else None
 
+    def causal_keys(self, a):
+        return ("prefix", a.n)
+
 
 class Global(AtomDef):
     name, params, formula = "global", (int_param("n", minimum=0),), "q < n or k < n"
@@ -145,6 +163,9 @@ class Global(AtomDef):
     def query_segments(self, a, rate):  # queries < n see everything; every query sees keys < n
         n, last = a.n, sub(K1, ONE)
         return (Segment(Q_START, maximum(n, _upto(flag(sub(n, K0)))), Q_START, maximum(n, _upto(flag(sub(n, last))))),)
+
+    def causal_keys(self, a):  # a query q < n sees every key, and its causal keys are all < n
+        return ("prefix", a.n)
 
 
 class Dilated(AtomDef):
@@ -175,6 +196,9 @@ class Dilated(AtomDef):
     def rewrite(self, a):
         return ir.Atom("window", (a.size,)) if _const(a.rate) == 1 else None
 
+    def causal_keys(self, a):  # (with rate 1: the window of size keys)
+        return ("suffix", add(sub(Q, a.size), ONE)) if _const(a.rate) == 1 else None
+
 
 class LocalBlocks(AtomDef):
     name, params, formula = "local_blocks", (int_param("n", minimum=1), _BLOCK), "0 <= q // block - k // block < n"
@@ -196,6 +220,9 @@ class LocalBlocks(AtomDef):
 
     def rewrite(self, a):
         return ir.Atom("window", (a.n,)) if _const(a.block) == 1 else None
+
+    def causal_keys(self, a):  # k // block > q // block - n
+        return ("suffix", mul(add(sub(div(Q, a.block), a.n), ONE), a.block))
 
 
 class Strided(AtomDef):
@@ -225,6 +252,9 @@ class Chunked(AtomDef):
 
     def condition(self, a):
         return _cmp("==", div(add(Q, a.offset), a.size), div(add(K, a.offset), a.size))
+
+    def causal_keys(self, a):  # the keys of the query's own chunk
+        return ("suffix", sub(mul(div(add(Q, a.offset), a.size), a.size), a.offset))
 
 
 class RandomBlocks(AtomDef):

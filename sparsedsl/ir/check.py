@@ -1,5 +1,6 @@
 """Checks of an instantiated pattern that need the whole tree: where dynamic
-atoms may stand, and which they are. (Checks that need the head count are in reference/heads.py.)"""
+atoms may stand, and which they are; the keys compensation() averages.
+(Checks that need the head count are in reference/heads.py.)"""
 from __future__ import annotations
 
 import weakref
@@ -7,6 +8,7 @@ import weakref
 from ..errors import PatternError, Span
 from . import nodes as ir
 from .atoms import is_dynamic
+from .compensation import COMPENSATION, NoSpan, holds, parts, span
 
 # Where a node stands, seen from the root: at the top, an operand of the top
 # intersection, an operand of the top union, or anywhere else.
@@ -87,3 +89,37 @@ def check_dynamic_placement(root: ir.Node, spans: dict | None = None) -> None:
                 span,
                 ("for example: causal & (window(512) | topk(8, block=64))",),
             )
+
+
+def branch_bodies(root: ir.Pattern) -> tuple[ir.Node, ...]:
+    """The bodies of the top-level heads[...] branches (the body itself without them)."""
+    body = root.body
+    return tuple(b.body for b in body.branches) if isinstance(body, ir.Heads) else (body,)
+
+
+def check_compensation(root: ir.Pattern, spans: dict | None = None) -> None:
+    """compensation() must hide one span of keys per query, found in closed form
+    (ir/compensation.py), and be the only data-dependent atom of its head branch."""
+    spans = spans or {}
+    for body in branch_bodies(root):
+        if not holds(body):
+            continue
+        others = sorted({n.kind for n in ir.post_order(body) if is_dynamic(n) and n is not COMPENSATION})
+        p = parts(body)
+        at = spans.get(COMPENSATION)
+        if others:
+            why = f"compensation() shares its head branch with {', '.join(others)}(...)"
+        elif p is None:
+            why = "compensation() inside a heads[...] expression: give the heads as the pattern's branches"
+        else:
+            try:
+                span(p)
+                continue
+            except NoSpan as e:
+                why = f"compensation(): {e}"
+                at = spans.get(e.node) or at
+        raise PatternError(why, at, _COMPENSATION_NOTE)
+
+
+_COMPENSATION_NOTE = ("the keys hidden by causal & (sink(n) | window(w) | compensation()) are [n, q - w + 1); "
+                      "see docs/language.md, compensation",)

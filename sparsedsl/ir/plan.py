@@ -116,6 +116,9 @@ class BranchPlan:
     query_segments: tuple[Segment, ...] = ()  # transposed: for a key tile, the queries that see it
     topk: TopkPart | None = None  # the branch's selected blocks (segments and mask are its static part)
     landmarks: int | None = None  # the landmark block size, if the branch sees landmarks
+    # compensation(): the keys [lo, hi) whose mean is the one extra entry of the query at q
+    # (expressions over q and the heads; no entry when lo >= hi)
+    compensation: tuple[ir.Node, ir.Node] | None = None
 
 
 @dataclass(frozen=True)
@@ -127,6 +130,7 @@ class KernelPlan:
     blocks: tuple[int, ...]  # block sizes of strided segments (the key tile must divide them)
     topk: Topk | None = None  # the pattern's topk (one selection tensor for all branches)
     landmarks: int | None = None  # the pattern's landmark block size
+    compensation: bool = False  # some branch has compensation entries (prefix sums of K and V)
     # how many leading keys every query may see (the largest n of sink(n) and global(n)): the
     # backward's dK/dV kernel splits their tiles over several programs (a schedule only)
     long_keys: int = 0
@@ -135,4 +139,4 @@ class KernelPlan:
 
     @property
     def dynamic(self) -> bool:
-        return self.topk is not None or self.landmarks is not None
+        return self.topk is not None or self.landmarks is not None or self.compensation

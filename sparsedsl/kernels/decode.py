@@ -5,7 +5,8 @@ program) and writes float32 partial outputs and LSEs; merge_kernel combines the
 parts with the LSE rule. Static patterns visit only the key tiles their
 segments name, so sink + window decoding reads the same bytes at any length;
 dynamic patterns read the block summaries (BlockSummaries, refreshed for the
-new tokens on every call) and the selected blocks."""
+new tokens on every call) and the selected blocks; compensation entries read the
+cache's prefix sums (kept in the summaries, refreshed at the new tokens)."""
 from __future__ import annotations
 
 import functools
@@ -19,6 +20,7 @@ from ..ir.evaluate import eval_cond, eval_int
 from ..ir.plan import KernelPlan
 from .generate import keep_config
 from .launch import LOG2E, _Launch, _sm_count, dynamic_tensors
+from .prefix import cache_prefix_sums, refresh
 from .selection import select
 from .summaries import _pow2, stats
 
@@ -27,10 +29,13 @@ from .summaries import _pow2, stats
 class BlockSummaries:
     """The block summaries of a KV cache that a dynamic pattern's decoding reads,
     float32 [B, Hk, capacity blocks, D]: `topk` (mean,) or (max, min) of key
-    blocks, `landmarks` (K mean, V mean) of landmark blocks."""
+    blocks, `landmarks` (K mean, V mean) of landmark blocks; and `compensation`,
+    the prefix sums of K and V over the cache's rows, float32 [B, Hk, capacity + 1, D]
+    (kernels/prefix.py: slots of a contiguous cache, positions of a paged one)."""
 
     topk: tuple[torch.Tensor, ...] | None
     landmarks: tuple[torch.Tensor, torch.Tensor] | None
+    compensation: tuple[torch.Tensor, torch.Tensor] | None = None
 
 
 def _cache_dims(k_cache, block_table):
@@ -60,6 +65,11 @@ def summarize(plan: KernelPlan, k_cache, v_cache, lens, block_table=None, into: 
             into.topk = alloc(plan.topk.block, 2 if plan.topk.minmax else 1)
         if plan.landmarks is not None:
             into.landmarks = alloc(plan.landmarks, 2)
+        if plan.compensation:
+            into.compensation = tuple(cache_prefix_sums(x, lens, block_table) for x in (k_cache, v_cache))
+    elif into.compensation is not None:
+        for p, x in zip(into.compensation, (k_cache, v_cache)):
+            refresh(p, x, lens, new, block_table)
     kw = dict(lens=lens, new=new, block_table=block_table)
     if into.topk is not None:
         block = plan.topk.block
@@ -127,7 +137,7 @@ def decode(plan: KernelPlan, q, k_cache, v_cache, lens, scale: float, interpret:
     """(out [B, H, Lq, Dv] in q's dtype, lse float32 [B, H, Lq], selection): the topk
     selection used (int32 [B, H, R, n], R = (Lq + block - 2) // block + 1; None without
     topk). `selection`: a given one (reused from another layer or step), ascending rows:
-    then no block is scored, and without landmarks or kept `summaries` no summary is computed.
+    then no block is scored, and without landmarks, compensation or kept `summaries` no summary is computed.
     `leftpad` (int32 [B], a contiguous cache): sequence b's keys are the slots
     [leftpad[b], lens[b]); a dynamic pattern's summaries and selection count its blocks
     from its first slot."""
@@ -142,10 +152,12 @@ def decode(plan: KernelPlan, q, k_cache, v_cache, lens, scale: float, interpret:
     if leftpad is not None:  # (first slot, key count) per sequence, interleaved
         lens = torch.stack((leftpad, lens - leftpad), 1).contiguous()
     # (a given selection needs no summaries; kept ones are still refreshed for the new keys)
-    if plan.dynamic and (selection is None or plan.landmarks is not None or summaries is not None):
+    sums = None
+    if plan.dynamic and (selection is None or plan.landmarks is not None or plan.compensation
+                         or summaries is not None):
         summaries = summarize(plan, k_cache, v_cache, lens, block_table, summaries,
                               None if summaries is None else lq)
-        landmarks = summaries.landmarks
+        landmarks, sums = summaries.landmarks, summaries.compensation
         if plan.topk is not None and selection is None:
             t = plan.topk
             rows = (lq + t.block - 2) // t.block + 1
@@ -168,7 +180,7 @@ def decode(plan: KernelPlan, q, k_cache, v_cache, lens, scale: float, interpret:
                   config, None)
     run.lk = cap
     run.meta.update(VARLEN=2 if leftpad is None else 4, PAGE=k_cache.shape[1] if block_table is not None else 0)
-    tensors, strides = dynamic_tensors(selection, landmarks)
+    tensors, strides = dynamic_tensors(selection, landmarks, sums, forward=True)
     tensors.update(Q=q, K=k_cache, V=v_cache, O=o_part, LSE=l_part, FLAG=torch.zeros(1, dtype=torch.int32,
                                                                                    device=q.device),
                    CU_Q=None, CU_K=lens, BT=block_table)

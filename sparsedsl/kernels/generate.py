@@ -201,7 +201,7 @@ class Traversal:
     calls per tile (with the branch's mask id as {i}), where positions start."""
 
     def __init__(self, transposed: bool, call: str, split: str = "", selected: str = "", landmark: str = "",
-                 full_call: str = ""):
+                 full_call: str = "", compensation: str = ""):
         self.transposed, self.call = transposed, call
         # the step of a full tile (no mask, no bounds): full tiles get a loop of their own
         self.full_call = full_call
@@ -210,6 +210,7 @@ class Traversal:
         # decoding); "long": only split key tiles do (part >= 0, the dK/dV kernel)
         self.split = split
         self.selected, self.landmark = selected, landmark  # the calls for dynamic parts (forward)
+        self.compensation = compensation  # (forward: the backward of compensation entries raises)
 
     def segments(self, br):
         return br.query_segments if self.transposed else br.segments
@@ -229,7 +230,9 @@ FORWARD = Traversal(False, (
     "kl_base, vl_base, False)"), (
     "acc, l_i, m_i = _attend_full(acc, l_i, m_i, q, k_base, v_base, bt_base, offs_d, offs_dv, stride_kn, stride_kd, "
     "stride_kp, stride_vn, stride_vd, stride_vp, u0, c, qk_scale, RATE, BLOCK_N, HEAD_DIM, HEAD_DIM_V, BLOCK_D, "
-    "BLOCK_DV, DOT_PRECISION, PAGE, GUARD, k_desc, v_desc, TMA)"))
+    "BLOCK_DV, DOT_PRECISION, PAGE, GUARD, k_desc, v_desc, TMA)"), (
+    "acc, l_i, m_i = _attend_mean(acc, l_i, m_i, q, row_ok, c_lo, c_hi, pk_base, pv_base, offs_d, "
+    "offs_dv, stride_pkn, stride_pkd, stride_pvn, stride_pvd, qk_scale, HEAD_DIM, HEAD_DIM_V)"))
 DQ = Traversal(False, (
     "dq = _dq_step(dq, q, do, lse2, delta, q_pos, k_base, v_base, offs_d, offs_dv, "
     "stride_kn, stride_kd, stride_vn, stride_vd, u0, c, lo_v, hi_v, masked, h, hk, H, Hk, qk_scale, "
@@ -257,7 +260,9 @@ DKDV = Traversal(True, (
 def _branch_body(i: int, br, plan: KernelPlan, walk: bool, how: Traversal) -> list[str]:
     """All segments of a branch as one loop over a flattened tile index; then, in the
     forward, the branch's selected blocks and landmark entries, each a loop that
-    continues the same index (a split program takes a share of the whole range)."""
+    continues the same index (a split program takes a share of the whole range),
+    and its compensation entries."""
+    tail = _compensation(br, how.compensation) if how.compensation and br.compensation is not None else []
     lines: list[str] = []
     pieces: list[_Piece] = []
     full = {}
@@ -272,7 +277,7 @@ def _branch_body(i: int, br, plan: KernelPlan, walk: bool, how: Traversal) -> li
     dynamic = how.selected and (br.topk is not None or br.landmarks is not None)
     inverse = how.transposed and br.topk is not None
     if not pieces and not dynamic:
-        return _dkdv_selected(i, br, plan) if inverse else ["pass  # no key is visible to these heads"]
+        return tail or (_dkdv_selected(i, br, plan) if inverse else ["pass  # no key is visible to these heads"])
     # Full tiles (every pair visible) take a loop of their own, with no mask and no bounds, where
     # the traversal has such a step; a piece with dead tiles keeps them all in the masked loop.
     own = {p.name: bool(how.full_call) and full[p.name] and not p.dead for p in pieces}
@@ -313,7 +318,18 @@ def _branch_body(i: int, br, plan: KernelPlan, walk: bool, how: Traversal) -> li
         lines += loops
     if inverse:
         lines += _dkdv_selected(i, br, plan)
-    return lines
+    return lines + tail
+
+
+def _compensation(br, call: str) -> list[str]:
+    """A branch's compensation entries: each row's hidden keys [c_lo, c_hi) (its own q_pos), then the call."""
+    em = Emitter("cm_", wide=True)
+    lo, hi = em.int(br.compensation[0]), em.int(br.compensation[1])
+    return [f"# compensation(): each row's entry, the mean key and value of its hidden keys "
+            f"[{_text(br.compensation[0], 80)}, {_text(br.compensation[1], 80)})",
+            *em.lines, f"c_lo = _clamp({lo}, 0, Lk)",
+            f"c_hi = tl.where(part == 0, _clamp({hi}, 0, Lk), 0)  # (a split program adds it in its part 0 only)",
+            call]
 
 
 def _static_loop_body(i: int, pieces: list[_Piece], full: dict, own: dict, how: Traversal) -> list[str]:

@@ -88,6 +88,7 @@ _LSE = Pointer("LSE", "fp32", _strides("l", "bhm"))
 _CU = (Pointer("CU_Q", "i32"), Pointer("CU_K", "i32"))
 _LANDMARKS = (Pointer("KL", "fp32", _strides("kl", "bhnd")), Pointer("VL", "fp32", _strides("vl", "bhnd")))
 _SEL = Pointer("SEL", "i32", _strides("s", "bhrn"))
+_PREFIX = (Pointer("PK", "fp32", _strides("pk", "bhnd")), Pointer("PV", "fp32", _strides("pv", "bhnd")))
 _DELTA = Pointer("DELTA", "fp32")  # LSE's strides; the dQ kernel writes it (from O, dO and dLSE)
 _LANDMARK_GRADS = (Pointer("DKL", "fp32"), Pointer("DVL", "fp32"))  # contiguous
 _QK_SCALE, _SM_SCALE = Scalar("qk_scale", "fp32"), Scalar("sm_scale", "fp32")
@@ -98,7 +99,7 @@ FWD = Kernel(
     "fwd",
     (_Q, Pointer("K", DATA, _strides("k", "bhndp")), Pointer("V", DATA, _strides("v", "bhndp")),
      Pointer("O", DATA, _strides("o", "bhmdp")), Pointer("LSE", "fp32", _strides("l", "bhmp")),
-     Pointer("FLAG", "i32"), *_CU, Pointer("BT", "i32", ("stride_btb",)), _SEL, *_LANDMARKS),
+     Pointer("FLAG", "i32"), *_CU, Pointer("BT", "i32", ("stride_btb",)), _SEL, *_LANDMARKS, *_PREFIX),
     (*_sizes("SPLIT"), _QK_SCALE),
     (*_PLAN, "PAGE", "TMA", *TUNED))
 GUARD = replace(FWD, kind="guard", scalars=FWD.scalars + tuple(Scalar(f"GRID{i}") for i in range(3)))

@@ -200,11 +200,12 @@ def kernel_args(kernel) -> list[str]:
 
 
 def forward(plan: KernelPlan, q, k, v, scale: float, interpret: bool, config=None, varlen: Varlen | None = None,
-            selection=None, landmarks=None):
+            selection=None, landmarks=None, prefix=None):
     """out (q's dtype, shaped like q with v's head dim), lse float32 ([B, H, Lq];
     varlen: [1, H, T] views of an [H, T] tensor). Dynamic patterns take the
     topk selection (int32 [B, H, R, n]) and the landmark entries (float32 K and
-    V means, [B, Hk, NL, D]) of kernels/selection.py."""
+    V means, [B, Hk, NL, D]) of kernels/selection.py, and the prefix sums of K and V
+    (float32 [B, Hk, L + 1, D]) of kernels/prefix.py for compensation entries."""
     b, h, lq, _ = q.shape
     dv = v.shape[-1]
     pk = packed(varlen)
@@ -221,7 +222,7 @@ def forward(plan: KernelPlan, q, k, v, scale: float, interpret: bool, config=Non
     run = _Launch(plan, q, k, v, interpret, config, varlen)
     if run.batch == 0:
         return out, lse
-    tensors, strides = dynamic_tensors(selection, landmarks)
+    tensors, strides = dynamic_tensors(selection, landmarks, prefix, forward=True)
     tensors.update(Q=q, K=k, V=v, O=out, LSE=lse, FLAG=torch.zeros(1, dtype=torch.int32, device=q.device),
                    CU_Q=run.cu[0], CU_K=run.cu[1], BT=None)
     run.run("fwd", run.lq, h, tensors, dict(H=h, Hk=run.hk, Lq=run.lq, Lk=run.lk, SPLIT=1, qk_scale=scale * LOG2E),
@@ -229,13 +230,16 @@ def forward(plan: KernelPlan, q, k, v, scale: float, interpret: bool, config=Non
     return out, lse
 
 
-def dynamic_tensors(selection, landmarks) -> tuple[dict, dict]:
-    """The selection and landmark tensors of the forward and dQ kernels (None where unused),
-    and their strides (their own, as allocated: never a packed batch's)."""
+def dynamic_tensors(selection, landmarks, prefix=None, forward: bool = False) -> tuple[dict, dict]:
+    """The selection and landmark tensors of the forward and dQ kernels and, with `forward`,
+    the prefix sums of K and V (None where unused); and their strides (their own, as
+    allocated: never a packed batch's)."""
     if selection is not None:  # contiguous rows: the kernels read a row's width from its stride
         selection = selection.contiguous()
     kl, vl = landmarks if landmarks is not None else (None, None)
     tensors = dict(SEL=selection, KL=kl, VL=vl)
+    if forward:
+        tensors.update(zip(("PK", "PV"), prefix if prefix is not None else (None, None)))
     return tensors, {name: t.stride() for name, t in tensors.items() if t is not None}
 
 
@@ -254,6 +258,9 @@ def backward(plan: KernelPlan, q, k, v, out, lse, dout, scale: float, interpret:
     deterministic=False a static pattern's dQ comes from the dK/dV kernel instead
     (fused_backward). `kinds` launches only some of the kernels (a benchmark timing
     them one by one; the fused backward has no dq kernel)."""
+    if plan.compensation:
+        raise InputError(f"pattern {plan.name!r}: the Triton kernels have no backward for compensation() entries "
+                         "(RazorAttention is training-free); use backend='reference' for gradients")
     # a padded batch's padded rows get no program: their gradients are zero from the start
     alloc = torch.zeros_like if padded(varlen) else torch.empty_like
     grads = [alloc(t) for t in (q, k, v)]

@@ -9,7 +9,10 @@ branch mask reads  C & (S | topk | landmarks)  or  S | topk | landmarks, and
 - a selected key block adds the pairs  C & ~static  (keys already visible
   through the static part are not counted twice; a block whose keys are all
   static for the tile's queries is skipped);
-- landmark entries are extra keys that C does not restrict.
+- landmark entries are extra keys that C does not restrict;
+- a compensation entry is one extra key per query: the mean of the keys
+  C & ~S that the static part hides, one span [lo, hi) per query in closed
+  form (ir/compensation.py; the compile-time check made sure there is one).
 
 At most one topk atom and one landmarks atom per branch are compiled to kernels.
 """
@@ -18,6 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..ir import build
+from ..ir import compensation
 from ..ir import nodes as ir
 from ..atoms import atom_arg, is_dynamic
 from ..ir.plan import Topk, TopkPart
@@ -32,6 +36,7 @@ class DynamicSplit:
     static: ir.Node
     topk: TopkPart | None = None
     landmarks: int | None = None  # the landmark block size
+    compensation: tuple[ir.Node, ir.Node] | None = None  # the hidden keys [lo, hi) of the query at q
 
 
 class Unsupported(ValueError):
@@ -82,4 +87,18 @@ def split(mask: ir.Node) -> DynamicSplit:
         t = decode_topk(topks[0])
         topk = TopkPart(t.atom, t.n, t.block, t.score, t.causal, rewrite(sel_mask, simplify_rule))
     landmarks = atom_arg(marks[0], "block").value if marks else None
-    return DynamicSplit(static, topk, landmarks)
+    hidden = _hidden(mask) if compensation.holds(mask) else None
+    return DynamicSplit(static, topk, landmarks, hidden)
+
+
+def _hidden(mask: ir.Node) -> tuple[ir.Node, ir.Node]:
+    """The span of keys a branch's compensation entry averages (checked on the pattern as written;
+    an optimized branch that lost its closed form runs on the reference)."""
+    why = "no closed form for the keys compensation() hides in this branch; use backend='reference'"
+    parts = compensation.parts(mask)
+    if parts is None:
+        raise Unsupported(why)
+    try:
+        return compensation.span(parts)
+    except compensation.NoSpan as e:
+        raise Unsupported(why) from e

@@ -173,13 +173,14 @@ def make_plan(root: ir.Pattern) -> KernelPlan:
             if s.strided and isinstance(s.block, ir.Const):
                 blocks.add(s.block.value)
         branches.append(BranchPlan(cond, mask, segs, _probes(bounds.segments(mask, rate, transposed=True), rate),
-                                   parts.topk, parts.landmarks))
+                                   parts.topk, parts.landmarks, parts.compensation))
     if len(topk_atoms) > 1 or len(landmark_blocks) > 1:
         raise Unsupported("kernels take one topk(...) atom and one landmark block size per pattern; "
                           "use backend='reference'")
     return KernelPlan(root.name, tuple(branches), rate, _needs_wide(root, [b.mask for b in branches]),
                       tuple(sorted(blocks)),
-                      next(iter(topk_atoms), None), next(iter(landmark_blocks), None))
+                      next(iter(topk_atoms), None), next(iter(landmark_blocks), None),
+                      any(b.compensation is not None for b in branches))
 
 
 def long_keys(root: ir.Node) -> int:

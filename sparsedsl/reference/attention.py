@@ -9,6 +9,7 @@ import torch
 from ..ir import nodes as ir
 from ..atoms import atom_arg
 from ..ir.check import dynamic_atoms
+from .compensation import entries, hidden_pattern
 from .evaluate import eval_mask, grid_env
 from .heads import active_heads
 from .select import group_of_rows, landmark_keys, select_topk, selected_block_mask
@@ -78,7 +79,8 @@ def reference_attention(root: ir.Node, q: torch.Tensor, k: torch.Tensor, v: torc
     """Attention of q [B, H, Lq, D] over k, v [B, Hk, Lk, D/Dv] under the pattern `root`.
 
     Returns (out [B, H, Lq, Dv] in q's dtype, lse [B, H, Lq] in the compute dtype).
-    A query row that sees nothing gets output 0 and lse -inf. `positions`: the
+    A query row that sees nothing gets output 0 and lse -inf. Landmark and compensation
+    entries are more columns of the same softmax. `positions`: the
     rows' positions, int64 [Lq] and [Lk], for a static pattern (context
     parallelism's shards); by default query row i is at Lk - Lq + i and key j at j."""
     b, h, lq, d = q.shape
@@ -95,6 +97,7 @@ def reference_attention(root: ir.Node, q: torch.Tensor, k: torch.Tensor, v: torc
             block = atom_arg(atom, "block").value
             kl, vl = landmark_keys(kf, vf, block)
             landmarks.append((block, kl, vl, active_heads(root, atom, h, hk).to(q.device)))
+    hidden = hidden_pattern(root)
     # A non-finite value must reach only the queries that see it: the product runs
     # on finite values, and the (query, column) entries with a visible non-finite
     # value are set afterwards as a sum over the visible keys would give them.
@@ -122,6 +125,10 @@ def reference_attention(root: ir.Node, q: torch.Tensor, k: torch.Tensor, v: torc
             seen = seen.view(1, 1, c, -1) & active.view(1, h, 1, 1)
             logits = torch.cat([logits, lg.masked_fill(~seen, float("-inf"))], dim=-1)
             values.append(vl)
+        if hidden is not None:  # one more column: the row's compensation entry
+            kbar, vbar, seen = entries(hidden, lq, h, rows, kf, vf)
+            lg = (qf[:, :, r0:r0 + c] * kbar).sum(-1, keepdim=True) * scale
+            logits = torch.cat([logits, lg.masked_fill(~seen, float("-inf"))], dim=-1)
         m = logits.amax(dim=-1, keepdim=True) if logits.shape[-1] else torch.full((b, h, c, 1), float("-inf"), dtype=cd, device=q.device)
         m_safe = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
         # exp2 of base-2 logits: torch.exp on float32 CPU tensors intermittently (per process) returned
@@ -141,6 +148,8 @@ def reference_attention(root: ir.Node, q: torch.Tensor, k: torch.Tensor, v: torc
                 vals = vals.masked_fill(bad, 0)
             o += torch.einsum("bgxck,bgkd->bgxcd", pv, vals).reshape(b, h, c, dv)
             offset += n
+        if hidden is not None:
+            o += p[..., offset:] * vbar
         if nonfinite:
             nan, pos, neg = counts > 0
             o = torch.where(pos, torch.full_like(o, float("inf")), o)

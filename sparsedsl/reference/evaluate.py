@@ -39,7 +39,7 @@ def atom_mask(a: ir.Atom, env: dict, dynamic: Callable | None, memo: dict | None
     """The visibility of ordinary keys under one atom (broadcastable to [B, Hs, C, Lk])."""
     kind = a.kind
     memo = {} if memo is None else memo
-    if kind == "landmarks":  # landmarks add virtual keys; no ordinary key
+    if kind in ("landmarks", "compensation"):  # they add extra entries; no ordinary key
         return _false(env)
     if kind == "topk":
         if dynamic is None:

@@ -100,11 +100,11 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pattern: str, s
     `selection`: the topk selection of a dynamic pattern (sparsedsl::select). `padded`: a
     padded batch, cu_seqlens_q/k being int32 [B, 2] (first row, length) per entry.
     `deterministic`: the backward's (kernels/launch.py backward)."""
-    from ..kernels import launch
+    from ..kernels import launch, prefix
     from ..kernels.selection import packed_views, prefill_inputs
 
     packed = cu_seqlens_q is not None and not padded
-    landmarks = None
+    landmarks = sums = None
     plan = _plan(pattern)
     if plan.dynamic:
         if packed:  # each sequence on its own (its blocks from its first row)
@@ -114,10 +114,13 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pattern: str, s
         else:
             rows = (cu_seqlens_q, cu_seqlens_k) if padded else None
             selection, landmarks = prefill_inputs(plan, q, k, v, selection, rows)
+    if plan.compensation:
+        sums = prefix.prefill(_view(k, packed), _view(v, packed), cu_seqlens_k if padded else None,
+                              cu_seqlens_q.numel() - 1 if packed else None)
     out, lse = launch.forward(plan, _view(q, packed), _view(k, packed), _view(v, packed), scale,
                               interpret=not q.is_cuda, config=_config(config),
                               varlen=_varlen(cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, padded),
-                              selection=selection, landmarks=landmarks)
+                              selection=selection, landmarks=landmarks, prefix=sums)
     return (out[0].transpose(0, 1), lse[0]) if packed else (out, lse)
 
 

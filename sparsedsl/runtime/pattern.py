@@ -52,7 +52,7 @@ class CompiledPattern:
 
     @property
     def is_dynamic(self) -> bool:
-        """True when the pattern depends on the data (landmarks or topk)."""
+        """True when the pattern depends on the data (landmarks, topk or compensation)."""
         return bool(self.dynamic_atoms)
 
     def ir(self) -> str:
