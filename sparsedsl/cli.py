@@ -8,6 +8,8 @@ import sys
 import torch
 
 from .compiler import compile_pattern, load
+from .ir.topk import num_groups
+from .passes.dynamic import decode_topk
 from .errors import SparseDSLError
 from .render import block_picture
 
@@ -157,12 +159,22 @@ def _compile_for(p, target, head_dim: int) -> int:
 
 
 def _sample_mask(p, lq, lk, h, hk, seed=0):
+    """The mask for random q and k (and, for topk(score=given), random gate scores) from `seed`."""
     if not p.is_dynamic:
         return p.mask(lq, lk, h, hk)
     gen = torch.Generator().manual_seed(seed)
     q = torch.randn(1, h, lq, 64, generator=gen)
     k = torch.randn(1, hk, lk, 64, generator=gen)
-    return p.mask(lq, lk, h, hk, q=q, k=k)[0]
+    scores = None
+    for t in (decode_topk(a) for a in p.dynamic_atoms if a.kind == "topk"):
+        if t.score == "given":
+            scores = torch.randn(1, h, num_groups(lq, lk, t.block), -(-lk // t.block), generator=gen)
+    return p.mask(lq, lk, h, hk, q=q, k=k, scores=scores)[0]
+
+
+def _given_note(p) -> str:
+    given = any(decode_topk(a).score == "given" for a in p.dynamic_atoms if a.kind == "topk")
+    return " and gate scores" if given else ""
 
 
 def _check_show_args(args) -> None:
@@ -207,7 +219,7 @@ def cmd_show(args) -> int:
         how = f"   (sampled: {n} evenly spaced query rows of {lq}, every key)"
     print(p.ir(), end="")
     print(f"# Lq={lq} Lk={lk} H={h} Hk={hk}"
-          + ("   (data-dependent: drawn for random q, k with seed 0)" if p.is_dynamic else ""))
+          + (f"   (data-dependent: drawn for random q, k{_given_note(p)} with seed 0)" if p.is_dynamic else ""))
     for atom in p.dynamic_atoms:
         if atom.kind == "landmarks":
             print(f"# + landmarks: one mean key per complete block of {atom.args[0].value} keys")

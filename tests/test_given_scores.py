@@ -124,3 +124,21 @@ def test_checks_and_fuzz_draw_gate_scores(tmp_path):
     f = tmp_path / "seer.attn"
     f.write_text("pattern seer(block: int = 16) {\n    causal & topk(2, block=block, score=given)\n}\n")
     assert main(["fuzz", str(f), "--examples", "4", "--max-len", "80"]) == 0
+
+
+def test_mask_takes_the_gate_scores():
+    """mask(q=, k=, scores=) of a score=given pattern: the selected blocks, token-causal,
+    from a plain reading of the rule (each row's n best candidate blocks, ties low)."""
+    p = sd.compile_pattern("pattern g() { causal & topk(2, block=4, score=given) }")
+    g = torch.Generator().manual_seed(0)
+    q, k = torch.randn(1, 1, 12, 8, generator=g), torch.randn(1, 1, 12, 8, generator=g)
+    scores = torch.tensor([[[[5.0, 0.0, 0.0], [1.0, 2.0, 0.0], [3.0, 1.0, 4.0]]]])
+    got = p.mask(12, num_heads=1, q=q, k=k, scores=scores)[0, 0]
+    chosen = {0: [0], 1: [0, 1], 2: [0, 2]}  # row 0: only block 0 is a candidate
+    for i in range(12):
+        want = [j for j in range(i + 1) if j // 4 in chosen[i // 4]]
+        assert torch.nonzero(got[i]).flatten().tolist() == want, i
+    with pytest.raises(sd.InputError, match="needs scores="):
+        p.mask(12, q=q, k=k)
+    with pytest.raises(sd.InputError, match="come with q and k"):
+        p.mask(12, scores=scores)

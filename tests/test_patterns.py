@@ -675,6 +675,7 @@ ALL_PATTERNS = {
     "quest.attn": ["quest"],
     "reattention.attn": ["reattention"],
     "razor_attention.attn": ["razor_attention"],
+    "seer_attention.attn": ["seer_attention"],
 }
 
 
@@ -689,7 +690,10 @@ def test_library_is_complete():
 @pytest.mark.parametrize("file,pattern", [(f, p) for f, ps in ALL_PATTERNS.items() for p in ps])
 def test_every_pattern_compiles_with_defaults(file, pattern):
     p = compile_pattern(file, pattern)
-    if file in ("quest.attn", "reattention.attn", "nsa.attn", "landmark.attn", "cca.attn", "razor_attention.attn"):
+    if file == "seer_attention.attn":  # the gate's scores come with the call: one query block, one key block
+        out = p(torch.randn(1, 2, 9, 4), torch.randn(1, 1, 9, 4), torch.randn(1, 1, 9, 4), scores=torch.ones(1, 1, 1, 1))
+        assert tuple(out.shape) == (1, 2, 9, 4) and torch.isfinite(out).all()
+    elif file in ("quest.attn", "reattention.attn", "nsa.attn", "landmark.attn", "cca.attn", "razor_attention.attn"):
         q = torch.randn(1, 2, 9, 4)
         k = torch.randn(1, 1, 9, 4)
         out = p(q, k, torch.randn(1, 1, 9, 4))
@@ -697,3 +701,63 @@ def test_every_pattern_compiles_with_defaults(file, pattern):
     else:
         m = p.mask(9, 9, num_heads=2, num_kv_heads=1)
         assert tuple(m.shape) == (2, 9, 9) and m.dtype == torch.bool
+
+
+# --------------------------------------------------------------------------
+# SeerAttention: the gate's block scores given with the call
+# --------------------------------------------------------------------------
+
+def naive_seer(q, k, v, scores, n, block, threshold=None):
+    """SeerAttention from the paper: each query block attends, with token causality, to
+    the n key blocks its gate scores highest among the blocks up to its own (ties to the
+    lower block; -inf and NaN never chosen; with a threshold only blocks scoring >= it).
+    Per row, in float64; scores [B, H or Hk, R, blocks] in query-block rows from
+    (Lk - Lq) // block."""
+    B, H, lq, D = q.shape
+    Hk, lk = k.shape[1], k.shape[2]
+    out, lse = np.zeros((B, H, lq, v.shape[-1])), np.full((B, H, lq), -np.inf)
+    first = (lk - lq) // block
+    for b in range(B):
+        for h in range(H):
+            hk = h // (H // Hk)
+            for t in range(lq):
+                pos = lk - lq + t
+                g = pos // block
+                s = scores[b, h if scores.shape[1] == H else hk, g - first]
+                cands = [j for j in range(g + 1) if np.isfinite(s[j]) and (threshold is None or s[j] >= threshold)]
+                chosen = sorted(cands, key=lambda j: (-s[j], j))[:n]
+                keys = [kk for kk in range(pos + 1) if kk // block in chosen]
+                if not keys:
+                    continue
+                logits = k[b, hk, keys] @ q[b, h, t] / math.sqrt(D)
+                m = logits.max()
+                w = np.exp(logits - m)
+                lse[b, h, t] = m + math.log(w.sum())
+                out[b, h, t] = (w[:, None] * v[b, hk, keys]).sum(0) / w.sum()
+    return out, lse
+
+
+@pytest.mark.parametrize("per_kv_head,threshold", [(False, None), (True, None), (False, 0.0)])
+def test_seer_attention_matches_the_paper(per_kv_head, threshold):
+    block, n, B, H, Hk, lq, lk, D = 16, 2, 2, 4, 2, 40, 70, 8
+    p = compile_pattern("seer_attention.attn", budget=n * block, block=block)
+    rng = np.random.default_rng(3)
+    q, k, v = (rng.standard_normal(s) for s in ((B, H, lq, D), (B, Hk, lk, D), (B, Hk, lk, D)))
+    rows = (lk - 1) // block - (lk - lq) // block + 1
+    scores = np.round(rng.standard_normal((B, Hk if per_kv_head else H, rows, -(-lk // block))), 1)  # ties
+    scores[0, 0, 1, 0] = -np.inf
+    scores[1, -1, 2, 1] = np.nan
+    want_out, want_lse = naive_seer(q, k, v, scores, n, block, threshold)
+    kw = dict(scores=torch.from_numpy(scores), threshold=threshold)
+    out, lse = p(*(torch.from_numpy(x) for x in (q, k, v)), return_lse=True, **kw)
+    assert np.array_equal(np.isneginf(lse.numpy()), np.isneginf(want_lse))
+    fin = np.isfinite(want_lse)
+    np.testing.assert_allclose(lse.numpy()[fin], want_lse[fin], atol=1e-10)
+    np.testing.assert_allclose(out.numpy(), want_out, atol=1e-10)
+    from sparsedsl.kernels.launch import interpreter_ready
+
+    if interpreter_ready():  # the kernels, float32
+        out32, lse32 = p(*(torch.from_numpy(x).float() for x in (q, k, v)), return_lse=True, backend="triton",
+                         _config=(16, 16), **kw)
+        np.testing.assert_allclose(lse32.numpy()[fin], want_lse[fin], atol=1e-4)
+        np.testing.assert_allclose(out32.numpy(), want_out, atol=1e-4)

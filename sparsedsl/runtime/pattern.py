@@ -145,11 +145,13 @@ class CompiledPattern:
         for r0 in range(0, q_len, step):
             yield torch.arange(r0, min(q_len, r0 + step), device=device)
 
-    def mask(self, q_len, kv_len=None, num_heads=1, num_kv_heads=None, *, q=None, k=None) -> torch.Tensor:
+    def mask(self, q_len, kv_len=None, num_heads=1, num_kv_heads=None, *, q=None, k=None, scores=None,
+             threshold=None) -> torch.Tensor:
         """Visibility of every (query, key) pair: bool [num_heads, q_len, kv_len].
 
         A dynamic pattern needs q [B, H, Lq, D] and k [B, Hk, Lk, D] and returns
-        [B, H, Lq, Lk] (ordinary keys only; landmark entries are not keys)."""
+        [B, H, Lq, Lk] (ordinary keys only; landmark entries are not keys); one with
+        topk(score=given) also the gate's `scores` (and `threshold`), as a call takes them."""
         q_len, kv_len = self._lengths(q_len, kv_len)
         h, hk = self._heads(num_heads, num_kv_heads)
         selection, batch = None, None
@@ -160,8 +162,13 @@ class CompiledPattern:
             if tuple(q.shape[1:3]) != (h, q_len) or tuple(k.shape[1:3]) != (hk, kv_len):
                 raise InputError(f"mask: q must be [B, {h}, {q_len}, D] and k [B, {hk}, {kv_len}, D], got "
                                  f"{tuple(q.shape)} and {tuple(k.shape)}")
-            selection, batch = compute_selection(self.root, q, k, clamp=True), q.shape[0]
+            batch = q.shape[0]
+            given = self._given_selection(scores, threshold, None, h, (batch, kv_len, q_len, kv_len, None))
+            selection = compute_selection(self.root, q, k, clamp=True) if given is None else \
+                self._selection_dict(given, q, k)
         else:
+            if scores is not None or threshold is not None:
+                raise InputError("mask: scores= and threshold= come with q and k")
             self._static_only("mask")
         shape = (h, q_len, kv_len) if batch is None else (batch, h, q_len, kv_len)
         out = torch.empty(shape, dtype=torch.bool)
