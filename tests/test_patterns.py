@@ -675,6 +675,7 @@ ALL_PATTERNS = {
     "quest.attn": ["quest"],
     "reattention.attn": ["reattention"],
     "razor_attention.attn": ["razor_attention"],
+    "snapkv.attn": ["snapkv"],
 }
 
 
@@ -689,7 +690,8 @@ def test_library_is_complete():
 @pytest.mark.parametrize("file,pattern", [(f, p) for f, ps in ALL_PATTERNS.items() for p in ps])
 def test_every_pattern_compiles_with_defaults(file, pattern):
     p = compile_pattern(file, pattern)
-    if file in ("quest.attn", "reattention.attn", "nsa.attn", "landmark.attn", "cca.attn", "razor_attention.attn"):
+    if file in ("quest.attn", "reattention.attn", "nsa.attn", "landmark.attn", "cca.attn", "razor_attention.attn",
+                "snapkv.attn"):
         q = torch.randn(1, 2, 9, 4)
         k = torch.randn(1, 1, 9, 4)
         out = p(q, k, torch.randn(1, 1, 9, 4))

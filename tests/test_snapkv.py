@@ -107,6 +107,9 @@ def test_reference_matches_the_paper(case):
     assert torch.equal(got, want)
     # the selection of a float32 call (its rows all share one vector of block scores)
     assert torch.equal(p.select_blocks(q, k, backend="reference"), want)
+    # the window's queries alone vote the same: their call's last row is the decoding row
+    last = p.select_blocks(q[:, :, -window:].double(), k.double(), backend="reference")[:, :, -1:]
+    assert torch.equal(last, want[:, :, -1:])
     # the scale takes part in the softmax
     half = _naive(q[:1], k[:1], n, block, window, pool, causal, scale=0.5)[1]
     assert torch.equal(p.select_blocks(q[:1].double(), k[:1].double(), backend="reference", scale=0.5), half)
@@ -178,6 +181,7 @@ def test_attention_and_decoding_with_the_shipped_pattern():
     scores, _ = _naive(q[:, :, :lp].cpu(), kc[:, :, :lp].cpu(), 4, 1, 4, 3, True)
     _assert_top_n(sel.cpu(), scores, 4, 1, lp, lp, True)
     last = sel[:, :, -1:]
+    assert torch.equal(p.select_blocks(q[:, :, lp - 4:lp], kc[:, :, :lp], backend="triton")[:, :, -1:], last)
     atom = p.dynamic_atoms[0]
     for step in range(1, new + 1):
         L = lp + step
