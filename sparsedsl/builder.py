@@ -14,7 +14,8 @@ import keyword
 from .errors import PatternError
 from .ir import build
 from .ir import nodes as ir
-from .atoms import ATOMS, arg_problem, atom_problem
+from .atoms import ATOMS, arg_problem, atom_problem, call_problem
+from .atoms.dynamic import AttentionScore
 from .ir.ranges import range_problem
 
 
@@ -193,6 +194,16 @@ def _atom(kind: str, *args, **kwargs) -> Mask:
     if problem:
         raise PatternError(problem)
     return Mask(ir.Atom(kind, tuple(values)))
+
+
+def attention(window, pool) -> AttentionScore:
+    """topk's score=attention(window=w, pool=p) (SnapKV): `topk(n, block=1, score=attention(window=32,
+    pool=7))`; the meaning is in docs/language.md (topk)."""
+    value = AttentionScore(window, pool)
+    problem = call_problem("topk", value)
+    if problem:
+        raise PatternError(problem)
+    return value
 
 
 h, H, hk, Hk, q, k = (Int(ir.Sym(n)) for n in ("h", "H", "hk", "Hk", "q", "k"))

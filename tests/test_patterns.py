@@ -676,6 +676,7 @@ ALL_PATTERNS = {
     "reattention.attn": ["reattention"],
     "razor_attention.attn": ["razor_attention"],
     "seer_attention.attn": ["seer_attention"],
+    "snapkv.attn": ["snapkv"],
 }
 
 
@@ -691,9 +692,11 @@ def test_library_is_complete():
 def test_every_pattern_compiles_with_defaults(file, pattern):
     p = compile_pattern(file, pattern)
     if file == "seer_attention.attn":  # the gate's scores come with the call: one query block, one key block
-        out = p(torch.randn(1, 2, 9, 4), torch.randn(1, 1, 9, 4), torch.randn(1, 1, 9, 4), scores=torch.ones(1, 1, 1, 1))
+        q, k, v = torch.randn(1, 2, 9, 4), torch.randn(1, 1, 9, 4), torch.randn(1, 1, 9, 4)
+        out = p(q, k, v, scores=torch.ones(1, 1, 1, 1))
         assert tuple(out.shape) == (1, 2, 9, 4) and torch.isfinite(out).all()
-    elif file in ("quest.attn", "reattention.attn", "nsa.attn", "landmark.attn", "cca.attn", "razor_attention.attn"):
+    elif file in ("quest.attn", "reattention.attn", "nsa.attn", "landmark.attn", "cca.attn", "razor_attention.attn",
+                  "snapkv.attn"):
         q = torch.randn(1, 2, 9, 4)
         k = torch.randn(1, 1, 9, 4)
         out = p(q, k, torch.randn(1, 1, 9, 4))

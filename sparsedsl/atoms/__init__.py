@@ -56,6 +56,25 @@ def _kind_name(v) -> str:
     return "a mask" if nodes.is_mask(v) else type(v).__name__
 
 
+def choice_text(p: Param) -> str:
+    """The values a choice parameter takes, in words: `one of mean, minmax, given or attention(window=..., ...)`."""
+    words = list(p.choices) + [f"{c.name}({', '.join(f + '=...' for f in c.fields())})" for c in p.calls]
+    return "one of " + ", ".join(words[:-1]) + " or " + words[-1] if len(words) > 1 else words[0]
+
+
+def call_problem(kind: str, v) -> str | None:
+    """Why a call value (base.Call) cannot be an argument of atom `kind` (None when it can)."""
+    for f in v.fields():
+        x = getattr(v, f)
+        if type(x) is not int:
+            return f"{v.name}(...) in {kind}: {f} must be an integer, got {x!r}"
+        if x < v.minimum:
+            return f"{v.name}(...) in {kind}: {f} must be at least {v.minimum}, got {x}"
+        if x > INT_LIMIT:
+            return f"{v.name}(...) in {kind}: {f} leaves the range of integers: {LIMIT_TEXT}"
+    return None
+
+
 def arg_problem(kind: str, p: Param, v) -> str | None:
     """Why `v` cannot be argument `p` of atom `kind` (None when it can)."""
     if p.kind == "cond":
@@ -63,7 +82,9 @@ def arg_problem(kind: str, p: Param, v) -> str | None:
     if p.kind == "bool":
         return None if isinstance(v, nodes.Bool) else f"{p.name} of {kind} must be true or false, got {_kind_name(v)}"
     if p.kind == "choice":
-        return None if v in p.choices else f"{p.name} of {kind} must be one of {', '.join(p.choices)}"
+        if isinstance(v, p.calls):
+            return call_problem(kind, v)
+        return None if v in p.choices else f"{p.name} of {kind} must be {choice_text(p)}"
     if not nodes.is_int(v):
         return f"argument {p.name!r} of {kind} needs an integer, got {_kind_name(v)}"
     deps = nodes.symbols(v)

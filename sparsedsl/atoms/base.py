@@ -7,6 +7,7 @@ kernels' element mask, the bounds analysis, the simplifier and the test
 strategies all read these definitions."""
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 from ..ir import nodes
@@ -22,6 +23,7 @@ class Param:
     minimum: int | None = None  # smallest legal value of an int
     choices: tuple[str, ...] = ()
     constant: bool = False  # must not depend on the head (dynamic atoms)
+    calls: tuple[type, ...] = ()  # a choice may also be one of these call values (Call subclasses)
 
     def accepts(self, value) -> bool:
         if self.kind == "int":
@@ -30,7 +32,24 @@ class Param:
             return isinstance(value, nodes.Bool)
         if self.kind == "cond":
             return nodes.is_bool(value)
-        return value in self.choices
+        return value in self.choices or isinstance(value, self.calls)
+
+
+@dataclass(frozen=True)
+class Call:
+    """A choice written as a call with integer keyword arguments, `name(a=1, b=2)` (topk's
+    score=attention(window=w, pool=p)). Subclasses are frozen dataclasses of int fields, each
+    at least `minimum`; the value prints as it is written."""
+
+    name = ""
+    minimum = 1
+
+    @classmethod
+    def fields(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in dataclasses.fields(cls))
+
+    def __str__(self) -> str:
+        return f"{self.name}({', '.join(f'{f}={getattr(self, f)}' for f in self.fields())})"
 
 
 def int_param(name, default=None, minimum=None, constant=False) -> Param:

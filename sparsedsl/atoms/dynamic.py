@@ -5,7 +5,9 @@ landmark entries and their compensation entries (kernels/prefix.py)."""
 from __future__ import annotations
 
 from ..ir import nodes as ir
-from .base import AtomDef, Param, int_param
+from dataclasses import dataclass
+
+from .base import AtomDef, Call, Param, int_param
 from .segments import EVERY_QUERY, EVERYTHING
 
 
@@ -21,10 +23,22 @@ class Landmarks(AtomDef):
         return ()
 
 
+@dataclass(frozen=True)
+class AttentionScore(Call):
+    """topk's score=attention(window=w, pool=p) (SnapKV): a key block scores by the softmax
+    probabilities the call's last min(w, Lq) queries give its keys under full causal attention,
+    summed over those queries, max-pooled over p neighbouring keys and maximised over the block
+    (reference/select.py attention_block_scores; docs/language.md states it exactly)."""
+
+    name = "attention"
+    window: int
+    pool: int
+
+
 class TopK(AtomDef):
     name, dynamic = "topk", True
     params = (int_param("n", minimum=1, constant=True), int_param("block", 64, 1, constant=True),
-              Param("score", "choice", "mean", choices=("mean", "minmax", "given")),
+              Param("score", "choice", "mean", choices=("mean", "minmax", "given"), calls=(AttentionScore,)),
               Param("causal", "bool", ir.Bool(True)))
     formula = "the n best-scoring key blocks of each query block"
 

@@ -128,6 +128,6 @@ def _atom(n: ir.Atom) -> str:
     for p, v in zip(sig.params, n.args):
         if p.default is not None and v == p.default:
             continue
-        text = v if isinstance(v, str) else expr(v)
+        text = expr(v) if isinstance(v, ir.Node) else str(v)  # (a choice: a name, or a call value)
         parts.append(text if p.default is None else f"{p.name}={text}")
     return f"{n.kind}({', '.join(parts)})" if parts else n.kind

@@ -11,7 +11,7 @@ from pathlib import Path
 from ..errors import PatternError, Span
 from ..ir import build
 from ..ir import nodes as ir
-from ..atoms import ATOMS, arg_problem, atom_problem
+from ..atoms import ATOMS, arg_problem, atom_problem, call_problem, choice_text
 from ..ir.ranges import range_problem
 from . import ast
 from .parser import parse
@@ -19,6 +19,8 @@ from .parser import parse
 BUILTIN_SYMBOLS = ("h", "H", "hk", "Hk", "q", "k")
 INT_FUNCS = {"min": 2, "max": 2, "abs": 1}
 PARAM_TYPES = ("int", "bool")
+# values of an atom's choice written as calls (topk's score=attention(window=w, pool=p)): name -> (atom, param)
+CHOICE_CALLS = {c.name: (name, p.name) for name, d in ATOMS.items() for p in d.params for c in p.calls}
 MAX_CALL_DEPTH = 64  # pattern calls nest at most this deep
 MAX_FILE_BYTES = 1 << 20  # an .attn file is at most 1 MiB
 
@@ -308,6 +310,8 @@ class Lowerer:
             return self.instantiate(target[0], target[1], {}, e.span)
         if name in INT_FUNCS:
             raise PatternError(f"{name!r} is a function; call it as {name}(...)", e.span)
+        if name in CHOICE_CALLS:
+            raise _choice_call_elsewhere(name, e.span)
         known = list(env) + list(BUILTIN_SYMBOLS) + list(ATOMS) + list(self._visible(info, pdef))
         raise PatternError(f"unknown name {name!r}", e.span, suggest(name, known))
 
@@ -348,6 +352,8 @@ class Lowerer:
             return self.instantiate(target[0], target[1], args, e.span)
         if name in env or name in BUILTIN_SYMBOLS:
             raise PatternError(f"{name!r} is a value, not a function or pattern", e.span)
+        if name in CHOICE_CALLS:
+            raise _choice_call_elsewhere(name, e.span)
         known = list(ATOMS) + list(INT_FUNCS) + self._visible(info, pdef)
         raise PatternError(f"unknown atom or pattern {name!r}", e.span, suggest(name, known))
 
@@ -375,9 +381,7 @@ class Lowerer:
                 continue
             x = given[p.name]
             if p.kind == "choice":
-                if not (isinstance(x, ast.Name) and x.id in p.choices):
-                    raise PatternError(f"{p.name} of {name} must be one of {', '.join(p.choices)}", x.span)
-                values.append(x.id)
+                values.append(self._choice(name, p, x, env, info, pdef))
                 continue
             v = self.expr(x, env, info, pdef)
             values.append(self._atom_value(name, p, v, x.span))
@@ -387,6 +391,42 @@ class Lowerer:
         node = ir.Atom(name, tuple(values))
         self.spans.setdefault(node, span)
         return node
+
+    def _choice(self, atom: str, p, x: ast.Expr, env, info, pdef):
+        """A choice argument: one of p.choices written as a name, or a call value (p.calls) written
+        as name(field=integer, ...) with integers the same for every head."""
+        if isinstance(x, ast.Name) and x.id in p.choices:
+            return x.id
+        call = next((c for c in p.calls if isinstance(x, ast.Call) and x.func == c.name), None)
+        if call is None:
+            raise PatternError(f"{p.name} of {atom} must be {choice_text(p)}", x.span)
+        usage = (f"usage: {call.name}({', '.join(f + '=...' for f in call.fields())})",)
+        if x.args:
+            raise PatternError(f"pass the arguments of {call.name}(...) by name", x.args[0].span, usage)
+        given = {}
+        for kw in x.kwargs:
+            if kw.name not in call.fields():
+                raise PatternError(f"{call.name}(...) has no argument {kw.name!r}", kw.span,
+                                   suggest(kw.name, call.fields()) + usage)
+            if kw.name in given:
+                raise PatternError(f"argument {kw.name!r} of {call.name}(...) given twice", kw.span)
+            v = self._want_int(self.expr(kw.value, env, info, pdef), kw.value, f"{kw.name} of {call.name}(...)")
+            if not isinstance(v, ir.Const):
+                uses = ", ".join(sorted(ir.symbols(v))) or "a non-constant expression"
+                raise PatternError(f"{kw.name} of {call.name}(...) must be the same for every head (it uses {uses})",
+                                   kw.value.span)
+            if v.value < call.minimum:
+                raise PatternError(f"{kw.name} of {call.name}(...) must be at least {call.minimum}, got {v.value}",
+                                   kw.value.span)
+            given[kw.name] = v.value
+        missing = [f for f in call.fields() if f not in given]
+        if missing:
+            raise PatternError(f"{call.name}(...) needs its argument {missing[0]!r}", x.span, usage)
+        value = call(**given)
+        problem = call_problem(atom, value)
+        if problem:
+            raise PatternError(problem, x.span)
+        return value
 
     def _atom_value(self, name, p, v: ir.Node, span: Span) -> ir.Node:
         problem = arg_problem(name, p, v)
@@ -409,6 +449,13 @@ class Lowerer:
 
     def _want_mask(self, v, e, where, span=None):
         return self._want(v, ir.is_mask, "a mask", e, where, span)
+
+
+def _choice_call_elsewhere(name: str, span: Span) -> PatternError:
+    atom, param = CHOICE_CALLS[name]
+    return PatternError(f"{name}(...) is a value of {atom}'s {param}, not a mask or an integer: write it as "
+                        f"{atom}(..., {param}={name}(...))", span,
+                        ("for example: topk(1024, block=1, score=attention(window=32, pool=7))",))
 
 
 def _source_text(span: Span) -> str | None:

@@ -19,16 +19,18 @@ CHUNK_ELEMENTS = 1 << 25
 LOG2E = 1.4426950408889634
 
 
-def compute_selection(root: ir.Node, q: torch.Tensor, k: torch.Tensor, dtype=None, clamp: bool = False) -> dict:
+def compute_selection(root: ir.Node, q: torch.Tensor, k: torch.Tensor, dtype=None, clamp: bool = False,
+                      scale: float | None = None) -> dict:
     """{topk atom: int32 [B, H, R, n]} for every topk atom of the pattern
-    (clamp=True: [B, H, R, min(n, nb)], for masks and attention)."""
+    (clamp=True: [B, H, R, min(n, nb)], for masks and attention). `scale`: the
+    logit scale of score=attention(...) (default 1 / sqrt(D))."""
     dtype = dtype or (torch.float64 if q.dtype == torch.float64 else torch.float32)
     out = {}
     for atom in dynamic_atoms(root):
         if atom.kind == "topk":
             out[atom] = select_topk(q.to(dtype), k.to(dtype), atom_arg(atom, "n").value,
                                     atom_arg(atom, "block").value, atom_arg(atom, "score"),
-                                    atom_arg(atom, "causal").value, clamp)
+                                    atom_arg(atom, "causal").value, clamp, scale)
     return out
 
 
@@ -90,7 +92,7 @@ def reference_attention(root: ir.Node, q: torch.Tensor, k: torch.Tensor, v: torc
     scale = 1.0 / math.sqrt(d) if scale is None else float(scale)
     qf, kf, vf = q.to(cd), k.to(cd), v.to(cd)
     if selection is None:
-        selection = compute_selection(root, q, k, cd, clamp=True)
+        selection = compute_selection(root, q, k, cd, clamp=True, scale=scale)
     landmarks = []
     for atom in dynamic_atoms(root):
         if atom.kind == "landmarks":

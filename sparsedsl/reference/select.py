@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import torch
 
+from ..atoms.dynamic import AttentionScore
 from ..errors import InputError
 from ..ir.topk import first_group, num_groups
 
@@ -46,14 +47,53 @@ def query_group_means(q: torch.Tensor, kv_len: int, block: int) -> torch.Tensor:
     return sums / count.view(1, 1, r, 1)
 
 
-def select_topk(q: torch.Tensor, k: torch.Tensor, n: int, block: int, score: str = "mean",
-                causal: bool = True, clamp: bool = False) -> torch.Tensor:
+def attention_block_scores(q: torch.Tensor, k: torch.Tensor, window: int, pool: int, block: int,
+                           scale: float | None = None) -> torch.Tensor:
+    """topk(score=attention(window, pool)) (SnapKV): the score of every key block, [B, H, nb]
+    in q's dtype, nb = ceil(Lk / block); -inf for blocks without a prefix key.
+
+    The observation window is the call's last m = min(window, Lq) query rows, at positions
+    Lk - m .. Lk - 1; the prefix is the keys 0 .. P - 1 before it, P = Lk - m. Each window
+    query at position t attends to the keys 0 .. t (full causal attention, logits q . k * scale,
+    scale default 1 / sqrt(D), query head h over KV head h // (H / Hk)); the vote of prefix key
+    j is the sum over the window of its softmax probabilities. Votes are max-pooled over the
+    keys j - pool // 2 .. j - pool // 2 + pool - 1 that lie in the prefix (max_pool1d with
+    kernel `pool`, stride 1, padding pool // 2, the first P outputs); a block scores the
+    largest pooled vote of its prefix keys."""
+    b, h, lq, d = q.shape
+    hk, lk = k.shape[1], k.shape[2]
+    scale = d ** -0.5 if scale is None else scale
+    m = min(window, lq)
+    prefix = lk - m
+    nb = -(-lk // block)
+    out = torch.full((b, h, nb), float("-inf"), dtype=q.dtype, device=q.device)
+    if prefix <= 0 or b * h == 0:
+        return out
+    qw = q[:, :, lq - m:].reshape(b, hk, h // hk, m, d)
+    logits = torch.einsum("bgxmd,bgkd->bgxmk", qw, k) * scale
+    future = torch.arange(lk, device=q.device).view(1, -1) > (prefix + torch.arange(m, device=q.device)).view(-1, 1)
+    probs = torch.softmax(logits.masked_fill(future, float("-inf")), dim=-1)
+    votes = probs[..., :prefix].sum(-2).reshape(b, h, prefix)
+    left = min(pool // 2, prefix)
+    right = min(pool - 1 - pool // 2, prefix)
+    padded = torch.nn.functional.pad(votes, (left, right), value=float("-inf"))
+    pooled = padded.unfold(-1, left + right + 1, 1).amax(-1)  # [B, H, P]
+    blocks = -(-prefix // block)
+    pooled = torch.nn.functional.pad(pooled, (0, blocks * block - prefix), value=float("-inf"))
+    out[..., :blocks] = pooled.view(b, h, blocks, block).amax(-1)
+    return out
+
+
+def select_topk(q: torch.Tensor, k: torch.Tensor, n: int, block: int, score="mean",
+                causal: bool = True, clamp: bool = False, scale: float | None = None) -> torch.Tensor:
     """The topk atom's selection: int32 [B, H, R, n], block ids ascending, -1 for empty slots.
 
     Candidates of group i are key blocks j <= i (causal) or all blocks; each is
-    scored against the group's mean query; the n best win, ties to the lower j.
-    clamp=True: [B, H, R, min(n, nb)] (the same blocks, without the empty slots
-    past the nb key blocks; n may be up to 2**62)."""
+    scored against the group's mean query (score=mean, minmax), or all groups share
+    the scores of attention_block_scores (score=AttentionScore, with the call's
+    `scale`; blocks without a prefix key are no candidates); the n best win, ties
+    to the lower j. clamp=True: [B, H, R, min(n, nb)] (the same blocks, without the
+    empty slots past the nb key blocks; n may be up to 2**62)."""
     if score == "given":
         raise InputError(f"topk(n={n}, block={block}, score=given) selects from the scores the call is given: pass "
                          "scores= (block scores [B, H or Hk, R, blocks]) or selection=")
@@ -69,6 +109,11 @@ def select_topk(q: torch.Tensor, k: torch.Tensor, n: int, block: int, score: str
                          "attention take such an n)")
     out = torch.full((b, h, r, n), -1, dtype=torch.int32, device=q.device)
     if r == 0 or nb == 0 or b == 0 or h == 0:
+        return out
+    if isinstance(score, AttentionScore):
+        scores = attention_block_scores(q, k, score.window, score.pool, block, scale)
+        take = min(n, nb)
+        out[..., :take] = select_given(scores[:, :, None].expand(b, h, r, nb), take, block, lq, lk, causal, h)
         return out
     qbar = query_group_means(q, lk, block).view(b, hk, h // hk, r, d)
     mean, kmin, kmax = key_block_stats(k, block)

@@ -26,6 +26,8 @@ from ..ir.plan import KernelPlan
 from ..ir.topk import num_groups, padded_groups
 from ..passes.dynamic import Unsupported, decode_topk
 from ..passes.plan import kernel_plan
+from ..atoms.dynamic import AttentionScore
+from ..reference.select import select_given
 
 # Weak both ways: a server compiling patterns per request must not keep them all.
 _PATTERNS: weakref.WeakValueDictionary[str, ir.Pattern] = weakref.WeakValueDictionary()
@@ -181,21 +183,42 @@ attention.register_autograd(_backward, setup_context=_setup)
 
 @torch.library.custom_op("sparsedsl::select", mutates_args=())
 def select(q: torch.Tensor, k: torch.Tensor, pattern: str, q_rows: Optional[torch.Tensor] = None,
-           kv_rows: Optional[torch.Tensor] = None, max_q: int = 0, max_k: int = 0) -> torch.Tensor:
+           kv_rows: Optional[torch.Tensor] = None, max_q: int = 0, max_k: int = 0,
+           scale: Optional[float] = None) -> torch.Tensor:
     """The topk selection of a dynamic pattern: int32 [B, H, R, n] (kernels/selection.py);
     q_rows/kv_rows: a padded batch's int32 [B, 2] (first row, length) per entry; or a packed
-    batch (q [Tq, H, D], k [Tk, Hk, D]): its cu_seqlens and longest lengths, [S, H, R, n]."""
+    batch (q [Tq, H, D], k [Tk, Hk, D]): its cu_seqlens and longest lengths, [S, H, R, n].
+    `scale`: the logits' of topk(score=attention(...)) (default 1 / sqrt(D))."""
     from ..kernels.selection import packed_views, prefill_inputs
 
+    plan = _plan(pattern)
+    rows, lengths = (None if q_rows is None else (q_rows, kv_rows)), None
     if q.dim() == 3:
-        qx, kx, _, rows, lengths = packed_views(_view(q, True), _view(k, True), _view(k, True), q_rows, kv_rows,
-                                                max_q, max_k)
-        return prefill_inputs(_plan(pattern), qx, kx, kx, rows=rows, lengths=lengths)[0]
-    return prefill_inputs(_plan(pattern), q, k, k, rows=None if q_rows is None else (q_rows, kv_rows))[0]
+        q, k, _, rows, lengths = packed_views(_view(q, True), _view(k, True), _view(k, True), q_rows, kv_rows,
+                                              max_q, max_k)
+    if isinstance(plan.topk.score, AttentionScore):
+        return _attention_selection(plan.topk, q, k, scale, rows, lengths)
+    return prefill_inputs(plan, q, k, k, rows=rows, lengths=lengths)[0]
+
+
+def _attention_selection(t, q, k, scale, rows, lengths) -> torch.Tensor:
+    """topk(score=attention(...)) on the kernels: the block scores of kernels/votes.py, every
+    selection row taking its n best candidates of them (select_given, on the device)."""
+    from ..kernels.votes import block_scores
+
+    lq, lk = lengths if lengths is not None else (q.shape[2], k.shape[2])
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    scores = block_scores(q, k, t.score.window, t.score.pool, t.block, scale, lk, rows)
+    b, h, nb = scores.shape
+    if rows is None:
+        r, q_len, kv_len = num_groups(lq, lk, t.block), lq, lk
+    else:
+        r, q_len, kv_len = padded_groups(lq, t.block), rows[0][:, 1], rows[1][:, 1]
+    return select_given(scores[:, :, None].expand(b, h, r, nb), min(t.n, nb), t.block, q_len, kv_len, t.causal, h)
 
 
 @select.register_fake
-def _(q, k, pattern, q_rows=None, kv_rows=None, max_q=0, max_k=0):
+def _(q, k, pattern, q_rows=None, kv_rows=None, max_q=0, max_k=0, scale=None):
     t = decode_topk(next(a for a in dynamic_atoms(_root(pattern)) if a.kind == "topk"))
     if q.dim() == 3:  # packed
         return q.new_empty((q_rows.shape[0] - 1, q.shape[1], padded_groups(max_q, t.block), t.n), dtype=torch.int32)

@@ -5,6 +5,7 @@ import math
 
 import torch
 
+from ..atoms.dynamic import AttentionScore
 from ..errors import InputError
 from ..ir import nodes as ir
 from ..ir.check import dynamic_atoms
@@ -255,7 +256,8 @@ class CompiledPattern:
 
     # -- data-dependent ----------------------------------------------------------------
 
-    def select_blocks(self, q, k, *, backend="auto", q_lengths=None, kv_lengths=None, padding_side="right"):
+    def select_blocks(self, q, k, *, backend="auto", q_lengths=None, kv_lengths=None, padding_side="right",
+                      scale=None):
         """The key blocks each topk atom selects: int32 [B, H, R, n], ids ascending, -1 = empty.
 
         Row r is the absolute query block (Lk - Lq) // block + r. A tuple, in
@@ -264,8 +266,10 @@ class CompiledPattern:
         the device, without host synchronisation. A padded batch (q_lengths,
         kv_lengths, padding_side as in the call): entry b's row r is its own group
         (kv_lengths[b] - q_lengths[b]) // block + r, R = ceil((Lq - 1) / block) + 1 rows
-        (the most any entry spans; the rest of an entry's rows select nothing)."""
+        (the most any entry spans; the rest of an entry's rows select nothing). `scale`: the
+        logit scale of topk(score=attention(...)) (default 1 / sqrt(D), as the call's)."""
         inputs.check_qk(q, k)
+        scale = inputs.check_scale(scale)
         self._heads(q.shape[1], k.shape[1])
         rows = None
         if q_lengths is not None or kv_lengths is not None:
@@ -282,7 +286,7 @@ class CompiledPattern:
                 raise InputError("select_blocks on backend='triton' takes one topk atom and float16, bfloat16 "
                                  "or float32 inputs; use backend='reference'")
             self.plan  # (InputError when the pattern has no generated kernels)
-            sel = select(q, k, self._op_key, *(rows or ()))  # [B, H, R, min(n, blocks)]
+            sel = select(q, k, self._op_key, *(rows or ()), scale=scale)  # [B, H, R, min(n, blocks)]
             n = decode_topk(atoms[0]).n
             if sel.shape[-1] < n:  # the reference's layout [B, H, R, n]: empty slots past the key blocks
                 b, h, r = sel.shape[:3]
@@ -293,13 +297,13 @@ class CompiledPattern:
                 sel = torch.nn.functional.pad(sel, (0, n - sel.shape[-1]), value=-1)
             return sel
         if rows is None:
-            selection = compute_selection(self.root, q, k)
+            selection = compute_selection(self.root, q, k, scale=scale)
             out = tuple(selection[a] for a in atoms)
         else:
-            out = self._padded_selection(q, k, atoms, *rows)
+            out = self._padded_selection(q, k, atoms, *rows, scale=scale)
         return out[0] if len(out) == 1 else out
 
-    def _padded_selection(self, q, k, atoms, q_rows, kv_rows, longest=None) -> tuple:
+    def _padded_selection(self, q, k, atoms, q_rows, kv_rows, longest=None, scale=None) -> tuple:
         """The reference's selection of a padded batch, entry by entry, in the padded layout
         (rows for entries of at most `longest` queries, default the Lq axis)."""
         out = []
@@ -309,7 +313,8 @@ class CompiledPattern:
             out.append(torch.full((q.shape[0], q.shape[1], padded_groups(longest, t.block), t.n), -1,
                                   dtype=torch.int32, device=q.device))
         for i, ((sq, nq), (sk, nk)) in enumerate(zip(q_rows.tolist(), kv_rows.tolist())):
-            selection = compute_selection(self.root, q[i:i + 1, :, sq:sq + nq], k[i:i + 1, :, sk:sk + nk])
+            selection = compute_selection(self.root, q[i:i + 1, :, sq:sq + nq], k[i:i + 1, :, sk:sk + nk],
+                                          scale=scale)
             for a, dst in zip(atoms, out):
                 sel = selection[a]
                 dst[i:i + 1, :, :sel.shape[2]] = sel
@@ -413,7 +418,7 @@ class CompiledPattern:
         if use_triton:
             lengths = (max_seqlen_q, max_seqlen_k, q.shape[0], k.shape[0]) if packed else (q.shape[2], k.shape[2])
             inputs.check_kernel(q, lengths)
-            sel = self._kernel_selection(q, k, selection, rows)
+            sel = self._kernel_selection(q, k, selection, rows, scale)
             scale = q.shape[-1] ** -0.5 if scale is None else scale
             cu_q, cu_k = rows if padded else (cu_seqlens_q, cu_seqlens_k)
             out, lse = attention(q, k, v, self._op_key, scale, cu_q, cu_k, max_seqlen_q or 0, max_seqlen_k or 0,
@@ -439,23 +444,23 @@ class CompiledPattern:
             out, lse = with_sinks(out, lse, sinks, packed)
         result = (out, lse if q.dtype == torch.float64 else lse.float()) if return_lse else (out,)
         if return_selection:
-            chosen = next(iter(sel.values())) if sel is not None else self._reference_selection(q, k, rows)
+            chosen = next(iter(sel.values())) if sel is not None else self._reference_selection(q, k, rows, scale)
             result += (chosen.to(torch.int32),)
         return result if len(result) > 1 else out
 
-    def _reference_selection(self, q, k, rows) -> torch.Tensor:
+    def _reference_selection(self, q, k, rows, scale=None) -> torch.Tensor:
         """The reference's topk selection of a call, in the call's layout (dense, padded or packed)."""
         atom = next(a for a in self.dynamic_atoms if a.kind == "topk")
         if rows is None:
-            return compute_selection(self.root, q, k)[atom]
+            return compute_selection(self.root, q, k, scale=scale)[atom]
         if len(rows) == 2:
-            return self._padded_selection(q, k, [atom], *rows)[0]
+            return self._padded_selection(q, k, [atom], *rows, scale=scale)[0]
         # packed: the sequences as the entries of a padded batch, [S, H, T, D] views
         cu_q, cu_k, max_q, _ = rows
         s = cu_q.numel() - 1
         qv, kv = (x.transpose(0, 1)[None].expand(s, -1, -1, -1) for x in (q, k))
         entries = [torch.stack((cu[:-1], cu[1:] - cu[:-1]), 1) for cu in (cu_q, cu_k)]
-        return self._padded_selection(qv, kv, [atom], *entries, longest=max_q)[0]
+        return self._padded_selection(qv, kv, [atom], *entries, longest=max_q, scale=scale)[0]
 
     # -- decoding ----------------------------------------------------------------------
 
@@ -544,6 +549,8 @@ class CompiledPattern:
             counts = cache_seqlens if cache_leftpad is None else cache_seqlens - cache_leftpad
             entries = (q.shape[0], cap, q.shape[2], counts, q.shape[2])
         selection = self._given_selection(scores, threshold, selection, q.shape[1], entries)
+        if selection is None:
+            self._decode_votes_once()
         if selection is not None:
             selection = self._decode_selection(selection, q)
         if backend == "reference" or (backend == "auto" and not q.is_cuda):
@@ -600,6 +607,16 @@ class CompiledPattern:
             raise InputError(f"threshold must be a number, got {type(threshold).__name__}")
         return select_given(scores, t.n, t.block, q_len, kv_lens, t.causal, num_heads, threshold)
 
+    def _decode_votes_once(self) -> None:
+        """topk(score=attention(...)) selects once, from the prompt's last queries (SnapKV): decode
+        takes that selection and never scores blocks by itself."""
+        for a in self.dynamic_atoms:
+            t = decode_topk(a) if a.kind == "topk" else None
+            if t is not None and isinstance(t.score, AttentionScore):
+                raise InputError(f"decode: topk(n={t.n}, block={t.block}, score={t.score}) selects once, from the "
+                                 "prompt's last queries (SnapKV): pass that selection as selection= (the prefill "
+                                 "call's return_selection=True, its last row: sel[:, :, -1:])")
+
     def _decode_selection(self, selection, q) -> torch.Tensor:
         """A given decode selection, checked ([B, H, ceil((Lq - 1) / block) + 1, n], integers on
         q's device), as the kernels read it: int32, rows ascending."""
@@ -653,9 +670,10 @@ class CompiledPattern:
             lses.append(lse.float() if q.dtype != torch.float64 else lse)
         return torch.cat(outs), torch.cat(lses), chosen
 
-    def _kernel_selection(self, q, k, selection, rows=None):
+    def _kernel_selection(self, q, k, selection, rows=None, scale=None):
         """The int32 selection tensor the kernels read (None for patterns without topk).
-        `rows`: a padded batch's (q_rows, kv_rows), or a packed one's (cu_q, cu_k, max_q, max_k)."""
+        `rows`: a padded batch's (q_rows, kv_rows), or a packed one's (cu_q, cu_k, max_q, max_k).
+        `scale`: the call's (topk(score=attention(...)) votes with it)."""
         if not self.is_dynamic:
             return None
         if not torch.compiler.is_compiling():  # (traced, the op itself raises the same error)
@@ -665,7 +683,7 @@ class CompiledPattern:
             # ascending rows (the kernels skip a repeated id when it follows itself)
             return next(iter(sel.values())).to(device=q.device, dtype=torch.int32).sort(dim=-1).values
         if any(a.kind == "topk" for a in self.dynamic_atoms):
-            return select(q, k, self._op_key) if rows is None else select(q, k, self._op_key, *rows)
+            return select(q, k, self._op_key, *(rows or ()), scale=scale)
         return None
 
     def _reference_packed(self, q, k, v, scale, cu_q, cu_k, selection=None):

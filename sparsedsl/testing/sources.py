@@ -148,7 +148,7 @@ def _atom_text(draw, node: ir.Atom, scope: _Scope) -> str:
         if p.default is not None and v == p.default and draw(st.booleans()):
             continue  # leave the default out
         if p.kind == "choice":
-            text = v
+            text = str(v)
         else:
             text = render(draw, v, scope)
         items.append((p, text))
