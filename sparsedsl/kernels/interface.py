@@ -116,8 +116,8 @@ DKDV = Kernel(
      Pointer("WSK", "fp32"), Pointer("WSV", "fp32"), *_CU,
      Pointer("INV", "i64", _strides("i", "bh")), Pointer("IOFF", "i32", _strides("io", "bh")), *_LANDMARK_GRADS,
      Pointer("DQA", "fp32")),
-    (*_sizes(), *_POSITIONS, _QK_SCALE, _SM_SCALE, Scalar("LONG_KEYS"), Scalar("SPLIT"), Scalar("SEL_ROWS", specialize=True),
-     Scalar("NL", specialize=True)),
+    (*_sizes(), *_POSITIONS, _QK_SCALE, _SM_SCALE, Scalar("LONG_KEYS"), Scalar("SPLIT"),
+     Scalar("SEL_ROWS", specialize=True), Scalar("NL", specialize=True)),
     (*_PLAN, "GROUP", "TMA", "DQ_ATOMIC", *TUNED))  # GROUP: H // Hk; TMA: kernels/tma.py; DQA: contiguous
 DLM = Kernel(
     "dlm",
