@@ -15,7 +15,7 @@ import torch
 
 import sparsedsl as sd
 from sparsedsl.distributed.partial import partial_attention
-from sparsedsl.kernels import launch
+from sparsedsl.kernels import launch, tma
 from test_kernels import pytestmark  # noqa: F401 (the interpreter must be on)
 
 L = 70
@@ -55,12 +55,12 @@ def _pattern(name: str):
     return _patterns[name]
 
 
-def _sequence(heads, seed: int):
+def _sequence(heads, seed: int, dv: int = 12):
     g = torch.Generator().manual_seed(seed)
     h, hk = heads
     q = torch.randn(1, h, L, 16, generator=g, dtype=torch.float64)
     k = torch.randn(1, hk, L, 16, generator=g, dtype=torch.float64)
-    v = torch.randn(1, hk, L, 12, generator=g, dtype=torch.float64)
+    v = torch.randn(1, hk, L, dv, generator=g, dtype=torch.float64)
     return q, k, v
 
 
@@ -118,6 +118,22 @@ def test_partial_kernels_match_the_reference_at_global_positions(name, piece, he
         assert torch.isinf(golden["lse"]).all() and not golden["out"].any() and not golden["dk"].any()
     if piece == "zigzag":  # some rows see keys and some do not
         assert torch.isinf(golden["lse"]).any() and torch.isfinite(golden["lse"]).any()
+
+
+def test_descriptor_loads_at_global_positions(monkeypatch):
+    """The TMA path (forced on in the interpreter, as in tests/test_tma.py): descriptors over a
+    piece's rows, loaded at row coordinates u0 - K_POS0 (keys) and u0 - Q_POS0 (queries), from
+    pieces that do not start at multiples of the tile; NaN rows around them must not be read."""
+    monkeypatch.setattr(tma, "TMA_MODE", "1")
+    used = []
+
+    def spy(kind, tensors, meta, interpret):
+        used.append(tma.use_tma(kind, tensors, meta, interpret))
+        return used[-1]
+
+    monkeypatch.setattr(launch, "use_tma", spy)
+    _check(_pattern("s2"), _sequence((2, 1), seed=3, dv=16), *PIECES["zigzag"])
+    assert used and all(used)
 
 
 def test_one_position_range_over_the_whole_sequence_is_plain_attention():
