@@ -27,6 +27,7 @@ SOURCES = {
     "s2": "pattern s2() { causal & (local_blocks(1, block=16) | strided(3, block=16)) }",  # walked block by block
     "band": "pattern bi() { band(5, 9) | global(2) }",  # bidirectional
     "dilated": "pattern di() { causal & dilated(12, 2) }",  # residue classes (RATE 2)
+    "probed": "pattern rb() { causal & (window(5) | random_blocks(1, block=32, seed=2)) }",  # a block probe
 }
 # (query ranges, key ranges) of the sequence: (start, length) each, rows in this order
 PIECES = {
@@ -43,7 +44,7 @@ CASES = [
     ("chunked", "keys_before", (2, 1)), ("chunked", "same", (2, 2)),
     ("s2", "overlap", (2, 1)), ("s2", "zigzag", (2, 2)),
     ("band", "keys_after", (2, 1)), ("band", "same", (2, 2)),
-    ("dilated", "zigzag", (2, 2)),
+    ("dilated", "zigzag", (2, 2)), ("probed", "zigzag", (2, 1)),
 ]
 
 _patterns: dict = {}

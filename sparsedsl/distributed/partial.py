@@ -71,8 +71,8 @@ def partial_grads(p, q, k, v, q_pos: Ranges, k_pos: Ranges, scale: float, backen
     whole softmax's), with no recompute."""
     cd = out.dtype
     if check_backend(backend) == "triton":
-        return _OnKernels(p, q_pos, k_pos, scale, _length(length, q_pos, k_pos)).backward(q, k, v, out, lse, dout,
-                                                                                            dlse)
+        run = _OnKernels(p, q_pos, k_pos, scale, _length(length, q_pos, k_pos))
+        return run.backward(q, k, v, out, lse, dout, dlse)
     with torch.enable_grad():
         qi, ki, vi = (x.detach().to(cd).requires_grad_() for x in (q, k, v))
         out_i, lse_i = partial_attention(p, qi, ki, vi, q_pos, k_pos, scale, backend, length)
