@@ -2,7 +2,7 @@
 the brute-force mask, in this process; and distributed attention in 2 and 3 gloo
 processes (spawned once, by one test) against single-process attention on the
 whole sequence, float64, both layouts, uneven lengths: output, LSE and the gradients
-of q, k and v."""
+of q, k and v; and once on the kernels (backend="triton", Triton's interpreter, float32)."""
 from __future__ import annotations
 
 import datetime
@@ -169,8 +169,8 @@ def test_import_sparsedsl_leaves_distributed_until_it_is_used():
 #
 # One test spawns 3 gloo processes (once: pytest-xdist would run a module fixture once per
 # worker). They run every case in the default group (world 3) and in the group of ranks 0
-# and 1 (world 2), sharded decoding, then the checks of bad input; each process writes its
-# results, and the test fails with every failure found.
+# and 1 (world 2), sharded decoding, one case and decoding on the kernels, then the checks of
+# bad input; each process writes its results, and the test fails with every failure found.
 
 WORLD = 3
 FIXED = sorted(SOURCES)
@@ -194,7 +194,7 @@ def test_distributed_runs_equal_one_process(tmp_path):
         for check, failure in json.loads((tmp_path / f"{rank}.json").read_text()).items():
             ran.setdefault(check, {})[rank] = failure
     expected = {f"world {w}: {c}": range(w) for w in (2, 3) for c in FIXED + RANDOM}
-    expected.update({"decode": range(WORLD), "bad input": range(WORLD)})
+    expected.update({"decode": range(WORLD), "triton": range(2), "bad input": range(WORLD)})
     assert {c: sorted(r) for c, r in ran.items()} == {c: list(r) for c, r in expected.items()}
     failures = [f"{check}, rank {r}:\n{f}" for check, per_rank in ran.items() for r, f in per_rank.items() if f]
     assert not failures, f"{len(failures)} failed:\n" + "\n".join(failures)
@@ -223,6 +223,8 @@ def _run_rank(rank: int, world: int, port: int, folder: str, cases: list) -> Non
                 run(f"world 2: {name}", _check_case, rank, 2, pair, source, HEADS[i % len(HEADS)])
         dist.barrier()
         run("decode", _check_decode, rank, world)
+        if rank < 2:  # (on the two ranks of the pair: a process per core)
+            run("triton", _check_triton, rank, 2, pair)
         run("bad input", _check_bad_input, rank)
     finally:
         Path(folder, f"{rank}.json").write_text(json.dumps(results))
@@ -253,10 +255,10 @@ def _whole(p, q, k, v, dout, dlse):
     return out.detach(), lse.detach(), q.grad, k.grad, v.grad
 
 
-def _sharded(p, rank, world, group, layout, q, k, v, dout, dlse):
+def _sharded(p, rank, world, group, layout, q, k, v, dout, dlse, backend="auto"):
     """This rank's distributed out, lse, dq, dk, dv."""
     q, k, v = (shard(x, rank, world, layout).requires_grad_() for x in (q, k, v))
-    out, lse = sd.distributed.attention(p, q, k, v, group=group, layout=layout, return_lse=True)
+    out, lse = sd.distributed.attention(p, q, k, v, group=group, layout=layout, return_lse=True, backend=backend)
     _loss(out, lse, shard(dout, rank, world, layout), shard(dlse, rank, world, layout)).backward()
     return out.detach(), lse.detach(), q.grad, k.grad, v.grad
 
@@ -277,7 +279,7 @@ def _check_case(rank, world, group, source, heads, again: bool = False):
             assert err <= 1e-10, f"{layout} rank {rank}/{world}: {what} off by {err}"
 
 
-def _check_decode(rank, world):
+def _check_decode(rank, world, dtype=torch.float64, backend="auto", tolerance=1e-10, group=None):
     """Each sequence's cache cut in `world` consecutive parts (uneven; one part empty)."""
     p = sd.compile_pattern(SOURCES["sink_window"])
     q, k, v, _, _ = _inputs(40, (4, 2), seed=3)
@@ -291,11 +293,28 @@ def _check_decode(rank, world):
     for i, (s, n) in enumerate(zip(offsets, lens)):
         kc[i, :, :n], vc[i, :, :n] = k[i, :, s:s + n], v[i, :, s:s + n]
     lens, offsets, totals = (torch.tensor(x, dtype=torch.int32) for x in (lens, offsets, totals))
-    got = sd.distributed.decode(p, q, kc, vc, lens, offsets, totals, return_lse=True)
+    q, kc, vc = (x.to(dtype) for x in (q, kc, vc))
+    got = sd.distributed.decode(p, q, kc, vc, lens, offsets, totals, group=group, return_lse=True, backend=backend)
     for what, a, b in zip(("out", "lse"), got, want):
         assert torch.equal(torch.isinf(a), torch.isinf(b)), what
-        err = (a - b).nan_to_num(0, 0, 0).abs().max().item()
-        assert err <= 1e-10, f"decode rank {rank}: {what} off by {err}"
+        err = (a.double() - b).nan_to_num(0, 0, 0).abs().max().item()
+        assert err <= tolerance, f"decode rank {rank}: {what} off by {err}"
+
+
+def _check_triton(rank, world, group):
+    """backend="triton": the kernels in Triton's interpreter, float32 inputs, both layouts and
+    decoding, against single-process float64 attention."""
+    p = sd.compile_pattern(SOURCES["sink_window"])
+    data = [x[:1] for x in _inputs(LENGTHS[world], (2, 1), seed=7)]  # (few programs: the interpreter is slow)
+    whole = _whole(p, *data)
+    for layout in ("contiguous", "zigzag"):
+        mine = _sharded(p, rank, world, group, layout, *(x.float() for x in data), backend="triton")
+        for what, a, b in zip(("out", "lse", "dq", "dk", "dv"), mine, whole):
+            b = shard(b, rank, world, layout)
+            assert a.dtype == torch.float32 and torch.equal(torch.isinf(a), torch.isinf(b)), what
+            err = (a.double() - b).nan_to_num(0, 0, 0).abs().max().item()
+            assert err <= 2e-5, f"triton, {layout} rank {rank}/{world}: {what} off by {err}"
+    _check_decode(rank, world, torch.float32, "triton", 2e-5, group)
 
 
 def _raises(match: str, fn, *args, **kwargs) -> None:
@@ -332,7 +351,8 @@ def test_bad_arguments_raise_before_any_message():
     q = torch.zeros(1, 1, 4, 8)
     _raises("layout must be one of 'contiguous', 'zigzag', got 'ring'", sd.distributed.attention, p, q, q, q,
             layout="ring")
-    _raises("backend='triton' is not there yet", sd.distributed.attention, p, q, q, q, backend="triton")
+    _raises("backend='triton' takes float32, float16 and bfloat16 inputs; float64 runs on backend='reference'",
+            sd.distributed.partial_attention, p, q.double(), q, q, ((0, 4),), ((0, 4),), 1.0, "triton")
     assert not dist.is_initialized()
     _raises(r"torch.distributed is not initialised: call torch.distributed.init_process_group\(...\) on every rank",
             sd.distributed.attention, p, q, q, q)

@@ -57,7 +57,10 @@ def test_sizes_are_never_specialized():
     # a size of 1 (MQA, decoding) must stay an argument; the guard also takes the forward's grid
     for k in KERNELS.values():
         assert {"H", "Hk", "Lq", "Lk"} <= set(k.do_not_specialize)
-    assert KERNELS["guard"].do_not_specialize == ["H", "Hk", "Lq", "Lk", "SPLIT", "GRID0", "GRID1", "GRID2"]
+    assert KERNELS["guard"].do_not_specialize == ["H", "Hk", "Lq", "Lk", "SPLIT", "Q_POS0", "K_POS0", "SEQ_LQ",
+                                                  "SEQ_LK", "GRID0", "GRID1", "GRID2"]
+    for kind in ("fwd", "dq", "dkdv"):  # (positions 0 and 1 are common: the default key position is 0)
+        assert {"Q_POS0", "K_POS0", "SEQ_LQ", "SEQ_LK"} <= set(KERNELS[kind].do_not_specialize)
     assert "SEL_ROWS" not in KERNELS["dkdv"].do_not_specialize
 
 
@@ -66,7 +69,7 @@ def _forward_args(drop=(), add=None):
     q = torch.zeros(1, 2, 8, 16)
     tensors = dict.fromkeys(KERNELS["fwd"].pointer_names)
     tensors.update(Q=q, K=q, V=q, O=q, LSE=q[..., 0], FLAG=torch.zeros(1, dtype=torch.int32))
-    scalars = dict(H=2, Hk=2, Lq=8, Lk=8, SPLIT=1, qk_scale=0.5)
+    scalars = dict(H=2, Hk=2, Lq=8, Lk=8, SPLIT=1, Q_POS0=0, K_POS0=0, SEQ_LQ=8, SEQ_LK=8, qk_scale=0.5)
     for name in drop:
         tensors.pop(name, None)
         scalars.pop(name, None)

@@ -19,7 +19,7 @@ import torch
 from .comm import Group, check_shards
 from .exchange import DEFAULT_BLOCK, ExchangePlan, exchange_plan
 from .layout import check_layout, local_rows
-from .partial import check_backend, compute_dtype, merge, partial_attention, weight
+from .partial import check_backend, check_kernel_inputs, compute_dtype, merge, partial_attention, partial_grads
 
 FORWARD, BACKWARD = 0, 1  # message tags
 
@@ -43,6 +43,8 @@ def attention(p, q, k, v, *, group=None, layout: str = "zigzag", scale=None, ret
     backend = check_backend(backend)
     g = Group.of(group, what)
     length, scale = check_shards(g, q, k, v, scale, layout, what)
+    if backend == "triton":  # (the same dtype on every rank: no rank raises alone)
+        check_kernel_inputs(q)
     xplan = plan_of(p, length, g.world, layout, q.shape[1], k.shape[1], block)
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
     out, lse = _Attention.apply(q, k, v, _Run(p, xplan, g, scale, backend))
@@ -64,7 +66,7 @@ class _Run:
         return local_rows(self.shard, self.x.needs[receiver][self.g.rank])
 
     def partial(self, q, k, v, k_pos):
-        return partial_attention(self.p, q, k, v, self.shard, k_pos, self.scale, self.backend)
+        return partial_attention(self.p, q, k, v, self.shard, k_pos, self.scale, self.backend, self.x.length)
 
     def forward(self, q, k, v):
         """(out, lse) in the compute dtype, and the pieces [(owner, k, v, positions)]
@@ -121,16 +123,10 @@ class _Run:
         return dq.to(q.dtype), dkv[..., :d].to(k.dtype), dkv[..., d:].to(v.dtype)
 
     def _piece_grads(self, q, kp, vp, k_pos, out, lse, dout, dlse):
-        """(dq, dk|dv) of one piece, from the merged out and lse: the piece's own
-        output and lse get the merge's gradients (its share w = exp(lse_i - lse))."""
-        with torch.enable_grad():
-            qi, ki, vi = (x.detach().requires_grad_() for x in (q, kp, vp))
-            out_i, lse_i = self.partial(qi, ki, vi, k_pos)
-        w = weight(lse_i.detach(), lse)
-        dout_i = w.unsqueeze(-1) * dout
-        dlse_i = w * (dlse + ((out_i.detach() - out) * dout).sum(-1))
-        dq, dk, dv = torch.autograd.grad((out_i, lse_i), (qi, ki, vi), (dout_i, dlse_i))
-        return dq, torch.cat([dk, dv], dim=-1).to(out.dtype).contiguous()
+        """(dq, dk|dv) of one piece, from the merged out and lse (partial_grads)."""
+        dq, dk, dv = partial_grads(self.p, q, kp, vp, self.shard, k_pos, self.scale, self.backend, self.x.length,
+                                   out, lse, dout, dlse)
+        return dq, torch.cat([dk, dv], dim=-1).contiguous()
 
 
 class _Attention(torch.autograd.Function):

@@ -9,7 +9,7 @@ import torch.distributed as dist
 from ..errors import InputError
 from ..runtime import inputs
 from .comm import Group
-from .partial import check_backend, compute_dtype, merge, partial_attention
+from .partial import check_backend, check_kernel_inputs, compute_dtype, merge, partial_attention
 
 
 def _ints(name: str, x, batch: int) -> list[int]:
@@ -38,6 +38,8 @@ def decode(p, q, k_cache, v_cache, cache_seqlens, cache_offsets, seqlens, *, gro
         raise InputError(f"{what}: pattern {p.name!r} depends on the data; sharded decoding takes static patterns")
     scale = inputs.check_qkv(q, k_cache, v_cache, scale)
     p.check(q.shape[1], k_cache.shape[1])
+    if backend == "triton":
+        check_kernel_inputs(q)
     b, lq = q.shape[0], q.shape[2]
     lens, offsets, totals = (_ints(n, x, b) for n, x in (("cache_seqlens", cache_seqlens),
                                                            ("cache_offsets", cache_offsets), ("seqlens", seqlens)))
@@ -51,7 +53,7 @@ def decode(p, q, k_cache, v_cache, cache_seqlens, cache_offsets, seqlens, *, gro
     cd, dv = compute_dtype(q.dtype), v_cache.shape[-1]
     with torch.no_grad():
         parts = [partial_attention(p, q[i:i + 1], k_cache[i:i + 1, :, :lens[i]], v_cache[i:i + 1, :, :lens[i]],
-                                   ((totals[i] - lq, lq),), ((offsets[i], lens[i]),), scale, backend)
+                                   ((totals[i] - lq, lq),), ((offsets[i], lens[i]),), scale, backend, totals[i])
                  for i in range(b)]
         mine = torch.cat([torch.cat([o, lse.unsqueeze(-1)], dim=-1) for o, lse in parts]) if b else \
             q.new_zeros((0, q.shape[1], lq, dv + 1), dtype=cd)

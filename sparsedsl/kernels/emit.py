@@ -19,9 +19,10 @@ from ..atoms import condition
 from ..ir.heads import branch_condition
 from ..ir.ranges import SYMBOL_RANGES, value_range
 
-# How each symbol is spelled in the kernel.
+# How each symbol is spelled in the kernel (Lq, Lk: the sequence's counts, which a shard's
+# local row counts need not be: codegen/common.py.jinja _positions).
 NAMES = {"h": "h", "H": "H", "hk": "hk", "Hk": "Hk", "q": "q_pos", "k": "k_pos",
-         "q0": "q0", "q1": "q1", "k0": "k0", "k1": "k1", "Lk": "Lk", "Lq": "Lq", "qb": "pq", "kb": "pk"}
+         "q0": "q0", "q1": "q1", "k0": "k0", "k1": "k1", "Lk": "seq_lk", "Lq": "seq_lq", "qb": "pq", "kb": "pk"}
 NONNEG_SYMBOLS = {"h", "H", "hk", "Hk", "k", "k0", "k1", "Lk", "Lq", "kb"}
 # the symbols' ranges as the kernels see them: a tile's first and last query may be negative (Lq > Lk)
 KERNEL_RANGES = {**SYMBOL_RANGES, "q0": SYMBOL_RANGES["q"], "q1": SYMBOL_RANGES["q"]}

@@ -123,19 +123,18 @@ class _Piece:
         return f"(first_{n} + s_{n} * (({t}) // ({b} // BLOCK_N))) * {b} + (({t}) % ({b} // BLOCK_N)) * BLOCK_N"
 
 
-def _segment_pieces(j: int, seg: Segment, segs, plan: KernelPlan, walk: bool,
-                    clip: str) -> tuple[list[str], list[_Piece]]:
+def _segment_pieces(j: int, seg: Segment, segs, plan: KernelPlan, walk: bool) -> tuple[list[str], list[_Piece]]:
     """Setup code of segment j of `segs`, and its pieces: the segment minus the
-    tiles of earlier plain ranges (cut out in closed form). Positions below
-    `clip` do not exist."""
-    # bounds in 64 bits (pattern arguments may exceed int32), clamped to the sequence: int32 again
+    tiles of earlier plain ranges (cut out in closed form)."""
+    # bounds in 64 bits (pattern arguments may exceed int32), clamped to the positions present
+    # (pos_lo, pos_hi: the kernel's iterated rows): int32 again
     em = Emitter(f"b{j}_", wide=True)
     lo, hi = em.int(seg.lo), em.int(seg.hi)
     guard = em.cond(seg.guard) if seg.guard != ir.Bool(True) else None
     full = seg.has_full and (strided_walk(seg, plan, walk) or not seg.strided)
     full_lo, full_hi = (em.int(seg.full_lo), em.int(seg.full_hi)) if full else (None, None)
     stride, offset = (em.int(seg.stride), em.int(seg.offset)) if seg.strided else (None, None)
-    lines = [_describe(j, seg), *em.lines, f"lo = _clamp({lo}, {clip}, Lk)", f"hi = _clamp({hi}, {clip}, Lk)"]
+    lines = [_describe(j, seg), *em.lines, f"lo = _clamp({lo}, pos_lo, pos_hi)", f"hi = _clamp({hi}, pos_lo, pos_hi)"]
     if guard is not None:
         lines.append(f"hi = tl.where({guard}, hi, lo)")
     lines += [f"ua_{j} = _floor_to(_first_u(lo, c, RATE), BLOCK_N)",
@@ -143,8 +142,9 @@ def _segment_pieces(j: int, seg: Segment, segs, plan: KernelPlan, walk: bool,
     strided = strided_walk(seg, plan, walk)
     # (a strided segment walked as a plain range visits keys outside its blocks: all need the mask)
     if full:
-        lines += [f"fa = _floor_to(_first_u(_clamp({full_lo}, {clip}, Lk), c, RATE) + BLOCK_N - 1, BLOCK_N)",
-                  f"fb = _floor_to(tl.minimum(_first_u(_clamp({full_hi}, {clip}, Lk), c, RATE), num_u), BLOCK_N)"]
+        lines += [f"fa = _floor_to(_first_u(_clamp({full_lo}, pos_lo, pos_hi), c, RATE) + BLOCK_N - 1, BLOCK_N)",
+                  f"fb = _floor_to(tl.minimum(_first_u(_clamp({full_hi}, pos_lo, pos_hi), c, RATE), num_u), "
+                  "BLOCK_N)"]
     # The tiles of earlier segments are not visited again: the first CUT_RANGES plain ranges
     # are cut out in closed form (each cut doubles the pieces), the others make a tile dead.
     spans = [(f"ua_{j}", f"ub_{j}")]
@@ -198,14 +198,13 @@ def strided_walk(seg: Segment, plan: KernelPlan, walk: bool) -> bool:
 
 class Traversal:
     """How a kernel walks a branch: which segments, which step function it
-    calls per tile (with the branch's mask id as {i}), where positions start."""
+    calls per tile (with the branch's mask id as {i})."""
 
     def __init__(self, transposed: bool, call: str, split: str = "", selected: str = "", landmark: str = "",
                  full_call: str = "", compensation: str = ""):
         self.transposed, self.call = transposed, call
         # the step of a full tile (no mask, no bounds): full tiles get a loop of their own
         self.full_call = full_call
-        self.clip = "off" if transposed else "0"
         # "parts": the program walks share `part` of SPLIT of the tile's loop (the forward when
         # decoding); "long": only split key tiles do (part >= 0, the dK/dV kernel)
         self.split = split
@@ -218,33 +217,34 @@ class Traversal:
 
 FORWARD = Traversal(False, (
     "acc, l_i, m_i = _attend(acc, l_i, m_i, q, q_pos, k_base, v_base, bt_base, offs_d, offs_dv, "
-    "stride_kn, stride_kd, stride_kp, stride_vn, stride_vd, stride_vp, u0, c, lo_v, hi_v, masked, "
+    "stride_kn, stride_kd, stride_kp, stride_vn, stride_vd, stride_vp, u0, c, koff, lo_v, hi_v, masked, "
     "h, hk, H, Hk, qk_scale, RATE, BLOCK_N, HEAD_DIM, HEAD_DIM_V, {i}, DOT_PRECISION, WIDE, PAGE, GUARD, "
     "k_desc, v_desc, TMA)"), "parts", (
     "acc, l_i, m_i = _attend_rows(acc, l_i, m_i, q, q_pos, k_base, v_base, bt_base, offs_d, offs_dv, "
     "stride_kn, stride_kd, stride_kp, stride_vn, stride_vd, stride_vp, u0, lo_v, hi_v, q_lo, q_lo + {block}, "
     "h, hk, H, Hk, qk_scale, BLOCK_N, HEAD_DIM, HEAD_DIM_V, {i}, DOT_PRECISION, PAGE, GUARD)"), (
     "acc, l_i, m_i = _attend(acc, l_i, m_i, q, q_pos, kl_base, vl_base, bt_base, offs_d, offs_dv, "
-    "stride_kln, stride_kld, 0, stride_vln, stride_vld, 0, u0, 0, 0, nl, u0 + BLOCK_N > nl_all, "
+    "stride_kln, stride_kld, 0, stride_vln, stride_vld, 0, u0, 0, 0, 0, nl, u0 + BLOCK_N > nl_all, "
     "h, hk, H, Hk, qk_scale, 1, BLOCK_N, HEAD_DIM, HEAD_DIM_V, {i}, DOT_PRECISION, WIDE, 0, GUARD, "
     "kl_base, vl_base, False)"), (
     "acc, l_i, m_i = _attend_full(acc, l_i, m_i, q, k_base, v_base, bt_base, offs_d, offs_dv, stride_kn, stride_kd, "
-    "stride_kp, stride_vn, stride_vd, stride_vp, u0, c, qk_scale, RATE, BLOCK_N, HEAD_DIM, HEAD_DIM_V, BLOCK_D, "
+    "stride_kp, stride_vn, stride_vd, stride_vp, u0, c, koff, qk_scale, RATE, BLOCK_N, HEAD_DIM, HEAD_DIM_V, BLOCK_D, "
     "BLOCK_DV, DOT_PRECISION, PAGE, GUARD, k_desc, v_desc, TMA)"), (
     "acc, l_i, m_i = _attend_mean(acc, l_i, m_i, q, row_ok, c_lo, c_hi, pk_base, pv_base, offs_d, "
     "offs_dv, stride_pkn, stride_pkd, stride_pvn, stride_pvd, qk_scale, HEAD_DIM, HEAD_DIM_V)"))
 DQ = Traversal(False, (
     "dq = _dq_step(dq, q, do, lse2, delta, q_pos, k_base, v_base, offs_d, offs_dv, "
-    "stride_kn, stride_kd, stride_vn, stride_vd, u0, c, lo_v, hi_v, masked, h, hk, H, Hk, qk_scale, "
+    "stride_kn, stride_kd, stride_vn, stride_vd, u0, c, koff, lo_v, hi_v, masked, h, hk, H, Hk, qk_scale, "
     "RATE, BLOCK_N, HEAD_DIM, HEAD_DIM_V, {i}, DOT_PRECISION, WIDE, k_desc, v_desc, TMA)"), "", (
     "dq = _dq_rows(dq, q, do, lse2, delta, q_pos, k_base, v_base, offs_d, offs_dv, "
     "stride_kn, stride_kd, stride_vn, stride_vd, u0, lo_v, hi_v, q_lo, q_lo + {block}, h, hk, H, Hk, qk_scale, "
     "BLOCK_N, HEAD_DIM, HEAD_DIM_V, {i}, DOT_PRECISION)"), (
     "dq = _dq_step(dq, q, do, lse2, delta, q_pos, kl_base, vl_base, offs_d, offs_dv, "
-    "stride_kln, stride_kld, stride_vln, stride_vld, u0, 0, 0, nl, u0 + BLOCK_N > nl_all, h, hk, H, Hk, "
+    "stride_kln, stride_kld, stride_vln, stride_vld, u0, 0, 0, 0, nl, u0 + BLOCK_N > nl_all, h, hk, H, Hk, "
     "qk_scale, 1, BLOCK_N, HEAD_DIM, HEAD_DIM_V, {i}, DOT_PRECISION, WIDE, kl_base, vl_base, False)"), (
     "dq = _dq_full(dq, q, do, lse2, delta, k_base, v_base, offs_d, offs_dv, stride_kn, stride_kd, stride_vn, "
-    "stride_vd, u0, c, qk_scale, RATE, BLOCK_N, HEAD_DIM, HEAD_DIM_V, BLOCK_D, BLOCK_DV, DOT_PRECISION, k_desc, "
+    "stride_vd, u0, c, koff, qk_scale, RATE, BLOCK_N, HEAD_DIM, HEAD_DIM_V, BLOCK_D, BLOCK_DV, DOT_PRECISION, "
+    "k_desc, "
     "v_desc, TMA)"))
 _KV_ARGS = ("q_base, do_base, lse_base, delta_base, offs_d, offs_dv, "
             "stride_qm, stride_qd, stride_dom, stride_dod, stride_lm, off")
@@ -269,7 +269,7 @@ def _branch_body(i: int, br, plan: KernelPlan, walk: bool, how: Traversal) -> li
     segs = how.segments(br)
     walk = walk and not how.transposed
     for j, seg in enumerate(segs):
-        setup, ps = _segment_pieces(j, seg, segs, plan, walk, how.clip)
+        setup, ps = _segment_pieces(j, seg, segs, plan, walk)
         lines += setup
         pieces += ps
         for p in ps:
@@ -363,9 +363,8 @@ def _static_loop_body(i: int, pieces: list[_Piece], full: dict, own: dict, how: 
         body += [f"dead = {' | '.join(deads)}", "lo_v = tl.where(dead, hi_v, lo_v)"]
         if not (one_mask and always == "True"):
             body.append("masked = masked | dead")
-    body.append("hi_v = tl.minimum(hi_v, num_u)")
-    if how.transposed:  # the first query tile may start before the first query
-        body.append("lo_v = tl.maximum(lo_v, u_lo)")
+    # (the first tile may start before the first row: tiles are aligned in positions)
+    body += ["hi_v = tl.minimum(hi_v, num_u)", "lo_v = tl.maximum(lo_v, u_lo)"]
     probed = [n for n, p in enumerate(pieces) if p.probe]
     if not probed:
         body.append(how.call.format(i=i))
@@ -380,8 +379,8 @@ def _probe_lines(probes, walked: str, transposed: bool) -> list[str]:
     """hit: whether the tile is walked: `walked` (a tile of an unprobed piece), or some probe
     holds at some (query block, key block) of the tile box (the query tile's [q0, q1) and the
     key tile [u0, u0 + BLOCK_N); transposed: the key tile's [k0, k1) and the query tile)."""
-    q_box, k_box = (("u0", "tl.minimum(u0 + BLOCK_N, Lk)"), ("k0", "k1")) if transposed else \
-        (("q0", "q1"), ("u0", "tl.minimum(u0 + BLOCK_N, Lk)"))
+    q_box, k_box = (("u0", "tl.minimum(u0 + BLOCK_N, pos_hi)"), ("k0", "k1")) if transposed else \
+        (("q0", "q1"), ("u0", "tl.minimum(u0 + BLOCK_N, pos_hi)"))
     lines = [f"hit = {walked}"]
     for p in probes:
         em = Emitter("pr_", wide=True, indent="        ")

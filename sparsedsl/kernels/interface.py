@@ -92,6 +92,9 @@ _PREFIX = (Pointer("PK", "fp32", _strides("pk", "bhnd")), Pointer("PV", "fp32", 
 _DELTA = Pointer("DELTA", "fp32")  # LSE's strides; the dQ kernel writes it (from O, dO and dLSE)
 _LANDMARK_GRADS = (Pointer("DKL", "fp32"), Pointer("DVL", "fp32"))  # contiguous
 _QK_SCALE, _SM_SCALE = Scalar("qk_scale", "fp32"), Scalar("sm_scale", "fp32")
+# a dense batch's positions (kernels/launch.py Positions): query row 0's and key row 0's, and the values
+# of the plan's symbols Lq and Lk (the whole sequence's query and key counts)
+_POSITIONS = tuple(Scalar(n) for n in ("Q_POS0", "K_POS0", "SEQ_LQ", "SEQ_LK"))
 _SHAPES = ("HEAD_DIM", "HEAD_DIM_V", "BLOCK_D", "BLOCK_DV")
 _PLAN = (*_SHAPES, "RATE", "WIDE", "DOT_PRECISION", "VARLEN")
 
@@ -100,21 +103,21 @@ FWD = Kernel(
     (_Q, Pointer("K", DATA, _strides("k", "bhndp")), Pointer("V", DATA, _strides("v", "bhndp")),
      Pointer("O", DATA, _strides("o", "bhmdp")), Pointer("LSE", "fp32", _strides("l", "bhmp")),
      Pointer("FLAG", "i32"), *_CU, Pointer("BT", "i32", ("stride_btb",)), _SEL, *_LANDMARKS, *_PREFIX),
-    (*_sizes("SPLIT"), _QK_SCALE),
+    (*_sizes("SPLIT"), *_POSITIONS, _QK_SCALE),
     (*_PLAN, "PAGE", "TMA", *TUNED))
 GUARD = replace(FWD, kind="guard", scalars=FWD.scalars + tuple(Scalar(f"GRID{i}") for i in range(3)))
 _BWD = (_Q, Pointer("K", DATA, _strides("k", "bhnd")), Pointer("V", DATA, _strides("v", "bhnd")), _DO, _LSE, _DELTA)
 DQ = Kernel("dq", (*_BWD, Pointer("DQ"), *_CU, _SEL, *_LANDMARKS, Pointer("O", DATA, _strides("o", "bhmd")),
                   Pointer("DLSE", "fp32", _strides("dl", "bhm"))),
-            (*_sizes(), _QK_SCALE, _SM_SCALE), (*_PLAN, "TMA", "HAS_DLSE", *TUNED))  # DQ: Q's strides
+            (*_sizes(), *_POSITIONS, _QK_SCALE, _SM_SCALE), (*_PLAN, "TMA", "HAS_DLSE", *TUNED))  # DQ: Q's strides
 DKDV = Kernel(
     "dkdv",
     (*_BWD, Pointer("DK", DATA, _strides("dk", "bhnd")), Pointer("DV", DATA, _strides("dv", "bhnd")),
      Pointer("WSK", "fp32"), Pointer("WSV", "fp32"), *_CU,
      Pointer("INV", "i64", _strides("i", "bh")), Pointer("IOFF", "i32", _strides("io", "bh")), *_LANDMARK_GRADS,
      Pointer("DQA", "fp32")),
-    (*_sizes(), _QK_SCALE, _SM_SCALE, Scalar("LONG_KEYS"), Scalar("SPLIT"), Scalar("SEL_ROWS", specialize=True),
-     Scalar("NL", specialize=True)),
+    (*_sizes(), *_POSITIONS, _QK_SCALE, _SM_SCALE, Scalar("LONG_KEYS"), Scalar("SPLIT"),
+     Scalar("SEL_ROWS", specialize=True), Scalar("NL", specialize=True)),
     (*_PLAN, "GROUP", "TMA", "DQ_ATOMIC", *TUNED))  # GROUP: H // Hk; TMA: kernels/tma.py; DQA: contiguous
 DLM = Kernel(
     "dlm",

@@ -67,6 +67,38 @@ class Varlen:
     padded: bool = False
 
 
+@dataclass(frozen=True)
+class Positions:
+    """Where a dense batch's rows sit in their sequence: query row i at position q0 + i, key
+    row j at k0 + j, in a sequence of `lq` queries (positions [lk - lq, lk)) and `lk` keys
+    (positions [0, lk)), which the rows may be a part of (context parallelism: a shard of
+    queries over a piece of keys, both at global positions; then lq == lk, the sequence's
+    length). lq and lk are the values of the symbols Lq and Lk in the plan's segments. The
+    default of Lq queries over Lk keys aligns them bottom-right: `bottom_right(Lq, Lk)`."""
+
+    q0: int
+    k0: int
+    lq: int
+    lk: int
+
+    @staticmethod
+    def bottom_right(lq: int, lk: int) -> "Positions":
+        return Positions(lk - lq, 0, lq, lk)
+
+    def scalars(self) -> dict:
+        """The kernels' arguments (kernels/interface.py)."""
+        return dict(Q_POS0=self.q0, K_POS0=self.k0, SEQ_LQ=self.lq, SEQ_LK=self.lk)
+
+    def check(self, lq: int, lk: int) -> None:
+        """InputError unless `lq` query rows and `lk` key rows at these positions lie in the
+        sequence, whose positions fit int32."""
+        if not (0 <= self.lk - self.lq <= self.q0 and self.q0 + lq <= self.lk and 0 <= self.k0
+                and self.k0 + lk <= self.lk < 2 ** 31):
+            raise InputError(f"positions: {lq} query rows from position {self.q0} and {lk} key rows from "
+                             f"{self.k0} do not lie in a sequence of {self.lq} queries (positions "
+                             f"[{self.lk - self.lq}, {self.lk})) and {self.lk} keys")
+
+
 def packed(varlen: "Varlen | None") -> bool:
     """Whether the tensors are a packed batch ([1, H, T, D] views, no batch stride)."""
     return varlen is not None and not varlen.padded
@@ -91,9 +123,11 @@ class _Launch:
 
     `config`: None (autotune; (16, 16) in the interpreter), a tuple (BLOCK_M,
     BLOCK_N[, num_warps, num_stages]) for every kernel, or a dict from kernel
-    kind ("fwd", "dq", "dkdv") to such a tuple (kinds left out autotune)."""
+    kind ("fwd", "dq", "dkdv") to such a tuple (kinds left out autotune). `positions`: a dense
+    batch's (Positions; None: bottom-right)."""
 
-    def __init__(self, plan: KernelPlan, q, k, v, interpret, config, varlen: Varlen | None):
+    def __init__(self, plan: KernelPlan, q, k, v, interpret, config, varlen: Varlen | None,
+                 positions: Positions | None = None):
         if interpret and not interpreter_ready():
             raise InputError("backend='triton' on CPU tensors runs the kernels in Triton's interpreter, which must "
                              "be switched on before triton is imported: set TRITON_INTERPRET=1 in the environment")
@@ -114,6 +148,13 @@ class _Launch:
         else:
             self.batch, self.lq, self.lk = varlen.cu_q.numel() - 1, varlen.max_q, varlen.max_k
             self.cu = (varlen.cu_q, varlen.cu_k)
+        if positions is not None and (varlen is not None or plan.dynamic):
+            raise InputError(f"pattern {plan.name!r}: rows at given positions (context parallelism) take a "
+                             "dense batch and a static pattern")
+        if positions is not None:
+            positions.check(self.lq, self.lk)
+        # (a varlen batch's kernels align each entry themselves: these go unused)
+        self.positions = positions or Positions.bottom_right(self.lq, self.lk)
         self.meta = dict(HEAD_DIM=d, HEAD_DIM_V=dv, BLOCK_D=_pow2(d), BLOCK_DV=_pow2(dv), RATE=plan.rate,
                          WIDE=plan.wide, DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
                          VARLEN=3 if padded(varlen) else 1 if packed(varlen) else 0, PAGE=0, DQ_ATOMIC=False,
@@ -149,6 +190,8 @@ class _Launch:
         fixed = self.fixed(kind)
         module, names = kernels_for(self.plan, fixed is not None, self.head_dim, fixed[1] if fixed else None)
         kernel = getattr(module, names[kind])
+        takes = KERNELS[kind].scalar_names
+        scalars = {**{n: x for n, x in self.positions.scalars().items() if n in takes}, **scalars}
         args = bind(kind, tensors, scalars, strides, self.strides)
         # Triton rejects unknown keywords: each kernel takes some of the meta-parameters
         meta = {k: v for k, v in self.meta.items() if k in KERNELS[kind].constexprs}
@@ -200,26 +243,29 @@ def kernel_args(kernel) -> list[str]:
 
 
 def forward(plan: KernelPlan, q, k, v, scale: float, interpret: bool, config=None, varlen: Varlen | None = None,
-            selection=None, landmarks=None, prefix=None):
-    """out (q's dtype, shaped like q with v's head dim), lse float32 ([B, H, Lq];
+            selection=None, landmarks=None, prefix=None, positions: Positions | None = None, out_dtype=None):
+    """out (`out_dtype`, default q's; shaped like q with v's head dim), lse float32 ([B, H, Lq];
     varlen: [1, H, T] views of an [H, T] tensor). Dynamic patterns take the
     topk selection (int32 [B, H, R, n]) and the landmark entries (float32 K and
     V means, [B, Hk, NL, D]) of kernels/selection.py, and the prefix sums of K and V
-    (float32 [B, Hk, L + 1, D]) of kernels/prefix.py for compensation entries."""
+    (float32 [B, Hk, L + 1, D]) of kernels/prefix.py for compensation entries.
+    `positions`: where the rows of a dense batch sit (Positions; static patterns), default
+    bottom-right; a row that sees none of the keys gets out 0 and lse -inf."""
     b, h, lq, _ = q.shape
     dv = v.shape[-1]
     pk = packed(varlen)
+    out_dtype = out_dtype or q.dtype
     if padded(varlen):  # the padded rows, which no program writes: 0 and -inf
-        out = torch.zeros((b, h, lq, dv), dtype=q.dtype, device=q.device)
+        out = torch.zeros((b, h, lq, dv), dtype=out_dtype, device=q.device)
         lse = torch.full((b, h, lq), float("-inf"), dtype=torch.float32, device=q.device)
     else:
-        out = torch.empty((b, lq, h, dv) if pk else (b, h, lq, dv), dtype=q.dtype, device=q.device)
+        out = torch.empty((b, lq, h, dv) if pk else (b, h, lq, dv), dtype=out_dtype, device=q.device)
         out = out.transpose(1, 2) if pk else out
         lse = torch.empty((h, lq) if pk else (b, h, lq), dtype=torch.float32, device=q.device)
         lse = lse.unsqueeze(0) if pk else lse
     if out.numel() == 0 and lse.numel() == 0:
         return out, lse
-    run = _Launch(plan, q, k, v, interpret, config, varlen)
+    run = _Launch(plan, q, k, v, interpret, config, varlen, positions)
     if run.batch == 0:
         return out, lse
     tensors, strides = dynamic_tensors(selection, landmarks, prefix, forward=True)
@@ -251,18 +297,25 @@ def fused_backward(plan: KernelPlan, varlen: Varlen | None, deterministic: bool)
 
 def backward(plan: KernelPlan, q, k, v, out, lse, dout, scale: float, interpret: bool, config=None,
              varlen: Varlen | None = None, dlse=None, kinds=("dq", "dkdv"), selection=None,
-             deterministic: bool = True):
-    """(dq, dk, dv), each shaped like q, k, v. `dlse`: the gradient of the LSE
-    output, if it was used. Deterministic (the default): no atomics, every gradient
-    element is written by one program, so the result is bitwise repeatable. With
-    deterministic=False a static pattern's dQ comes from the dK/dV kernel instead
-    (fused_backward). `kinds` launches only some of the kernels (a benchmark timing
-    them one by one; the fused backward has no dq kernel)."""
+             deterministic: bool = True, positions: Positions | None = None, grad_dtype=None):
+    """(dq, dk, dv), each shaped like q, k, v, in `grad_dtype` (default: their own dtypes).
+    `dlse`: the gradient of the LSE output, if it was used. Deterministic (the default): no
+    atomics, every gradient element is written by one program, so the result is bitwise
+    repeatable. With deterministic=False a static pattern's dQ comes from the dK/dV kernel
+    instead (fused_backward). `kinds` launches only some of the kernels (a benchmark timing
+    them one by one; the fused backward has no dq kernel). `positions`: as in `forward`; out
+    and lse may then be those of more keys than k and v hold (a softmax over several key
+    pieces): each piece's backward takes the whole softmax's out and lse and gives the
+    piece's dk, dv and its share of dq."""
     if plan.compensation:
         raise InputError(f"pattern {plan.name!r}: the Triton kernels have no backward for compensation() entries "
                          "(RazorAttention is training-free); use backend='reference' for gradients")
     # a padded batch's padded rows get no program: their gradients are zero from the start
-    alloc = torch.zeros_like if padded(varlen) else torch.empty_like
+    fill = torch.zeros_like if padded(varlen) else torch.empty_like
+
+    def alloc(t):
+        return fill(t, dtype=grad_dtype or t.dtype)
+
     grads = [alloc(t) for t in (q, k, v)]
     if q.numel() == 0 or k.numel() == 0:
         return tuple(g.zero_() for g in grads)
@@ -270,7 +323,7 @@ def backward(plan: KernelPlan, q, k, v, out, lse, dout, scale: float, interpret:
     # whose strides empty_like cannot reproduce (overlapping, e.g. expanded) is copied
     q, k, v = (t if g.stride() == t.stride() else t.contiguous() for t, g in zip((q, k, v), grads))
     dq, dk, dv = (g if g.stride() == t.stride() else alloc(t) for t, g in zip((q, k, v), grads))
-    run = _Launch(plan, q, k, v, interpret, config, varlen)
+    run = _Launch(plan, q, k, v, interpret, config, varlen, positions)
     if run.batch == 0:
         return dq, dk, dv
     if plan.topk is not None and selection is None:
@@ -287,8 +340,10 @@ def backward(plan: KernelPlan, q, k, v, out, lse, dout, scale: float, interpret:
     fused = fused_backward(plan, varlen, deterministic)
     with_dq = "dq" in kinds and not fused
     # delta = rowsum(dO * O) - dLSE: the dQ kernel computes it for its rows on its way, else a pass of its own
-    # (a padded batch's padding rows get no dQ program: zeros there, as their gradients)
-    delta = (alloc(lse) if with_dq else backward_delta(out, dout, lse, dlse))
+    # (a padded batch's padding rows get no dQ program: zeros there, as their gradients). The kernels
+    # read DELTA with LSE's strides: lse is made dense (a slice of a longer one is not), so that they fit
+    lse = lse.contiguous()
+    delta = (fill(lse) if with_dq else backward_delta(out, dout, lse, dlse))
     common = dict(Q=q, K=k, V=v, DO=dout, LSE=lse, DELTA=delta, CU_Q=run.cu[0], CU_K=run.cu[1])
     sizes = dict(H=run.h, Hk=run.hk, Lq=run.lq, Lk=run.lk, qk_scale=scale * LOG2E, sm_scale=scale)
     dqa = None
@@ -383,14 +438,14 @@ def long_keys(plan: KernelPlan) -> int:
 
 
 def split_plan(run: _Launch) -> tuple[int, int]:
-    """(long keys, parts): the dK/dV kernel splits the tiles of keys [0, long keys)
+    """(long keys, parts): the dK/dV kernel splits the tiles of key rows [0, long keys)
     into `parts` programs each (1: no split). Long keys are rounded up to a multiple
     of 128, so that they are whole tiles for every BLOCK_M. Residue layouts (RATE > 1)
-    are not split."""
+    are not split, nor keys that do not start at position 0 (they hold no sink)."""
     n = -(-min(long_keys(run.plan), run.lk) // 128) * 128
     work = run.lq * (run.h // run.hk)
     # (a padded batch's keys start anywhere in their entry: its tiles are not split)
-    if n == 0 or run.plan.rate != 1 or work <= SPLIT_QUERIES or padded(run.varlen):
+    if n == 0 or run.plan.rate != 1 or work <= SPLIT_QUERIES or padded(run.varlen) or run.positions.k0 != 0:
         return 0, 1
     parts = min(64, -(-work // SPLIT_QUERIES))
     # workspace cap: about 256 MiB of float32 partial sums
