@@ -30,7 +30,7 @@ def compile_kernels(plan: KernelPlan, head_dim: int = 128, head_dim_v: int | Non
     tma = int(arch >= 90 and plan.rate == 1 and not varlen and head_dim == _pow2(head_dim) and dv == _pow2(dv))
     consts = dict(HEAD_DIM=head_dim, HEAD_DIM_V=dv, BLOCK_D=_pow2(head_dim), BLOCK_DV=_pow2(dv), RATE=plan.rate,
                   WIDE=plan.wide, DOT_PRECISION="ieee" if dtype == "fp32" else "tf32", VARLEN=int(varlen),
-                  PAGE=0, GROUP=group, TMA=tma)
+                  PAGE=0, GROUP=group, TMA=tma, SHARD=0, DQ_ATOMIC=0, HAS_DLSE=0)
     out = {}
     for kind in KINDS + (("dlm",) if plan.landmarks is not None else ()):
         fn = getattr(module, names[kind])

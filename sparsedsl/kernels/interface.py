@@ -96,7 +96,7 @@ _QK_SCALE, _SM_SCALE = Scalar("qk_scale", "fp32"), Scalar("sm_scale", "fp32")
 # of the plan's symbols Lq and Lk (the whole sequence's query and key counts)
 _POSITIONS = tuple(Scalar(n) for n in ("Q_POS0", "K_POS0", "SEQ_LQ", "SEQ_LK"))
 _SHAPES = ("HEAD_DIM", "HEAD_DIM_V", "BLOCK_D", "BLOCK_DV")
-_PLAN = (*_SHAPES, "RATE", "WIDE", "DOT_PRECISION", "VARLEN")
+_PLAN = (*_SHAPES, "RATE", "WIDE", "DOT_PRECISION", "VARLEN", "SHARD")  # SHARD: rows at the launch's positions
 
 FWD = Kernel(
     "fwd",

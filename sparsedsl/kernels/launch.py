@@ -158,6 +158,7 @@ class _Launch:
         self.meta = dict(HEAD_DIM=d, HEAD_DIM_V=dv, BLOCK_D=_pow2(d), BLOCK_DV=_pow2(dv), RATE=plan.rate,
                          WIDE=plan.wide, DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
                          VARLEN=3 if padded(varlen) else 1 if packed(varlen) else 0, PAGE=0, DQ_ATOMIC=False,
+                         SHARD=positions is not None,
                          GROUP=max(1, self.h // max(1, self.hk)))
 
     def fixed(self, kind: str):
