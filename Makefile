@@ -1,6 +1,6 @@
 # Two commands set everything up on a fresh machine:
 #   make demo   install, then compile a shipped pattern, draw it and check attention against the dense reference
-#   make test   install, then run the test suite (what CI runs; under 10 minutes on 2 cores)
+#   make test   install, then run the test suite (what CI runs; README: how long it takes)
 #   make test-long   the same plus the slow property runs (more hypothesis examples)
 PYTHON ?= python3
 PIP = $(PYTHON) -m pip install --quiet --disable-pip-version-check
